@@ -1,0 +1,233 @@
+"""Library entry points: ``tune`` and ``serve``. The only place the modules are composed.
+
+``serve`` imports the tuning path (and Optuna) only on a profile miss.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from autotune import __version__, paths
+from autotune.errors import UserError
+from autotune.hardware import Hardware, resolve_hardware
+from autotune.launcher import resolve_command
+from autotune.model import ModelSpec, resolve_model
+from autotune.profiles import SCHEMA_VERSION, Profile, ProfileStore
+from autotune.serve import announce, describe_miss, exec_or_print, find_profile, note, serve_argv
+from autotune.space import SearchSpace, build_space, vllm_defaults
+from autotune.workload import Workload
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """Everything ``autotune tune`` (and ``serve`` on a miss) is given."""
+
+    model: str
+    gpu: str | None = None
+    ranges: Mapping[str, str | None] = field(default_factory=dict)
+    min_model_len: int | None = None
+    workload: Workload = field(default_factory=Workload)
+    trials: int = 20
+    timeout_s: float | None = None
+    seed: int | None = 0
+    storage: str | None = None
+    state_dir: Path | None = None
+    profiles_dir: Path | None = None
+    vllm_cmd: str | None = None
+    extra_args: tuple[str, ...] = ()
+    startup_timeout_s: float = 900.0
+    noise: float = 0.05
+    quiet: bool = False
+    objective: str = "throughput"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Inputs resolved and checked before anything is launched."""
+
+    command: list[str]
+    spec: ModelSpec
+    hardware: Hardware
+    space: SearchSpace
+
+
+def prepare(options: TuneOptions) -> Prepared:
+    """Resolve the command, model, hardware and space; say what could not be checked."""
+    if options.trials < 1:
+        raise UserError(f"--trials {options.trials}: at least one launch is needed")
+    command = resolve_command(options.vllm_cmd)
+    spec = resolve_model(options.model)
+    if not spec.known:
+        spec = _prefetch(spec)
+    for reason in spec.unknown_reasons:
+        note(reason)
+    hardware = resolve_hardware(gpu=options.gpu)
+    if hardware.source != "nvml":
+        note(f"hardware {hardware.describe()}; not checked against the machine")
+    space = build_space(spec=spec, overrides=options.ranges, min_model_len=options.min_model_len)
+    options.workload.validate()
+    wl = options.workload
+    if wl.dataset is None and "max_model_len" in space:
+        need = wl.input_len + wl.output_len
+        if space["max_model_len"].low < need:
+            raise UserError(
+                f"max_model_len {space['max_model_len'].describe()} is shorter than the workload "
+                f"needs (input {wl.input_len} + output {wl.output_len} = {need}); "
+                "raise --min-model-len or shorten the workload"
+            )
+    return Prepared(command=command, spec=spec, hardware=hardware, space=space)
+
+
+def _prefetch(spec: ModelSpec) -> ModelSpec:
+    """Download a hub model once before the first trial, when a Hugging Face CLI is present and
+    the network allowed; then its spec is known and no trial's startup waits for a download."""
+    cli = shutil.which("hf") or shutil.which("huggingface-cli")
+    if cli is None:
+        return spec
+    note(f"downloading {spec.model_id} before the first trial ({cli} download)")
+    done = subprocess.run([cli, "download", spec.model_id], capture_output=True, check=False)
+    if done.returncode != 0:
+        note(f"could not download {spec.model_id} now; vLLM will try at launch")
+        return spec
+    return resolve_model(spec.model_id)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every engine is killed on the way out."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def tune(options: TuneOptions) -> tuple[Path, Profile]:
+    """Run (or resume) the study and save the best feasible trial as a profile."""
+    from rich.console import Console
+
+    from autotune import study as st
+    from autotune.objective import TrialRunner
+    from autotune.progress import LineReporter, LiveReporter, trials_table
+    from autotune.workload import build_requests
+
+    prep = prepare(options)
+    spec, hardware, space = prep.spec, prep.hardware, prep.space
+    wl = options.workload
+    num_prompts = wl.num_prompts or max(64, 2 * int(space["max_num_seqs"].high))
+    requests = build_requests(wl, num_prompts=num_prompts, vocab_size=spec.vocab_size)
+    name = st.study_name(
+        model=spec.name,
+        hardware_key=hardware.key,
+        workload=wl.signature(),
+        objective=options.objective,
+        space=space,
+    )
+    state = paths.state_dir(options.state_dir)
+    storage = st.storage_url(options.storage, state_dir=state)
+    study = st.open_study(name=name, storage=storage, seed=options.seed)
+    study.set_user_attr("model", spec.to_dict() | {"name": spec.name})
+    study.set_user_attr("hardware", hardware.to_dict())
+    study.set_user_attr("workload", wl.to_dict() | {"signature": wl.signature()})
+    study.set_user_attr("space", space.describe())
+    fixed = frozenset(d.name for d in space.dims if d.fixed)
+    runner = TrialRunner(
+        command=prep.command,
+        model=options.model,
+        requests=requests,
+        extra_args=options.extra_args,
+        fixed_by_user=fixed,
+        startup_timeout_s=options.startup_timeout_s,
+    )
+    plan = st.StudyPlan(
+        study=study,
+        space=space,
+        runner=runner,
+        budget=options.trials,
+        log_dir=state / "logs" / name.replace("/", "--"),
+        default_params=space.default_params(vllm_defaults(hardware, spec)),
+        timeout_s=options.timeout_s,
+    )
+    console = Console(stderr=True)
+    note(f"study {name} ({storage}); space: {space.describe()}")
+    reporter = LineReporter() if options.quiet else LiveReporter(console=console)
+    with _sigterm_as_interrupt(), reporter:
+        st.run_study(plan, reporter=reporter)
+    best = st.choose_best(study, noise=options.noise)
+    rows = st.trial_rows(study.get_trials(deepcopy=False))
+    console.print(trials_table(rows, best=best.number if best else None, title=f"study {name}"))
+    if best is None:
+        raise UserError(
+            f"no feasible configuration after {st.launches(study)} launches; "
+            "see `autotune trials` and the logs, or widen the ranges"
+        )
+    profile = Profile(
+        schema_version=SCHEMA_VERSION,
+        model=spec.to_dict() | {"name": spec.name},
+        hardware=hardware.to_dict(),
+        vllm_version=best.user_attrs.get("vllm_version"),
+        workload=wl.to_dict() | {"signature": wl.signature(), "num_prompts": num_prompts},
+        objective=options.objective,
+        vllm_args=dict(best.user_attrs["vllm_args"]),
+        metrics=dict(best.user_attrs.get("metrics") or {}),
+        startup=dict(best.user_attrs.get("startup") or {}),
+        provenance={
+            "study": name,
+            "storage": storage if options.storage is None else "(given by --storage)",
+            "trial": best.number,
+            "log": best.user_attrs.get("log"),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "autotune_version": __version__,
+        },
+    )
+    path = ProfileStore(paths.profiles_dir(options.profiles_dir)).save(profile)
+    note(f"best: trial {best.number}, {best.value:.1f} output tok/s; profile saved to {path}")
+    return path, profile
+
+
+def serve(
+    options: TuneOptions,
+    *,
+    dry_run: bool = False,
+    no_tune: bool = False,
+    workload: str | None = None,
+    profile_file: Path | None = None,
+) -> None:
+    """Exec vLLM with the matching profile; on a miss tune first (unless ``no_tune``)."""
+    command = resolve_command(options.vllm_cmd)
+    spec = resolve_model(options.model)
+    hardware = resolve_hardware(gpu=options.gpu)
+    if hardware.source != "nvml":
+        note(f"hardware {hardware.describe()}")
+    store = ProfileStore(paths.profiles_dir(options.profiles_dir))
+    match = find_profile(
+        store=store, spec=spec, hardware=hardware, workload=workload, profile_file=profile_file
+    )
+    if match is None:
+        miss = describe_miss(store=store, spec=spec, hardware=hardware, workload=workload)
+        if no_tune:
+            raise UserError(miss)
+        if dry_run:
+            raise UserError(miss + "; without --dry-run autotune would tune first")
+        note(miss + "; tuning first")
+        tune(options)
+        match = find_profile(store=store, spec=spec, hardware=hardware, workload=workload)
+        if match is None:  # pragma: no cover - tune() raises when it saves nothing
+            raise UserError(miss)
+    announce(match)
+    argv = serve_argv(
+        command=command, model=options.model, profile=match.profile, extra=options.extra_args
+    )
+    exec_or_print(argv, dry_run=dry_run)

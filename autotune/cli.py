@@ -1,0 +1,299 @@
+"""Command line: parses options and calls the library (``autotune.api``). No logic here.
+
+Optuna is imported only by the commands that tune or read studies, never by ``--help`` or
+``serve`` with a matching profile.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from autotune import __version__
+from autotune.errors import UserError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+_hardware = _options(
+    click.option(
+        "--gpu",
+        metavar="NAME:MEMORY_GIB[xCOUNT]",
+        help="Hardware when NVML finds no GPU "
+        "(or to override it), e.g. H100:80. Env: AUTOTUNE_GPU.",
+    ),
+    click.option(
+        "--vllm-cmd",
+        metavar="CMD",
+        help="Command that starts the engine [default: 'vllm serve'; env AUTOTUNE_VLLM_CMD].",
+    ),
+    click.option(
+        "--profiles-dir",
+        type=click.Path(path_type=Path),
+        help="Where profiles are kept "
+        "[env AUTOTUNE_PROFILES_DIR; default: a per-user data directory].",
+    ),
+)
+
+_tuning = _options(
+    click.option(
+        "--gpu-memory-utilization",
+        metavar="V|LOW:HIGH",
+        help="Fix or re-range (default 0.70:0.98).",
+    ),
+    click.option("--max-num-seqs", metavar="N|LOW:HIGH", help="Fix or re-range (default 8:1024)."),
+    click.option(
+        "--max-num-batched-tokens",
+        metavar="N|LOW:HIGH",
+        help="Fix or re-range (default 512:16384).",
+    ),
+    click.option(
+        "--max-model-len",
+        metavar="N|LOW:HIGH",
+        help="Fix or re-range (default "
+        "--min-model-len up to the model's maximum, longest preferred).",
+    ),
+    click.option(
+        "--min-model-len",
+        type=click.IntRange(min=16),
+        help="Shortest context the "
+        "application accepts (default: 4096 or the model's maximum if smaller).",
+    ),
+    click.option(
+        "--input-len",
+        type=click.IntRange(min=1),
+        default=512,
+        show_default=True,
+        help="Prompt tokens per synthetic request.",
+    ),
+    click.option(
+        "--output-len",
+        type=click.IntRange(min=1),
+        default=128,
+        show_default=True,
+        help="Output tokens per request (ignore_eos).",
+    ),
+    click.option(
+        "--num-prompts",
+        type=click.IntRange(min=1),
+        help="Requests per benchmark (default: twice the largest max_num_seqs, at least 64).",
+    ),
+    click.option(
+        "--dataset",
+        type=click.Path(path_type=Path),
+        help="JSONL of prompts or chat messages instead of synthetic prompts.",
+    ),
+    click.option(
+        "--trials",
+        type=click.IntRange(min=1),
+        default=20,
+        show_default=True,
+        help="Launch budget of the study (engine starts, resumed runs included).",
+    ),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0),
+        help="Stop starting trials after this many seconds.",
+    ),
+    click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed."),
+    click.option(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage URL (e.g. postgresql://...); default: SQLite in the state directory.",
+    ),
+    click.option(
+        "--state-dir",
+        type=click.Path(path_type=Path),
+        help="Studies and trial logs [env AUTOTUNE_STATE_DIR].",
+    ),
+    click.option(
+        "--startup-timeout",
+        type=click.FloatRange(min=1),
+        default=900.0,
+        show_default=True,
+        help="Seconds an engine may take to become ready.",
+    ),
+    click.option(
+        "--noise",
+        type=click.FloatRange(0, 1),
+        default=0.05,
+        show_default=True,
+        help="Results within this share of the best count as equal; the longest "
+        "max_model_len among them wins.",
+    ),
+    click.option("--quiet", is_flag=True, help="Plain log lines instead of a live display."),
+    click.argument("extra", nargs=-1, type=click.UNPROCESSED),
+)
+
+
+def _tune_options(model: str, kw: dict[str, Any]) -> Any:
+    from autotune.api import TuneOptions
+    from autotune.workload import Workload
+
+    ranges = {
+        name: kw.pop(name)
+        for name in (
+            "gpu_memory_utilization",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_model_len",
+        )
+    }
+    workload = Workload(
+        input_len=kw.pop("input_len"),
+        output_len=kw.pop("output_len"),
+        num_prompts=kw.pop("num_prompts"),
+        dataset=kw.pop("dataset"),
+    )
+    return TuneOptions(
+        model=model,
+        gpu=kw.pop("gpu"),
+        ranges=ranges,
+        min_model_len=kw.pop("min_model_len"),
+        workload=workload,
+        trials=kw.pop("trials"),
+        timeout_s=kw.pop("timeout"),
+        seed=kw.pop("seed"),
+        storage=kw.pop("storage"),
+        state_dir=kw.pop("state_dir"),
+        profiles_dir=kw.pop("profiles_dir"),
+        vllm_cmd=kw.pop("vllm_cmd"),
+        extra_args=tuple(kw.pop("extra")),
+        startup_timeout_s=kw.pop("startup_timeout"),
+        noise=kw.pop("noise"),
+        quiet=kw.pop("quiet"),
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="autotune")
+def cli() -> None:
+    """Find the best vLLM configuration for a model on this GPU, prove it under load, save it as
+    a profile and serve with it."""
+
+
+@cli.command()
+@click.argument("model")
+@_hardware
+@_tuning
+def tune(model: str, **kw: Any) -> None:
+    """Run (or resume) an Optuna study over real engine launches; save the best profile.
+
+    Arguments after `--` are passed to every engine launch unchanged."""
+    from autotune import api
+
+    api.tune(_tune_options(model, kw))
+
+
+@cli.command()
+@click.argument("model")
+@_hardware
+@_tuning
+@click.option("--dry-run", is_flag=True, help="Print the command line instead of running it.")
+@click.option("--no-tune", is_flag=True, help="Never tune: a missing profile is an error.")
+@click.option(
+    "--workload",
+    "workload_sig",
+    metavar="SIGNATURE",
+    help="Choose the profile of this workload (e.g. in512-out128).",
+)
+@click.option(
+    "--profile",
+    "profile_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Serve with this profile file.",
+)
+def serve(
+    model: str,
+    dry_run: bool,
+    no_tune: bool,
+    workload_sig: str | None,
+    profile_file: Path | None,
+    **kw: Any,
+) -> None:
+    """Exec vLLM with the saved profile for this model and hardware; tune first on a miss.
+
+    Arguments after `--` are passed to vLLM unchanged."""
+    from autotune import api
+
+    api.serve(
+        _tune_options(model, kw),
+        dry_run=dry_run,
+        no_tune=no_tune,
+        workload=workload_sig,
+        profile_file=profile_file,
+    )
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--storage", metavar="URL", help="Optuna storage URL (default: the state dir).")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_STATE_DIR]")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+def trials(model: str | None, storage: str | None, state_dir: Path | None, as_json: bool) -> None:
+    """List the trials of the studies (of MODEL): outcome, key metrics and log path."""
+    from autotune import reports
+
+    reports.print_trials(model=model, storage=storage, state_dir=state_dir, as_json=as_json)
+
+
+@cli.group()
+def profiles() -> None:
+    """Saved profiles."""
+
+
+@profiles.command("list")
+@click.option("--profiles-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_PROFILES_DIR]")
+def profiles_list(profiles_dir: Path | None) -> None:
+    """List saved profiles."""
+    from autotune import reports
+
+    reports.print_profiles(profiles_dir=profiles_dir)
+
+
+@profiles.command("show")
+@click.argument("model")
+@click.option("--gpu", metavar="NAME:MEMORY_GIB[xCOUNT]", help="Hardware (default: NVML).")
+@click.option("--profiles-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_PROFILES_DIR]")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
+def profiles_show(model: str, gpu: str | None, profiles_dir: Path | None, as_json: bool) -> None:
+    """Show the profile serve would use for MODEL on this hardware."""
+    from autotune import reports
+
+    reports.show_profile(model=model, gpu=gpu, profiles_dir=profiles_dir, as_json=as_json)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors are one line on stderr and exit 2, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="autotune", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("autotune: interrupted; run the same command again to resume", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"autotune: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        click.echo(f"autotune: error: {exc}", err=True)
+        sys.exit(2)
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Hardware fingerprint: the GPUs vLLM will run on, from NVML or given explicitly."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.errors import UserError
+
+ENV_GPU = "AUTOTUNE_GPU"
+_GPU_SPEC = re.compile(r"^(?P<name>.+):(?P<mem>\d+(?:\.\d+)?)(?:x(?P<count>\d+))?$")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What a profile is keyed by: GPU model, memory per GPU, count and driver."""
+
+    gpu_name: str
+    memory_gib: float
+    count: int = 1
+    driver: str | None = None
+    source: str = "nvml"  # "nvml", "flag" or "env"
+
+    @property
+    def key(self) -> str:
+        """Stable slug such as ``nvidia-h100-80gb-hbm3-80gib-x1``."""
+        slug = re.sub(r"[^a-z0-9]+", "-", self.gpu_name.lower()).strip("-")
+        return f"{slug}-{round(self.memory_gib)}gib-x{self.count}"
+
+    @property
+    def total_memory_gib(self) -> float:
+        return self.memory_gib * self.count
+
+    def describe(self) -> str:
+        where = {"nvml": "detected by NVML", "flag": "given by --gpu", "env": f"given by {ENV_GPU}"}
+        driver = f", driver {self.driver}" if self.driver else ""
+        return (
+            f"{self.count} x {self.gpu_name} ({self.memory_gib:.1f} GiB){driver}, "
+            f"{where.get(self.source, self.source)}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gpu": self.gpu_name,
+            "memory_gib": round(self.memory_gib, 2),
+            "count": self.count,
+            "driver": self.driver,
+            "source": self.source,
+            "key": self.key,
+        }
+
+
+def parse_gpu_spec(spec: str, *, source: str) -> Hardware:
+    """Parse ``NAME:MEMORY_GIB[xCOUNT]``, e.g. ``H100-80GB:80`` or ``L4:24x2``."""
+    m = _GPU_SPEC.match(spec.strip())
+    if not m:
+        raise UserError(
+            f"invalid GPU spec {spec!r}: expected NAME:MEMORY_GIB[xCOUNT], e.g. H100:80 or L4:24x2"
+        )
+    memory = float(m["mem"])
+    count = int(m["count"] or 1)
+    if memory <= 0 or count < 1:
+        raise UserError(f"invalid GPU spec {spec!r}: memory and count must be positive")
+    return Hardware(gpu_name=m["name"].strip(), memory_gib=memory, count=count, source=source)
+
+
+def _nvml() -> Any | None:
+    """The initialised ``pynvml`` module, or None when there is no usable NVIDIA driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    return pynvml
+
+
+def detect_nvml() -> Hardware | None:
+    """Fingerprint the visible GPUs through NVML; None when NVML finds no GPU."""
+    nvml = _nvml()
+    if nvml is None:
+        return None
+    try:
+        count = nvml.nvmlDeviceGetCount()
+        if count == 0:
+            return None
+        handle = nvml.nvmlDeviceGetHandleByIndex(0)
+        name = nvml.nvmlDeviceGetName(handle)
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        total = nvml.nvmlDeviceGetMemoryInfo(handle).total
+        driver = nvml.nvmlSystemGetDriverVersion()
+        driver = driver.decode() if isinstance(driver, bytes) else str(driver)
+        return Hardware(
+            gpu_name=name, memory_gib=total / 2**30, count=count, driver=driver, source="nvml"
+        )
+    finally:
+        nvml.nvmlShutdown()
+
+
+def resolve_hardware(*, gpu: str | None = None) -> Hardware:
+    """``--gpu`` wins, then ``AUTOTUNE_GPU``, then NVML; with none of them it is an error."""
+    if gpu:
+        return parse_gpu_spec(gpu, source="flag")
+    if os.environ.get(ENV_GPU):
+        return parse_gpu_spec(os.environ[ENV_GPU], source="env")
+    detected = detect_nvml()
+    if detected is None:
+        raise UserError(
+            "no GPU found by NVML: give the hardware with --gpu NAME:MEMORY_GIB[xCOUNT] "
+            f"(or {ENV_GPU}), e.g. --gpu H100:80"
+        )
+    return detected
+
+
+def gpu_memory_used_bytes() -> int | None:
+    """Memory in use on all visible GPUs according to NVML, or None without NVML."""
+    nvml = _nvml()
+    if nvml is None:
+        return None
+    try:
+        return sum(
+            int(nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(i)).used)
+            for i in range(nvml.nvmlDeviceGetCount())
+        )
+    finally:
+        nvml.nvmlShutdown()
+
+
+def wait_memory_released(
+    *, baseline_bytes: int | None, timeout_s: float = 60.0, slack_bytes: int = 512 * 2**20
+) -> bool:
+    """Wait until GPU memory falls back to ``baseline_bytes`` (+ slack); True when it did.
+
+    Without NVML (or no baseline) there is nothing to wait for and it returns True at once.
+    """
+    if baseline_bytes is None:
+        return True
+    deadline = time.monotonic() + timeout_s
+    while True:
+        used = gpu_memory_used_bytes()
+        if used is None or used <= baseline_bytes + slack_bytes:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)

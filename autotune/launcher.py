@@ -1,0 +1,197 @@
+"""Launcher: start ``vllm serve`` (or any command that behaves like it), wait until it is ready,
+and stop it as a whole process tree on every path."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from autotune import _process
+from autotune.errors import UserError
+from autotune.hardware import gpu_memory_used_bytes, wait_memory_released
+from autotune.outcome import Classified, Outcome, classify_startup
+
+ENV_VLLM_CMD = "AUTOTUNE_VLLM_CMD"
+DEFAULT_VLLM_CMD = "vllm serve"
+HOST = "127.0.0.1"
+PORT_RETRIES = 3
+
+ArgValue = int | float | str | bool
+
+
+def resolve_command(command: str | None) -> list[str]:
+    """``--vllm-cmd`` or ``AUTOTUNE_VLLM_CMD`` or ``vllm serve``, split shell-style and checked."""
+    text = command or os.environ.get(ENV_VLLM_CMD) or DEFAULT_VLLM_CMD
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise UserError(f"--vllm-cmd {text!r}: {exc}") from None
+    if not argv:
+        raise UserError("--vllm-cmd is empty")
+    exe = argv[0]
+    if shutil.which(exe) is None:
+        hint = " (install vLLM, or point --vllm-cmd at it)" if exe == "vllm" else ""
+        raise UserError(f"--vllm-cmd: executable {exe!r} not found{hint}")
+    return argv
+
+
+def vllm_flags(args: Mapping[str, ArgValue]) -> list[str]:
+    """``{"max_num_seqs": 64}`` → ``["--max-num-seqs", "64"]``; booleans become bare flags."""
+    out: list[str] = []
+    for name, value in args.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is False:
+            out.append("--no-" + name.replace("_", "-"))
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def build_argv(
+    *, command: Sequence[str], model: str, args: Mapping[str, ArgValue], extra: Sequence[str] = ()
+) -> list[str]:
+    """The command line a trial (or ``serve``) runs: command + MODEL + flags + extra args."""
+    return [*command, model, *vllm_flags(args), *extra]
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A started engine that answers ``/health`` and ``/v1/models``."""
+
+    base_url: str
+    served_model: str
+    max_model_len: int | None
+    version: str | None
+    startup_s: float
+
+
+class Engine:
+    """One engine process: its own session, a kept log file, killed as a tree on ``stop``."""
+
+    def __init__(self, *, argv: Sequence[str], log_path: Path, env: Mapping[str, str]) -> None:
+        self.argv = list(argv)
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        self._log.write(("$ " + shlex.join(self.argv) + "\n").encode())
+        self._log.flush()
+        self._gpu_baseline = gpu_memory_used_bytes()
+        self.started = time.monotonic()
+        self.proc: subprocess.Popen[bytes] = _process.spawn(self.argv, log=self._log, env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def exited(self) -> int | None:
+        return self.proc.poll()
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return _process.read_tail(self.log_path)
+
+    def stop(self, *, grace_s: float = 10.0, memory_timeout_s: float = 60.0) -> bool:
+        """Kill the tree; with a GPU, wait until NVML shows its memory released (True if so)."""
+        _process.kill_tree(self.proc, grace_s=grace_s)
+        if not self._log.closed:
+            self._log.close()
+        return wait_memory_released(baseline_bytes=self._gpu_baseline, timeout_s=memory_timeout_s)
+
+    def wait_ready(self, *, base_url: str, timeout_s: float) -> Ready | Classified:
+        """Poll ``/health`` then ``/v1/models``; an early exit is noticed at once."""
+        deadline = self.started + timeout_s
+        with httpx.Client(timeout=5.0) as client:
+            while True:
+                rc = self.exited()
+                if rc is not None:
+                    time.sleep(0.1)  # let the last lines reach the log
+                    return classify_startup(self.log_text(), returncode=rc)
+                ready = _probe(client, base_url)
+                if ready is not None:
+                    served, max_len = ready
+                    return Ready(
+                        base_url=base_url,
+                        served_model=served,
+                        max_model_len=max_len,
+                        version=_version(client, base_url),
+                        startup_s=time.monotonic() - self.started,
+                    )
+                if time.monotonic() >= deadline:
+                    return Classified(Outcome.STARTUP_TIMEOUT, f"not ready after {timeout_s:.0f} s")
+                time.sleep(0.25)
+
+
+def _probe(client: httpx.Client, base_url: str) -> tuple[str, int | None] | None:
+    try:
+        if client.get(base_url + "/health").status_code != 200:
+            return None
+        models = client.get(base_url + "/v1/models")
+        if models.status_code != 200:
+            return None
+        data = models.json().get("data") or []
+        if not data:
+            return None
+        return str(data[0]["id"]), data[0].get("max_model_len")
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _version(client: httpx.Client, base_url: str) -> str | None:
+    try:
+        answer = client.get(base_url + "/version")
+        return str(answer.json()["version"]) if answer.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextmanager
+def launch(
+    *,
+    command: Sequence[str],
+    model: str,
+    args: Mapping[str, ArgValue],
+    extra: Sequence[str] = (),
+    log_path: Path,
+    startup_timeout_s: float,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[tuple[Engine, Ready | Classified]]:
+    """Start an engine on a free port of 127.0.0.1 and yield it with its readiness result.
+
+    A port clash is retried on another port (it is never the configuration's fault). The engine
+    is stopped when the block exits, whatever the reason (exception, Ctrl-C, SIGTERM).
+    """
+    environment = dict(os.environ if env is None else env)
+    for attempt in range(PORT_RETRIES):
+        port = _process.free_port(HOST)
+        argv = build_argv(
+            command=command,
+            model=model,
+            args={"host": HOST, "port": port, **args},
+            extra=extra,
+        )
+        engine = Engine(argv=argv, log_path=log_path, env=environment)
+        try:
+            result = engine.wait_ready(
+                base_url=f"http://{HOST}:{port}", timeout_s=startup_timeout_s
+            )
+            if (
+                isinstance(result, Classified)
+                and result.outcome is Outcome.PORT_IN_USE
+                and attempt + 1 < PORT_RETRIES
+            ):
+                continue
+            yield engine, result
+            return
+        finally:
+            engine.stop()

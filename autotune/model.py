@@ -1,0 +1,170 @@
+"""Model spec: what autotune knows about a model from its ``config.json`` (never the weights)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import UserError
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "fp8": 1}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture facts read from a local ``config.json``.
+
+    ``known`` is False when the model id could not be resolved locally; vLLM may still download
+    it, but autotune cannot check lengths or memory and says so (``unknown_reasons``).
+    """
+
+    model_id: str
+    known: bool
+    path: Path | None = None
+    architecture: str | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    hidden_size: int | None = None
+    vocab_size: int | None = None
+    dtype: str | None = None
+    max_position_embeddings: int | None = None
+    is_vision: bool = False
+    config_hash: str | None = None
+    unknown_reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        """A short, filesystem-safe name for study and profile keys."""
+        base = self.model_id.rstrip("/")
+        if self.path is not None and Path(base).exists():
+            base = Path(base).resolve().name
+        return base.replace("/", "--")
+
+    def kv_bytes_per_token(self, *, kv_dtype_bytes: int | None = None, tp: int = 1) -> int | None:
+        """Bytes of KV cache per token per GPU for standard attention (vllm-facts §4)."""
+        if None in (self.num_layers, self.num_kv_heads, self.head_dim):
+            return None
+        assert self.num_layers and self.num_kv_heads and self.head_dim
+        dtype_bytes = kv_dtype_bytes or _DTYPE_BYTES.get(self.dtype or "", 2)
+        heads = max(1, self.num_kv_heads // tp)
+        return 2 * self.num_layers * heads * self.head_dim * dtype_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for profiles and study attributes."""
+        return {
+            "id": self.model_id,
+            "known": self.known,
+            "architecture": self.architecture,
+            "dtype": self.dtype,
+            "max_position_embeddings": self.max_position_embeddings,
+            "vision": self.is_vision,
+            "config_hash": self.config_hash,
+        }
+
+
+def _hf_cache_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("HF_HUB_CACHE"):
+        dirs.append(Path(os.environ["HF_HUB_CACHE"]))
+    hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
+    dirs.append(Path(hf_home) / "hub")
+    return dirs
+
+
+def _find_cached_config(model_id: str) -> Path | None:
+    """``config.json`` of a Hugging Face cache entry (newest snapshot), if present."""
+    folder = "models--" + model_id.replace("/", "--")
+    for cache in _hf_cache_dirs():
+        snapshots = cache / folder / "snapshots"
+        if not snapshots.is_dir():
+            continue
+        candidates = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
+        if candidates:
+            return candidates[-1]
+    return None
+
+
+def _looks_like_path(model_id: str) -> bool:
+    return model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
+
+
+def _first(cfg: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if cfg.get(key) is not None:
+            return cfg[key]
+    return None
+
+
+def _parse_config(model_id: str, path: Path | None, config_file: Path) -> ModelSpec:
+    raw = config_file.read_bytes()
+    try:
+        cfg = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{config_file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{config_file}: expected a JSON object")
+    archs = cfg.get("architectures") or []
+    is_vision = "vision_config" in cfg or any("ConditionalGeneration" in a for a in archs)
+    text_config = cfg.get("text_config")
+    merged = {**cfg, **text_config} if isinstance(text_config, dict) else cfg
+    heads = _first(merged, "num_attention_heads", "n_head")
+    hidden = _first(merged, "hidden_size", "n_embd", "d_model")
+    head_dim = _first(merged, "head_dim")
+    if not head_dim and heads and hidden:
+        head_dim = hidden // heads
+    kv_heads = _first(
+        merged, "n_head_kv", "num_kv_heads", "num_key_value_heads", "multi_query_group_num"
+    )
+    return ModelSpec(
+        model_id=model_id,
+        known=True,
+        path=path,
+        architecture=archs[0] if archs else None,
+        num_layers=_first(merged, "num_hidden_layers", "n_layer", "num_layers"),
+        num_heads=heads,
+        num_kv_heads=kv_heads or heads,
+        head_dim=head_dim,
+        hidden_size=hidden,
+        vocab_size=_first(merged, "vocab_size"),
+        dtype=_first(merged, "torch_dtype", "dtype") or _first(cfg, "torch_dtype", "dtype"),
+        max_position_embeddings=_first(
+            merged, "max_position_embeddings", "n_positions", "max_sequence_length"
+        ),
+        is_vision=is_vision,
+        config_hash=hashlib.sha256(raw).hexdigest()[:12],
+    )
+
+
+def resolve_model(model_id: str) -> ModelSpec:
+    """Read the model's spec from a local directory or the Hugging Face cache.
+
+    A local path that does not exist is a user error; a hub id that is not cached is accepted
+    and marked unknown.
+    """
+    expanded = Path(os.path.expanduser(model_id))
+    if expanded.is_dir():
+        config_file = expanded / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"model directory {model_id} has no config.json")
+        return _parse_config(model_id, expanded, config_file)
+    if expanded.exists():
+        raise UserError(f"model {model_id} is a file; give the model directory or a hub id")
+    if _looks_like_path(model_id):
+        raise UserError(f"model directory {model_id} does not exist")
+    cached = _find_cached_config(model_id)
+    if cached is not None:
+        return _parse_config(model_id, cached.parent, cached)
+    return ModelSpec(
+        model_id=model_id,
+        known=False,
+        unknown_reasons=(
+            f"{model_id} is not a local directory or in the Hugging Face cache: its context "
+            "length, layers and dtype are not checked (vLLM may download it at launch)",
+        ),
+    )

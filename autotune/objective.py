@@ -1,0 +1,177 @@
+"""One trial: candidate arguments → launch → benchmark → classified result.
+
+No Optuna here: ``study.py`` turns a ``TrialResult`` into ``tell``. That keeps this module usable
+for one-off measurements (``profiles verify`` later) and testable without a study.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotune import launcher, loadgen
+from autotune.errors import StudyStopped
+from autotune.launcher import ArgValue, Ready
+from autotune.metrics import Metrics
+from autotune.outcome import Classified, Outcome, StartupInfo, classify_runtime, parse_startup
+from autotune.workload import Request
+
+MAX_FAILED_SHARE = 0.1  # more failed requests than this makes a configuration unusable
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """Everything a trial learned; what Optuna is told is derived from it."""
+
+    outcome: Outcome
+    reason: str
+    args: dict[str, ArgValue]
+    log_path: Path
+    metrics: Metrics | None = None
+    startup: StartupInfo = field(default_factory=StartupInfo)
+    estimated_max_model_len: int | None = None
+    vllm_version: str | None = None
+    startup_s: float | None = None
+    errors: tuple[str, ...] = ()
+    memory_released: bool = True
+
+    @property
+    def throughput(self) -> float:
+        return self.metrics.output_throughput if self.metrics else 0.0
+
+    def attrs(self) -> dict[str, Any]:
+        """JSON-safe summary stored as the trial's user attributes."""
+        return {
+            "outcome": self.outcome.value,
+            "reason": self.reason,
+            "vllm_args": dict(self.args),
+            "log": str(self.log_path),
+            "metrics": self.metrics.to_dict() if self.metrics else None,
+            "startup": self.startup.to_dict(),
+            "estimated_max_model_len": self.estimated_max_model_len,
+            "vllm_version": self.vllm_version,
+            "startup_s": round(self.startup_s, 2) if self.startup_s is not None else None,
+            "errors": list(self.errors),
+        }
+
+
+@dataclass(frozen=True)
+class TrialRunner:
+    """Runs candidates of one study: same command, model, requests and deadlines for all."""
+
+    command: Sequence[str]
+    model: str
+    requests: Sequence[Request]
+    extra_args: Sequence[str] = ()
+    fixed_by_user: frozenset[str] = frozenset()
+    startup_timeout_s: float = 900.0
+    bench_timeout_s: float = 1800.0
+    env: Mapping[str, str] | None = None
+
+    def run(
+        self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
+    ) -> TrialResult:
+        """Launch and measure one candidate. Raises ``StudyStopped`` on the user's own errors."""
+        args = dict(args)
+        on_phase("starting engine")
+        with launcher.launch(
+            command=self.command,
+            model=self.model,
+            args=args,
+            extra=self.extra_args,
+            log_path=log_path,
+            startup_timeout_s=self.startup_timeout_s,
+            env=self.env,
+        ) as (engine, ready):
+            if isinstance(ready, Classified):
+                self._stop_on_user_error(ready)
+                log = engine.log_text()
+                return TrialResult(
+                    outcome=ready.outcome,
+                    reason=ready.reason,
+                    args=args,
+                    log_path=log_path,
+                    startup=parse_startup(log),
+                    estimated_max_model_len=ready.estimated_max_model_len,
+                    vllm_version=parse_startup(log).vllm_version,
+                )
+            on_phase(f"benchmark: {len(self.requests)} requests")
+            result = self._bench(engine, ready, on_phase)
+            startup = parse_startup(engine.log_text())
+            bench_outcome = self._judge(result, engine)
+            return TrialResult(
+                outcome=bench_outcome.outcome,
+                reason=bench_outcome.reason,
+                args=args,
+                log_path=log_path,
+                metrics=result.metrics,
+                startup=startup,
+                vllm_version=ready.version or startup.vllm_version,
+                startup_s=ready.startup_s,
+                errors=result.errors,
+            )
+
+    def _bench(
+        self, engine: launcher.Engine, ready: Ready, on_phase: Callable[[str], None]
+    ) -> loadgen.BenchResult:
+        def died() -> str | None:
+            rc = engine.exited()
+            return None if rc is None else f"engine exited with code {rc}"
+
+        total = len(self.requests)
+        last = [0.0]
+
+        def progress(done: int, _total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] > 0.5 or done == total:
+                last[0] = now
+                on_phase(f"benchmark: {done}/{total} requests")
+
+        return loadgen.run(
+            base_url=ready.base_url,
+            model=ready.served_model,
+            requests=self.requests,
+            timeout_s=self.bench_timeout_s,
+            should_abort=died,
+            on_progress=progress,
+        )
+
+    def _judge(self, result: loadgen.BenchResult, engine: launcher.Engine) -> Classified:
+        if engine.exited() is not None:
+            time.sleep(0.1)
+            return classify_runtime(engine.log_text())
+        if result.aborted:
+            return Classified(Outcome.HARNESS_ERROR, f"benchmark aborted: {result.aborted}")
+        m = result.metrics
+        sent = m.completed + m.failed
+        if sent and m.failed / sent > MAX_FAILED_SHARE:
+            first = result.errors[0] if result.errors else "no message"
+            return Classified(Outcome.REQUEST_ERRORS, f"{m.failed}/{sent} requests failed: {first}")
+        return Classified(Outcome.OK, f"{m.output_throughput:.1f} output tok/s")
+
+    def _stop_on_user_error(self, failure: Classified) -> None:
+        """Model-not-found, and an invalid configuration that the user caused, end the study."""
+        if failure.outcome is Outcome.MODEL_NOT_FOUND:
+            raise StudyStopped(f"the engine cannot find model {self.model}: {failure.reason}")
+        if failure.outcome is not Outcome.INVALID_CONFIG:
+            return
+        if _blames_tuned_dimension(failure.reason, self.fixed_by_user):
+            return  # a candidate autotune made invalid: a harness error, the study goes on
+        raise StudyStopped(f"the engine rejected the settings: {failure.reason}")
+
+
+_TUNED_NAMES = re.compile(
+    r"gpu[_-]memory[_-]utilization|max[_-]num[_-]seqs|max[_-]num[_-]batched[_-]tokens|"
+    r"max[_-]model[_-]len"
+)
+
+
+def _blames_tuned_dimension(reason: str, fixed_by_user: frozenset[str]) -> bool:
+    if "unrecognized arguments" in reason:
+        return False
+    names = {m.group(0).replace("-", "_") for m in _TUNED_NAMES.finditer(reason)}
+    return bool(names) and not names <= fixed_by_user

@@ -1,0 +1,148 @@
+"""Profiles: the best configuration of a study, saved as YAML and reused by ``serve``.
+
+Schema (version 1), every key required:
+  schema_version, model {id, config_hash, ...}, hardware {gpu, memory_gib, count, driver, key},
+  vllm_version, workload {..., signature}, objective, vllm_args {flag_name: value},
+  metrics {...}, startup {...}, provenance {study, trial, created, autotune_version}.
+Writes are atomic (temporary file + rename), so a reader never sees half a profile.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autotune.errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A measured vLLM configuration and the key it is valid for."""
+
+    schema_version: int
+    model: dict[str, Any]
+    hardware: dict[str, Any]
+    vllm_version: str | None
+    workload: dict[str, Any]
+    objective: str
+    vllm_args: dict[str, Any]
+    metrics: dict[str, Any]
+    startup: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @property
+    def model_name(self) -> str:
+        return str(self.model["name"])
+
+    @property
+    def hardware_key(self) -> str:
+        return str(self.hardware["key"])
+
+    @property
+    def workload_signature(self) -> str:
+        return str(self.workload["signature"])
+
+    @property
+    def created(self) -> str:
+        return str(self.provenance.get("created", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str) -> Profile:
+        """Validate and build; errors name ``source`` (the file)."""
+        if not isinstance(data, Mapping):
+            raise UserError(f"{source}: not a profile (expected a mapping)")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        missing = sorted(names - set(data))
+        if unknown:
+            raise UserError(f"{source}: unknown keys {', '.join(unknown)}")
+        if missing:
+            raise UserError(f"{source}: missing keys {', '.join(missing)}")
+        if data["schema_version"] != SCHEMA_VERSION:
+            raise UserError(
+                f"{source}: schema_version {data['schema_version']} is not supported "
+                f"(this autotune reads {SCHEMA_VERSION})"
+            )
+        for key in ("model", "hardware", "workload", "vllm_args", "metrics", "provenance"):
+            if not isinstance(data[key], Mapping):
+                raise UserError(f"{source}: {key} must be a mapping")
+        for key, sub in (("model", "name"), ("hardware", "key"), ("workload", "signature")):
+            if sub not in data[key]:
+                raise UserError(f"{source}: {key}.{sub} is missing")
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unknown"
+
+
+class ProfileStore:
+    """Profiles under ``root/<model>/<hardware>/<workload>--<objective>--vllm-<version>.yaml``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_for(self, profile: Profile) -> Path:
+        name = (
+            f"{_slug(profile.workload_signature)}--{_slug(profile.objective)}"
+            f"--vllm-{_slug(profile.vllm_version or 'unknown')}.yaml"
+        )
+        return self.root / _slug(profile.model_name) / _slug(profile.hardware_key) / name
+
+    def save(self, profile: Profile) -> Path:
+        """Write atomically; the same key overwrites the older profile."""
+        path = self.path_for(profile)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(profile.to_dict(), sort_keys=False, default_flow_style=False)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".yaml")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @staticmethod
+    def load(path: Path) -> Profile:
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        return Profile.from_dict(data, source=str(path))
+
+    def all(self) -> list[tuple[Path, Profile]]:
+        """Every profile in the store, newest first."""
+        if not self.root.is_dir():
+            return []
+        found = [(p, self.load(p)) for p in sorted(self.root.rglob("*.yaml"))]
+        return sorted(found, key=lambda item: item[1].created, reverse=True)
+
+    def find(
+        self, *, model_name: str, hardware_key: str | None = None, workload: str | None = None
+    ) -> list[tuple[Path, Profile]]:
+        """Profiles for a model (and hardware, workload), newest first."""
+        return [
+            (path, prof)
+            for path, prof in self.all()
+            if prof.model_name == model_name
+            and (hardware_key is None or prof.hardware_key == hardware_key)
+            and (workload is None or prof.workload_signature == workload)
+        ]

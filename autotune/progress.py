@@ -1,0 +1,142 @@
+"""Progress of a study: a live display (rich) or plain log lines (``--quiet``), and tables."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+_SHORT = {
+    "gpu_memory_utilization": "util",
+    "max_num_seqs": "seqs",
+    "max_num_batched_tokens": "batched",
+    "max_model_len": "len",
+}
+
+
+def short_args(args: Mapping[str, Any]) -> str:
+    return " ".join(f"{_SHORT.get(k, k)}={v}" for k, v in args.items())
+
+
+def _result_text(trial: FrozenTrial) -> str:
+    attrs = trial.user_attrs
+    outcome = attrs.get("outcome", trial.state.name.lower())
+    if outcome == "ok":
+        return f"ok {trial.value:.1f} tok/s"
+    reason = str(attrs.get("reason", ""))
+    return f"{outcome}: {reason[:120]}"
+
+
+class LiveReporter:
+    """Trial n/N, the candidate, each result, best so far, elapsed and ETA."""
+
+    def __init__(self, *, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[phase]}"),
+            console=self.console,
+            transient=True,
+        )
+        self.task = self.progress.add_task("tuning", total=None, phase="")
+        self.best: float | None = None
+
+    def __enter__(self) -> LiveReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def trial_started(self, *, number: int, launch: int, budget: int, args: dict[str, Any]) -> None:
+        self.progress.update(self.task, total=budget, completed=launch - 1, phase="")
+        best = f" (best {self.best:.1f} tok/s)" if self.best is not None else ""
+        self.progress.update(self.task, description=f"trial {number}{best}")
+        self.console.print(f"[dim]trial {number} ({launch}/{budget}):[/] {short_args(args)}")
+
+    def phase(self, text: str) -> None:
+        self.progress.update(self.task, phase=text)
+
+    def trial_finished(self, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get("outcome") == "ok" and trial.value is not None:
+            self.best = max(self.best or 0.0, trial.value)
+        self.progress.advance(self.task)
+        style = "green" if trial.user_attrs.get("outcome") == "ok" else "yellow"
+        self.console.print(
+            f"  [{style}]{_result_text(trial)}[/]  log: {trial.user_attrs.get('log')}"
+        )
+
+
+class LineReporter:
+    """Plain timestamped lines on stderr, for logs and CI."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def _say(self, text: str) -> None:
+        print(
+            f"[autotune +{time.monotonic() - self.started:6.0f}s] {text}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __enter__(self) -> LineReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def trial_started(self, *, number: int, launch: int, budget: int, args: dict[str, Any]) -> None:
+        self._say(f"trial {number} ({launch}/{budget}): {short_args(args)}")
+
+    def phase(self, text: str) -> None:
+        return None
+
+    def trial_finished(self, trial: FrozenTrial) -> None:
+        self._say(
+            f"trial {trial.number}: {_result_text(trial)} (log: {trial.user_attrs.get('log')})"
+        )
+
+
+def trials_table(rows: Sequence[Mapping[str, Any]], *, best: int | None, title: str) -> Table:
+    """All trials of a study: outcome, arguments, key metrics and log path."""
+    table = Table(title=title, title_justify="left")
+    for col in ("#", "outcome", "arguments", "tok/s", "TTFT p95 ms", "KV tokens", "log / reason"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        mark = "*" if row["number"] == best else ""
+
+        def num(value: Any, fmt: str = "{:.1f}") -> str:
+            return "" if value is None else fmt.format(value)
+
+        detail = row["log"] if row["outcome"] == "ok" else f"{row['reason'][:100]} {row['log']}"
+        table.add_row(
+            f"{row['number']}{mark}",
+            str(row["outcome"]),
+            short_args(row["args"]),
+            num(row["throughput"]),
+            num(row["ttft_p95_ms"]),
+            num(row["kv_cache_tokens"], "{:,}"),
+            detail.strip(),
+        )
+    return table

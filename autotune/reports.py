@@ -1,0 +1,88 @@
+"""Read-only views: the trials of studies and the saved profiles."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from autotune import paths
+from autotune.errors import UserError
+from autotune.hardware import resolve_hardware
+from autotune.model import resolve_model
+from autotune.profiles import ProfileStore
+from autotune.serve import describe_miss, find_profile
+
+
+def print_trials(
+    *, model: str | None, storage: str | None, state_dir: Path | None, as_json: bool
+) -> None:
+    """Every trial of the studies (of ``model``) with outcome, key metrics and log path."""
+    from autotune import study as st
+    from autotune.progress import trials_table
+
+    state = paths.state_dir(state_dir)
+    if storage is None and not (state / "studies.db").exists():
+        raise UserError(f"no studies yet in {state}")
+    url = st.storage_url(storage, state_dir=state)
+    name = None if model is None else resolve_model(model).name
+    names = st.find_studies(url, model=name)
+    if not names:
+        raise UserError(f"no study for {model} in {url}" if model else f"no studies in {url}")
+    out: dict[str, object] = {}
+    console = Console()
+    for study_name in names:
+        study = st.load_study(study_name, url)
+        rows = st.trial_rows(study.get_trials(deepcopy=False))
+        best = st.choose_best(study, noise=0.0)
+        if as_json:
+            out[study_name] = rows
+        else:
+            console.print(trials_table(rows, best=best.number if best else None, title=study_name))
+    if as_json:
+        json.dump(out, sys.stdout, indent=2, default=str)
+        print()
+
+
+def print_profiles(*, profiles_dir: Path | None) -> None:
+    store = ProfileStore(paths.profiles_dir(profiles_dir))
+    found = store.all()
+    if not found:
+        print(f"no profiles in {store.root}", file=sys.stderr)
+        return
+    table = Table(title=f"profiles in {store.root}", title_justify="left")
+    for col in ("model", "hardware", "workload", "objective", "vLLM", "tok/s", "created", "file"):
+        table.add_column(col, overflow="fold")
+    for path, p in found:
+        tput = p.metrics.get("output_throughput")
+        table.add_row(
+            p.model_name,
+            p.hardware_key,
+            p.workload_signature,
+            p.objective,
+            p.vllm_version or "?",
+            f"{tput:.1f}" if isinstance(tput, (int, float)) else "",
+            p.created,
+            str(path),
+        )
+    Console().print(table)
+
+
+def show_profile(*, model: str, gpu: str | None, profiles_dir: Path | None, as_json: bool) -> None:
+    store = ProfileStore(paths.profiles_dir(profiles_dir))
+    spec = resolve_model(model)
+    hardware = resolve_hardware(gpu=gpu)
+    match = find_profile(store=store, spec=spec, hardware=hardware)
+    if match is None:
+        raise UserError(describe_miss(store=store, spec=spec, hardware=hardware, workload=None))
+    data = match.profile.to_dict()
+    if as_json:
+        json.dump(data, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"# {match.path}")
+        print(yaml.safe_dump(data, sort_keys=False), end="")

@@ -1,0 +1,101 @@
+"""Serve: find the profile for this model and hardware and exec ``vllm serve`` with it.
+
+This path never imports Optuna (tuning on a miss is imported lazily by the caller).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from autotune.errors import UserError
+from autotune.hardware import Hardware
+from autotune.launcher import build_argv
+from autotune.model import ModelSpec
+from autotune.profiles import Profile, ProfileStore
+
+
+@dataclass(frozen=True)
+class Match:
+    """The profile chosen for ``serve`` and why."""
+
+    path: Path
+    profile: Profile
+    others: int  # other profiles that also fit (other workloads or objectives)
+
+
+def note(text: str) -> None:
+    """Notes go to stderr so that stdout carries only the command (``--dry-run``)."""
+    print(f"autotune: {text}", file=sys.stderr, flush=True)
+
+
+def find_profile(
+    *,
+    store: ProfileStore,
+    spec: ModelSpec,
+    hardware: Hardware,
+    workload: str | None = None,
+    profile_file: Path | None = None,
+) -> Match | None:
+    """``--profile FILE`` wins; else the newest profile for this model, hardware (and workload)."""
+    if profile_file is not None:
+        return Match(path=profile_file, profile=store.load(profile_file), others=0)
+    found = store.find(model_name=spec.name, hardware_key=hardware.key, workload=workload)
+    if not found:
+        return None
+    path, profile = found[0]
+    return Match(path=path, profile=profile, others=len(found) - 1)
+
+
+def describe_miss(
+    *, store: ProfileStore, spec: ModelSpec, hardware: Hardware, workload: str | None
+) -> str:
+    """What was looked for, and which profiles exist instead."""
+    wanted = f"model {spec.name} on {hardware.key}" + (f", workload {workload}" if workload else "")
+    existing = [
+        f"{p.model_name} on {p.hardware_key} ({p.workload_signature})" for _, p in store.all()
+    ]
+    have = "; ".join(existing[:5]) if existing else "none"
+    return f"no profile for {wanted} in {store.root} (profiles there: {have})"
+
+
+def serve_argv(
+    *, command: Sequence[str], model: str, profile: Profile, extra: Sequence[str] = ()
+) -> list[str]:
+    """The exact ``vllm serve`` command line for a profile: every tuned value explicit."""
+    return build_argv(command=command, model=model, args=profile.vllm_args, extra=extra)
+
+
+def announce(match: Match) -> None:
+    p = match.profile
+    metrics = p.metrics or {}
+    tput = metrics.get("output_throughput")
+    measured = f", measured {tput:.1f} output tok/s" if isinstance(tput, (int, float)) else ""
+    note(
+        f"using profile {match.path} (workload {p.workload_signature}, objective {p.objective}, "
+        f"vLLM {p.vllm_version or 'unknown'}, tuned {p.created}{measured})"
+    )
+    if match.others:
+        note(f"{match.others} other profile(s) also fit; choose one with --workload or --profile")
+
+
+def exec_or_print(argv: Sequence[str], *, dry_run: bool) -> None:
+    """Print the command (``--dry-run``) or replace this process with it (same PID)."""
+    if dry_run:
+        print(shlex.join(argv), flush=True)
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _exec(argv)
+
+
+def _exec(argv: Sequence[str]) -> NoReturn:
+    try:
+        os.execvp(argv[0], list(argv))
+    except OSError as exc:
+        raise UserError(f"cannot run {argv[0]}: {exc.strerror}") from None
