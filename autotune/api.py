@@ -63,17 +63,11 @@ def prepare(options: TuneOptions) -> Prepared:
     """Resolve the command, model, hardware and space; say what could not be checked."""
     if options.trials < 1:
         raise UserError(f"--trials {options.trials}: at least one launch is needed")
-    command = resolve_command(options.vllm_cmd)
     spec = resolve_model(options.model)
-    if not spec.known:
-        spec = _prefetch(spec)
-    for reason in spec.unknown_reasons:
-        note(reason)
     hardware = resolve_hardware(gpu=options.gpu)
-    if hardware.source != "nvml":
-        note(f"hardware {hardware.describe()}; not checked against the machine")
     space = build_space(spec=spec, overrides=options.ranges, min_model_len=options.min_model_len)
     options.workload.validate()
+    command = resolve_command(options.vllm_cmd)
     wl = options.workload
     if wl.dataset is None and "max_model_len" in space:
         need = wl.input_len + wl.output_len
@@ -83,6 +77,15 @@ def prepare(options: TuneOptions) -> Prepared:
                 f"needs (input {wl.input_len} + output {wl.output_len} = {need}); "
                 "raise --min-model-len or shorten the workload"
             )
+    # Notes only once every input is known to be good, so a bad input stays one line.
+    if hardware.source != "nvml":
+        note(f"hardware {hardware.describe()}; not checked against the machine")
+    if not spec.known:
+        spec = _prefetch(spec)
+        if spec.known:  # now its length is known: search it too
+            space = build_space(spec=spec, overrides=options.ranges, min_model_len=options.min_model_len)
+    for reason in spec.unknown_reasons:
+        note(reason)
     return Prepared(command=command, spec=spec, hardware=hardware, space=space)
 
 
@@ -206,11 +209,9 @@ def serve(
     profile_file: Path | None = None,
 ) -> None:
     """Exec vLLM with the matching profile; on a miss tune first (unless ``no_tune``)."""
-    command = resolve_command(options.vllm_cmd)
     spec = resolve_model(options.model)
     hardware = resolve_hardware(gpu=options.gpu)
-    if hardware.source != "nvml":
-        note(f"hardware {hardware.describe()}")
+    command = resolve_command(options.vllm_cmd)
     store = ProfileStore(paths.profiles_dir(options.profiles_dir))
     match = find_profile(
         store=store, spec=spec, hardware=hardware, workload=workload, profile_file=profile_file
@@ -226,7 +227,7 @@ def serve(
         match = find_profile(store=store, spec=spec, hardware=hardware, workload=workload)
         if match is None:  # pragma: no cover - tune() raises when it saves nothing
             raise UserError(miss)
-    announce(match)
+    announce(match, hardware=hardware)
     argv = serve_argv(
         command=command, model=options.model, profile=match.profile, extra=options.extra_args
     )

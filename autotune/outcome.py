@@ -105,10 +105,16 @@ _GRAPHS = re.compile(
 )
 
 
+# vLLM's log prefix, "(EngineCore pid=1) ERROR 11-21 10:00:00 [core.py:1081] ", is noise in reasons.
+_PREFIX = re.compile(r"^\(\w+ pid=\d+\)\s+(?:\w+ \d\d-\d\d \d\d:\d\d:\d\d \[[^\]]*\] )?")
+
+
 def _line_of(log: str, match: re.Match[str], *, following: int = 0) -> str:
     """The log line holding ``match`` (plus ``following`` lines, e.g. pydantic's field names)."""
     start = log.rfind("\n", 0, match.start()) + 1
-    lines = [ln.strip() for ln in log[start:].splitlines()[: following + 1] if ln.strip()]
+    lines = [
+        _PREFIX.sub("", ln).strip() for ln in log[start:].splitlines()[: following + 1] if ln.strip()
+    ]
     line = " | ".join(lines)
     return line if len(line) <= 400 else line[:397] + "..."
 

@@ -119,24 +119,25 @@ class LineReporter:
 
 
 def trials_table(rows: Sequence[Mapping[str, Any]], *, best: int | None, title: str) -> Table:
-    """All trials of a study: outcome, arguments, key metrics and log path."""
+    """All trials of a study: outcome, arguments, key metrics and why a trial failed."""
     table = Table(title=title, title_justify="left")
-    for col in ("#", "outcome", "arguments", "tok/s", "TTFT p95 ms", "KV tokens", "log / reason"):
-        table.add_column(col, overflow="fold")
+    for col in ("#", "outcome", *_SHORT.values(), "tok/s", "TTFT p95", "KV tokens", "reason"):
+        justify = "left" if col in ("outcome", "reason") else "right"
+        table.add_column(col, justify=justify, overflow="fold")
+
+    def num(value: Any, fmt: str = "{:.1f}") -> str:
+        return "" if value is None else fmt.format(value)
+
     for row in rows:
-        mark = "*" if row["number"] == best else ""
-
-        def num(value: Any, fmt: str = "{:.1f}") -> str:
-            return "" if value is None else fmt.format(value)
-
-        detail = row["log"] if row["outcome"] == "ok" else f"{row['reason'][:100]} {row['log']}"
+        args = row["args"]
+        reason = "" if row["outcome"] == "ok" else str(row["reason"])
         table.add_row(
-            f"{row['number']}{mark}",
+            f"{row['number']}{'*' if row['number'] == best else ''}",
             str(row["outcome"]),
-            short_args(row["args"]),
+            *(str(args.get(name, "")) for name in _SHORT),
             num(row["throughput"]),
             num(row["ttft_p95_ms"]),
             num(row["kv_cache_tokens"], "{:,}"),
-            detail.strip(),
+            reason if len(reason) <= 90 else reason[:87] + "...",
         )
     return table

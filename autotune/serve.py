@@ -57,6 +57,8 @@ def describe_miss(
 ) -> str:
     """What was looked for, and which profiles exist instead."""
     wanted = f"model {spec.name} on {hardware.key}" + (f", workload {workload}" if workload else "")
+    if hardware.source != "nvml":
+        wanted += f" ({hardware.describe()})"
     existing = [
         f"{p.model_name} on {p.hardware_key} ({p.workload_signature})" for _, p in store.all()
     ]
@@ -71,13 +73,13 @@ def serve_argv(
     return build_argv(command=command, model=model, args=profile.vllm_args, extra=extra)
 
 
-def announce(match: Match) -> None:
+def announce(match: Match, *, hardware: Hardware) -> None:
     p = match.profile
     metrics = p.metrics or {}
     tput = metrics.get("output_throughput")
     measured = f", measured {tput:.1f} output tok/s" if isinstance(tput, (int, float)) else ""
     note(
-        f"using profile {match.path} (workload {p.workload_signature}, objective {p.objective}, "
+        f"using profile {match.path} for {hardware.describe()} (workload {p.workload_signature}, objective {p.objective}, "
         f"vLLM {p.vllm_version or 'unknown'}, tuned {p.created}{measured})"
     )
     if match.others:

@@ -1,0 +1,46 @@
+"""Shared fixtures: isolated state/profile dirs and the fake engine command."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+FAKE_CMD = f"{shlex.quote(sys.executable)} -m autotune.testing.fake_engine serve"
+
+LLAMA_8B = {
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 131072,
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 128256,
+}
+
+
+def write_model(directory: Path, config: dict[str, object] | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config or LLAMA_8B))
+    return directory
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    return write_model(tmp_path / "llama-8b")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never touch the user's real state, profiles or GPU settings."""
+    monkeypatch.setenv("AUTOTUNE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("AUTOTUNE_PROFILES_DIR", str(tmp_path / "profiles"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for var in ("AUTOTUNE_GPU", "AUTOTUNE_VLLM_CMD", "HF_HUB_CACHE"):
+        monkeypatch.delenv(var, raising=False)

@@ -1,0 +1,92 @@
+"""The command line as a user meets it: one clear line for bad input, light imports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAKE_CMD
+
+AUTOTUNE = [sys.executable, "-m", "autotune"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AUTOTUNE, *args], capture_output=True, text=True, timeout=60, env=env or dict(os.environ)
+    )
+
+
+def one_clear_line(done: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert done.returncode != 0, done
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, done.stderr
+    assert needle in lines[0] and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["tune", "./no-such-model", "--gpu", "L4:24"], "does not exist"),
+        (["tune", "{model}", "--gpu", "L4:24", "--trials", "0"], "--trials"),
+        (["tune", "{model}", "--gpu", "L4:24", "--gpu-memory-utilization", "1.5"], "1.5"),
+        (["tune", "{model}", "--gpu", "L4:24", "--max-num-seqs", "0:8"], "vLLM's limits"),
+        (["tune", "{model}", "--gpu", "L4", "--vllm-cmd", FAKE_CMD], "GPU spec"),
+        (["tune", "{model}", "--gpu", "L4:24", "--vllm-cmd", "no-such-vllm serve"], "not found"),
+        (["tune", "{model}", "--gpu", "L4:24", "--max-model-len", "999999"], "model's maximum"),
+        (["serve", "{model}", "--gpu", "L4:24", "--no-tune", "--vllm-cmd", FAKE_CMD], "no profile"),
+        (["profiles", "show", "{model}", "--gpu", "L4:24"], "no profile"),
+    ],
+)
+def test_bad_input_is_one_line(args: list[str], needle: str, model_dir: Path) -> None:
+    args = [a.replace("{model}", str(model_dir)) for a in args]
+    one_clear_line(run(*args), needle)
+
+
+def test_no_gpu_and_no_flag(model_dir: Path) -> None:
+    from autotune.hardware import detect_nvml
+
+    if detect_nvml() is not None:
+        pytest.skip("this machine has a GPU")
+    done = run("tune", str(model_dir), "--vllm-cmd", FAKE_CMD)
+    one_clear_line(done, "no GPU found by NVML")
+
+
+def test_help_and_dry_run_do_not_import_heavy_modules(tmp_path: Path, model_dir: Path) -> None:
+    from autotune.profiles import SCHEMA_VERSION, Profile, ProfileStore
+
+    ProfileStore(Path(os.environ["AUTOTUNE_PROFILES_DIR"])).save(
+        Profile(
+            schema_version=SCHEMA_VERSION,
+            model={"id": str(model_dir), "name": "llama-8b"},
+            hardware={"key": "l4-24gib-x1"},
+            vllm_version="0.33.0",
+            workload={"signature": "in512-out128"},
+            objective="throughput",
+            vllm_args={"gpu_memory_utilization": 0.9, "max_num_seqs": 256},
+            metrics={},
+            startup={},
+            provenance={"created": "2026-01-01T00:00:00+00:00"},
+        )
+    )
+    probe = (
+        "import sys, runpy\ncode = 0\n"
+        "sys.argv = ['autotune'] + sys.argv[1:]\n"
+        "try:\n    runpy.run_module('autotune', run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "heavy = [m for m in ('optuna', 'torch', 'vllm') if m in sys.modules]\n"
+        "print('HEAVY', heavy, 'EXIT', code, file=sys.stderr)\n"
+    )
+    for args in (
+        ["--help"],
+        ["serve", "--help"],
+        ["serve", str(model_dir), "--gpu", "L4:24", "--dry-run", "--vllm-cmd", FAKE_CMD],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60
+        )
+        assert "HEAVY [] EXIT 0" in done.stderr, (args, done.stderr)
+    assert "--max-num-seqs 256" in done.stdout

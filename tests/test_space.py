@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotune.errors import UserError
+from autotune.hardware import parse_gpu_spec
+from autotune.model import resolve_model
+from autotune.space import build_space, parse_range, vllm_defaults
+
+
+def test_defaults_and_validity_by_construction(model_dir: Path) -> None:
+    spec = resolve_model(str(model_dir))
+    space = build_space(spec=spec, overrides={}, min_model_len=2048)
+    assert space["max_model_len"].low == 2048 and space["max_model_len"].high == 131072
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(200):
+        trial = study.ask()
+        args = space.args(space.sample(trial))
+        assert args["max_num_batched_tokens"] >= args["max_num_seqs"]
+        assert 0.70 <= args["gpu_memory_utilization"] <= 0.98
+        assert 2048 <= args["max_model_len"] <= 131072
+        study.tell(trial, 0.0)
+
+
+def test_fixed_and_reranged(model_dir: Path) -> None:
+    spec = resolve_model(str(model_dir))
+    space = build_space(
+        spec=spec, overrides={"max_model_len": "8192", "max_num_seqs": "8:256"}, min_model_len=None
+    )
+    assert space["max_model_len"].fixed
+    assert [d.name for d in space.tuned] == [
+        "gpu_memory_utilization",
+        "max_num_seqs",
+        "max_num_batched_tokens",
+    ]
+    study = optuna.create_study()
+    trial = study.ask()
+    args = space.args(space.sample(trial))
+    assert args["max_model_len"] == 8192 and "max_model_len" not in trial.params
+    assert 8 <= args["max_num_seqs"] <= 256
+
+
+def test_vllm_defaults_are_enqueued_in_range(model_dir: Path) -> None:
+    spec = resolve_model(str(model_dir))
+    space = build_space(spec=spec, overrides={"max_num_batched_tokens": "512:4096"})
+    h100 = vllm_defaults(parse_gpu_spec("H100:80", source="flag"), spec)
+    assert h100 == {
+        "gpu_memory_utilization": 0.9,
+        "max_num_seqs": 1024,
+        "max_num_batched_tokens": 8192,
+        "max_model_len": 131072,
+    }
+    assert vllm_defaults(parse_gpu_spec("A100:80", source="flag"), spec)["max_num_seqs"] == 256
+    params = space.default_params(h100)
+    assert params["max_num_batched_tokens"] == 4096  # clamped into the re-ranged space
+    assert params["max_num_batched_tokens"] >= params["max_num_seqs"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("gpu_memory_utilization", "1.5", "outside vLLM's limits"),
+        ("gpu_memory_utilization", "0.9:0.5", "low end is above"),
+        ("max_num_seqs", "0", "outside vLLM's limits"),
+        ("max_num_seqs", "abc", "expected an integer"),
+        ("max_num_seqs", "1:2:3", "expected an integer"),
+    ],
+)
+def test_bad_ranges(name: str, text: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        parse_range(name, text)
+
+
+def test_inconsistent_user_ranges(model_dir: Path) -> None:
+    spec = resolve_model(str(model_dir))
+    with pytest.raises(UserError, match="above the model's maximum"):
+        build_space(spec=spec, overrides={"max_model_len": "262144"})
+    with pytest.raises(UserError, match="max_num_batched_tokens >= max_num_seqs"):
+        build_space(
+            spec=spec, overrides={"max_num_seqs": "512", "max_num_batched_tokens": "256"}
+        )
+
+
+def test_unknown_model_leaves_length_to_vllm() -> None:
+    spec = resolve_model("org/uncached")
+    space = build_space(spec=spec, overrides={})
+    assert "max_model_len" not in space
