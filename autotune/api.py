@@ -83,7 +83,9 @@ def prepare(options: TuneOptions) -> Prepared:
     if not spec.known:
         spec = _prefetch(spec)
         if spec.known:  # now its length is known: search it too
-            space = build_space(spec=spec, overrides=options.ranges, min_model_len=options.min_model_len)
+            space = build_space(
+                spec=spec, overrides=options.ranges, min_model_len=options.min_model_len
+            )
     for reason in spec.unknown_reasons:
         note(reason)
     return Prepared(command=command, spec=spec, hardware=hardware, space=space)

@@ -113,7 +113,9 @@ def _line_of(log: str, match: re.Match[str], *, following: int = 0) -> str:
     """The log line holding ``match`` (plus ``following`` lines, e.g. pydantic's field names)."""
     start = log.rfind("\n", 0, match.start()) + 1
     lines = [
-        _PREFIX.sub("", ln).strip() for ln in log[start:].splitlines()[: following + 1] if ln.strip()
+        _PREFIX.sub("", ln).strip()
+        for ln in log[start:].splitlines()[: following + 1]
+        if ln.strip()
     ]
     line = " | ".join(lines)
     return line if len(line) <= 400 else line[:397] + "..."

@@ -11,7 +11,10 @@ WRAPPER = (
     "RuntimeError: Engine core initialization failed. See root cause above. "
     "Failed core proc(s): {}\n"
 )
-LOADED = P + "INFO 11-21 10:00:01 [gpu_model_runner.py:1] Model loading took 14.99 GiB memory and 3.1 seconds\n"
+LOADED = (
+    P
+    + "INFO 11-21 10:00:01 [gpu_model_runner.py:1] Model loading took 14.99 GiB memory and 3.1 seconds\n"
+)
 KV = P + "INFO 11-21 10:00:05 [gpu_worker.py:1] Available KV cache memory: 9.60 GiB\n"
 TORCH_OOM = (
     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 224.00 MiB. GPU 0 has a total "
@@ -141,7 +144,10 @@ def test_runtime_oom() -> None:
 
 def test_parse_startup_both_versions() -> None:
     new = parse_startup(
-        "(APIServer pid=1) INFO vLLM API server version 0.33.0\n" + LOADED + KV + P
+        "(APIServer pid=1) INFO vLLM API server version 0.33.0\n"
+        + LOADED
+        + KV
+        + P
         + "INFO GPU KV cache size: 78,640 tokens, Maximum concurrency for 8,192 tokens per "
         "request: 9.60x\n"
     )

@@ -79,9 +79,7 @@ def test_inconsistent_user_ranges(model_dir: Path) -> None:
     with pytest.raises(UserError, match="above the model's maximum"):
         build_space(spec=spec, overrides={"max_model_len": "262144"})
     with pytest.raises(UserError, match="max_num_batched_tokens >= max_num_seqs"):
-        build_space(
-            spec=spec, overrides={"max_num_seqs": "512", "max_num_batched_tokens": "256"}
-        )
+        build_space(spec=spec, overrides={"max_num_seqs": "512", "max_num_batched_tokens": "256"})
 
 
 def test_unknown_model_leaves_length_to_vllm() -> None:
