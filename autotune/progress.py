@@ -122,8 +122,8 @@ def trials_table(rows: Sequence[Mapping[str, Any]], *, best: int | None, title: 
     """All trials of a study: outcome, arguments, key metrics and why a trial failed."""
     table = Table(title=title, title_justify="left")
     for col in ("#", "outcome", *_SHORT.values(), "tok/s", "TTFT p95", "KV tokens", "reason"):
-        justify = "left" if col in ("outcome", "reason") else "right"
-        table.add_column(col, justify=justify, overflow="fold")
+        left = col in ("outcome", "reason")
+        table.add_column(col, justify="left" if left else "right", overflow="fold")
 
     def num(value: Any, fmt: str = "{:.1f}") -> str:
         return "" if value is None else fmt.format(value)

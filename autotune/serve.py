@@ -79,7 +79,8 @@ def announce(match: Match, *, hardware: Hardware) -> None:
     tput = metrics.get("output_throughput")
     measured = f", measured {tput:.1f} output tok/s" if isinstance(tput, (int, float)) else ""
     note(
-        f"using profile {match.path} for {hardware.describe()} (workload {p.workload_signature}, objective {p.objective}, "
+        f"using profile {match.path} for {hardware.describe()} "
+        f"(workload {p.workload_signature}, objective {p.objective}, "
         f"vLLM {p.vllm_version or 'unknown'}, tuned {p.created}{measured})"
     )
     if match.others:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ LLAMA_8B = {
 }
 
 
-def write_model(directory: Path, config: dict[str, object] | None = None) -> Path:
+def write_model(directory: Path, config: Mapping[str, object] | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config or LLAMA_8B))
     return directory

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from autotune.hardware import detect_nvml
 from tests.conftest import FAKE_CMD
 
 AUTOTUNE = [sys.executable, "-m", "autotune"]
@@ -46,11 +47,8 @@ def test_bad_input_is_one_line(args: list[str], needle: str, model_dir: Path) ->
     one_clear_line(run(*args), needle)
 
 
+@pytest.mark.skipif(detect_nvml() is not None, reason="this machine has a GPU")
 def test_no_gpu_and_no_flag(model_dir: Path) -> None:
-    from autotune.hardware import detect_nvml
-
-    if detect_nvml() is not None:
-        pytest.skip("this machine has a GPU")
     done = run("tune", str(model_dir), "--vllm-cmd", FAKE_CMD)
     one_clear_line(done, "no GPU found by NVML")
 

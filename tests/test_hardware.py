@@ -26,8 +26,7 @@ def test_flag_wins_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert hw.gpu_name == "L4" and hw.source == "env"
 
 
+@pytest.mark.skipif(detect_nvml() is not None, reason="this machine has a GPU")
 def test_no_gpu_and_no_flag_is_a_clear_error() -> None:
-    if detect_nvml() is not None:
-        pytest.skip("this machine has a GPU")
-    with pytest.raises(UserError, match="no GPU found by NVML.*--gpu"):
+    with pytest.raises(UserError, match=r"no GPU found by NVML.*--gpu"):
         resolve_hardware()

@@ -13,7 +13,8 @@ WRAPPER = (
 )
 LOADED = (
     P
-    + "INFO 11-21 10:00:01 [gpu_model_runner.py:1] Model loading took 14.99 GiB memory and 3.1 seconds\n"
+    + "INFO 11-21 10:00:01 [gpu_model_runner.py:1] "
+    + "Model loading took 14.99 GiB memory and 3.1 seconds\n"
 )
 KV = P + "INFO 11-21 10:00:05 [gpu_worker.py:1] Available KV cache memory: 9.60 GiB\n"
 TORCH_OOM = (
@@ -27,8 +28,9 @@ CASES = {
         LOADED
         + KV
         + P
-        + "ERROR ValueError: To serve at least one request with the model's max seq len (262144), "
-        "(16.0 GiB KV cache is needed, which is larger than the available KV cache memory (9.6 GiB)."
+        + "ERROR ValueError: To serve at least one request with the model's max seq len "
+        "(262144), (16.0 GiB KV cache is needed, which is larger than the available KV cache "
+        "memory (9.6 GiB)."
         " Based on the available memory, the estimated maximum model length is 157216. Try "
         "increasing `gpu_memory_utilization` or decreasing `max_model_len` when initializing the "
         "engine.\n" + WRAPPER,

@@ -73,7 +73,7 @@ def expected_outcome(args: dict[str, Any], model: Path) -> str:
     if failed is None:
         return "ok"
     if failed.where == "_initialize_kv_caches":
-        return "no_kv_cache" if "No available memory" in failed.error else "kv_too_small"
+        return "no_kv_cache" if "No available memory" in (failed.error or "") else "kv_too_small"
     return PHASE_CLASS[failed.where]
 
 
