@@ -1,0 +1,516 @@
+"""The fake engine (a test double for ``vllm serve``), exercised as a real subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from autotune.testing._fake_sim import BatchEngine
+
+GIB = 1024**3
+LLAMA_8B = {
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 131072,
+    "torch_dtype": "bfloat16",
+}
+FAST = {"AUTOTUNE_FAKE_STARTUP_S": "0.2", "AUTOTUNE_FAKE_TIME_SCALE": "0.2"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    path = tmp_path / "llama-8b"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(LLAMA_8B))
+    return path
+
+
+class Fake:
+    """One fake engine process with its combined log in a file."""
+
+    def __init__(self, tmp: Path, model: str, *args: str, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"fake-{self.port}.log"
+        cmd = [sys.executable, "-m", "autotune.testing.fake_engine", "serve", model]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port), *args]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **FAST, **(env or {})}
+            )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"exited {self.proc.returncode}:\n{self.log}"
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"not ready:\n{self.log}")
+
+    def wait(self, timeout: float = 10.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Any]:
+    fakes: list[Fake] = []
+
+    def start(model: str | Path, *args: str, env: dict[str, str] | None = None) -> Fake:
+        fakes.append(Fake(tmp_path, str(model), *args, env=env))
+        return fakes[-1]
+
+    yield start
+    for fake in fakes:
+        fake.stop()
+
+
+def failed(fake: Fake) -> str:
+    """Wait for a failing launch; return its log."""
+    assert fake.wait() == 1, fake.log
+    return fake.log
+
+
+def expected_kv_tokens(util: float, max_num_seqs: int = 256, mbt: int = 2048) -> int:
+    """The spec's memory model, computed independently of the implementation."""
+    h, layers, heads, kv_heads, vocab = 4096, 32, 32, 8, 128256
+    d = h // heads
+    params = vocab * h * 2 + layers * (2 * h * heads * d + 2 * h * kv_heads * d + 3 * h * 14336)
+    weights = params * 2 / GIB
+    act = (mbt * h * 2 * 24 + max_num_seqs * vocab * 4 * 2) / GIB
+    top = min(max_num_seqs * 2, 512, mbt)
+    sizes = {s for s in [1, 2, 4, *range(8, 256, 8), *range(256, top + 1, 16)] if s <= top}
+    sizes |= {s for s in (mbt, max_num_seqs) if s <= top}
+    graphs = len(sizes) * (0.01 + weights * 0.002)
+    kv = util * 24 - weights - act - graphs
+    return math.floor(kv * GIB / (16 * 2 * layers * kv_heads * d * 2)) * 16
+
+
+@pytest.mark.timeout(30)
+def test_healthy_start_serves_openai_api(launch: Any, model: Path) -> None:
+    fake = launch(model, "--max-model-len", "8192")
+    fake.wait_ready()
+    assert httpx.get(fake.url + "/version").json() == {"version": "0.33.0+fake"}
+    card = httpx.get(fake.url + "/v1/models").json()["data"][0]
+    assert (card["id"], card["root"], card["max_model_len"]) == (str(model), str(model), 8192)
+
+    body = {
+        "model": str(model),
+        "prompt": "one two three four",
+        "max_tokens": 7,
+        "ignore_eos": True,
+    }
+    done = httpx.post(fake.url + "/v1/completions", json=body, timeout=10).json()
+    assert done["usage"] == {"prompt_tokens": 4, "completion_tokens": 7, "total_tokens": 11}
+    assert done["choices"][0]["finish_reason"] == "length"
+
+    chat = {
+        "model": str(model),
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi there"}]}],
+        "max_tokens": 5,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream("POST", fake.url + "/v1/chat/completions", json=chat, timeout=10) as resp:
+        events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == [] and chunks[-2]["choices"][0]["finish_reason"]
+    assert usage["prompt_tokens"] == 2 + 4 and 1 <= usage["completion_tokens"] <= 5
+    assert len(text.split()) == usage["completion_tokens"]
+
+    plain = {"prompt": [1, 2, 3], "max_tokens": 2, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", fake.url + "/v1/completions", json=plain, timeout=10) as resp:
+        events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    texts = [json.loads(e)["choices"][0]["text"] for e in events[:-1]]
+    assert texts == [" tok", " tok", ""] and events[-1] == "[DONE]"
+
+    tokens = expected_kv_tokens(0.92)
+    assert f"GPU KV cache size: {tokens:,} tokens, Maximum concurrency for 8,192 tokens" in fake.log
+    assert "Application startup complete." in fake.log
+    metrics = httpx.get(fake.url + "/metrics").text
+    samples = dict(
+        re.findall(r"^(vllm:\w+)\{[^}]*\} ([\d.e+-]+)$", metrics, re.M)  # last sample per name
+    )
+    assert float(samples["vllm:generation_tokens_total"]) >= 7 + 1 + 2
+    assert float(samples["vllm:prompt_tokens_total"]) == 4 + 6 + 3
+    assert samples["vllm:num_requests_running"] == "0.0"
+    assert f'num_gpu_blocks="{tokens // 16}"' in metrics
+
+
+@pytest.mark.timeout(30)
+def test_request_errors(launch: Any, model: Path) -> None:
+    fake = launch(model, "--max-model-len", "64", "--served-model-name", "llama")
+    fake.wait_ready()
+    wrong = httpx.post(fake.url + "/v1/completions", json={"model": "nope", "prompt": "a"})
+    assert wrong.status_code == 404
+    assert wrong.json()["error"]["message"] == "The model `nope` does not exist."
+    long = httpx.post(fake.url + "/v1/completions", json={"model": "llama", "prompt": "w " * 64})
+    assert long.status_code == 400
+    error = long.json()["error"]
+    assert error["type"] == "BadRequestError" and error["code"] == 400
+    assert error["message"].startswith("This model's maximum context length is 64 tokens.")
+    clamp = {"model": "llama", "prompt": "w " * 60, "max_tokens": 100, "ignore_eos": True}
+    usage = httpx.post(fake.url + "/v1/completions", json=clamp, timeout=10).json()["usage"]
+    assert usage["completion_tokens"] == 4
+    ids = {"model": "llama", "prompt": list(range(10)), "max_tokens": 1}
+    usage = httpx.post(fake.url + "/v1/completions", json=ids, timeout=10).json()["usage"]
+    assert usage["prompt_tokens"] == 10
+
+
+@pytest.mark.timeout(30)
+def test_kv_cache_too_small_for_max_model_len(launch: Any, model: Path) -> None:
+    log = failed(launch(model))  # default max_model_len 131072 needs 16 GiB of KV
+    assert "Available KV cache memory: 4.4" in log
+    match = re.search(
+        r"To serve at least one request with the model's max seq len \(131072\), \(16\.0 GiB KV "
+        r"cache is needed, which is larger than the available KV cache memory \(4\.\d GiB\)\. "
+        r"Based on the available memory, the estimated maximum model length is (\d+)\.",
+        log,
+    )
+    assert match, log
+    assert int(match[1]) == expected_kv_tokens(0.92) - 16
+    assert "Engine core initialization failed. See root cause above." in log
+
+
+@pytest.mark.timeout(30)
+def test_oom_during_profiling(launch: Any, model: Path) -> None:
+    log = failed(launch(model, "--max-model-len", "8192", "--max-num-batched-tokens", "200000"))
+    assert "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate" in log
+    assert "Model loading took" in log
+    assert "Available KV cache memory" not in log
+
+
+@pytest.mark.timeout(30)
+def test_oom_loading_weights(launch: Any, model: Path) -> None:
+    log = failed(launch(model, env={"AUTOTUNE_FAKE_WEIGHTS_GIB": "30"}))
+    assert "Failed to load model - not enough GPU memory." in log
+    assert "torch.OutOfMemoryError: CUDA out of memory." in log
+    assert "Model loading took" not in log
+
+
+@pytest.mark.timeout(30)
+def test_oom_during_graph_capture_near_full_utilization(launch: Any, model: Path) -> None:
+    log = failed(launch(model, "--max-model-len", "8192", "--gpu-memory-utilization", "0.97"))
+    assert "GPU KV cache size:" in log and "torch.OutOfMemoryError" in log
+    assert "Graph capturing finished" not in log
+    eager = launch(
+        model, "--max-model-len", "8192", "--gpu-memory-utilization", "0.97", "--enforce-eager"
+    )
+    eager.wait_ready()
+    assert "Estimated CUDA graph memory" not in eager.log
+
+
+@pytest.mark.timeout(30)
+def test_not_enough_free_memory_at_startup(launch: Any, model: Path) -> None:
+    log = failed(launch(model, env={"AUTOTUNE_FAKE_GPU_USED_GIB": "10"}))
+    assert (
+        "ValueError: Free memory on device cuda:0 (13.50/24.00 GiB) on startup is less than "
+        "desired GPU memory utilization (0.92, 22.08 GiB). Decrease GPU memory utilization or "
+        "reduce GPU memory used by other processes."
+    ) in log
+    assert "Model loading took" not in log
+
+
+@pytest.mark.timeout(30)
+def test_no_memory_left_for_kv_cache(launch: Any, model: Path) -> None:
+    log = failed(launch(model, "--max-model-len", "8192", "--gpu-memory-utilization", "0.6"))
+    assert re.search(r"Available KV cache memory: -\d+\.\d\d GiB", log)
+    assert "ValueError: No available memory for the cache blocks. Try increasing" in log
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (
+            ["--gpu-memory-utilization", "1.5"],
+            "1 validation error for CacheConfig\n(APIServer pid={pid}) gpu_memory_utilization\n"
+            "(APIServer pid={pid})   Input should be less than or equal to 1 "
+            "[type=less_than_equal, input_value=1.5, input_type=float]",
+        ),
+        (
+            ["--max-num-seqs", "0"],
+            "2 validation errors for SchedulerConfig\n(APIServer pid={pid}) max_num_batched_tokens",
+        ),
+        (
+            ["--max-num-seqs", "64", "--max-num-batched-tokens", "32"],
+            "max_num_batched_tokens (32) must be greater than or equal to max_num_seqs (64).",
+        ),
+        (
+            ["--max-model-len", "200000"],
+            "User-specified max_model_len (200000) is greater than the derived max_model_len "
+            "(max_position_embeddings=131072.0 or model_max_length=None in model's config.json).",
+        ),
+    ],
+)
+def test_config_errors_exit_1_fast(launch: Any, model: Path, args: list[str], text: str) -> None:
+    fake = launch(model, *args)
+    log = failed(fake)
+    assert "pydantic_core._pydantic_core.ValidationError: " in log
+    assert text.format(pid=fake.proc.pid) in log
+    assert "EngineCore" not in log
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--foo"], "vllm serve: error: unrecognized arguments: --foo"),
+        (
+            ["--limit-mm-per-prompt", "image=2"],
+            "vllm serve: error: argument --limit-mm-per-prompt: Value image=2 cannot be converted "
+            "to <function loads at 0x",
+        ),
+    ],
+)
+def test_bad_flags_exit_2(launch: Any, model: Path, args: list[str], error: str) -> None:
+    fake = launch(model, *args)
+    assert fake.wait() == 2
+    assert "usage: vllm serve [model_tag] [options]" in fake.log and error in fake.log
+
+
+@pytest.mark.timeout(30)
+def test_model_resolution(launch: Any, model: Path, tmp_path: Path) -> None:
+    log = failed(launch("./does-not-exist"))
+    assert (
+        "huggingface_hub.errors.HFValidationError: Repo id must be in the form 'repo_name' or "
+        "'namespace/repo_name': './does-not-exist'. Use `repo_type` argument if needed."
+    ) in log
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub")}
+    log = failed(launch("someorg/nonexistent-model", env=env))
+    assert "huggingface_hub.errors.LocalEntryNotFoundError: Cannot find an appropriate" in log
+    snapshot = tmp_path / "hub" / "models--org--llama" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(LLAMA_8B))
+    log = failed(launch("org/llama", "--max-model-len", "200000", env=env))  # resolved, then P0
+    assert "max_position_embeddings=131072.0" in log
+
+
+@pytest.mark.timeout(30)
+def test_port_in_use_fails_fast_and_port_refuses_until_ready(launch: Any, model: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        start = time.monotonic()
+        cmd = [sys.executable, "-m", "autotune.testing.fake_engine", "serve", str(model)]
+        proc = subprocess.run(
+            [*cmd, "--host", "127.0.0.1", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env={**os.environ, "AUTOTUNE_FAKE_STARTUP_S": "5"},
+        )
+        assert proc.returncode == 1 and time.monotonic() - start < 4
+        assert "OSError: [Errno 98] Address already in use" in proc.stderr
+    slow = launch(model, "--max-model-len", "8192", env={"AUTOTUNE_FAKE_STARTUP_S": "2"})
+    while "non-default args" not in slow.log:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(slow.url + "/health")
+    with socket.socket() as other, pytest.raises(OSError):
+        other.bind(("127.0.0.1", slow.port))
+    slow.wait_ready()
+
+
+@pytest.mark.timeout(30)
+def test_sigterm_stops_server_and_engine_child(launch: Any, model: Path) -> None:
+    fake = launch(model, "--max-model-len", "8192")
+    fake.wait_ready()
+    children = psutil.Process(fake.proc.pid).children()
+    assert len(children) == 1
+    assert os.getpgid(children[0].pid) == os.getpgid(fake.proc.pid)
+    start = time.monotonic()
+    fake.proc.send_signal(signal.SIGTERM)
+    assert fake.wait(5) == 0
+    assert time.monotonic() - start < 3
+    assert not children[0].is_running()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(fake.url + "/health")
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.timeout(30)
+def test_sigterm_during_startup_exits_0(launch: Any, model: Path) -> None:
+    fake = launch(model, "--max-model-len", "8192", env={"AUTOTUNE_FAKE_STARTUP_S": "5"})
+    while "Starting to load model" not in fake.log:
+        time.sleep(0.02)
+    (child,) = psutil.Process(fake.proc.pid).children()
+    fake.proc.send_signal(signal.SIGTERM)
+    assert fake.wait(3) == 0
+    assert not alive(child)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("exit_on_orphan", [False, True])
+def test_sigkill_leaves_engine_child_orphaned(
+    launch: Any, model: Path, exit_on_orphan: bool
+) -> None:
+    env = {"AUTOTUNE_FAKE_CHILD_EXIT_ON_ORPHAN": "1"} if exit_on_orphan else {}
+    fake = launch(model, "--max-model-len", "8192", env=env)
+    fake.wait_ready()
+    (child,) = psutil.Process(fake.proc.pid).children()
+    try:
+        fake.proc.kill()
+        fake.wait()
+        time.sleep(2.5)  # the child polls its parent once a second
+        assert alive(child) is not exit_on_orphan
+    finally:
+        if alive(child):
+            child.kill()
+
+
+def measure_throughput(fake: Fake, requests: int = 64, max_tokens: int = 16) -> float:
+    """Output tokens per second for ``requests`` concurrent completions."""
+    body = {"prompt": "a b c d e f g h", "max_tokens": max_tokens, "ignore_eos": True}
+    limits = httpx.Limits(max_connections=requests)
+    with httpx.Client(base_url=fake.url, timeout=30, limits=limits) as client:
+
+        def one(_: int) -> int:
+            resp = client.post("/v1/completions", json=body)
+            resp.raise_for_status()
+            tokens: int = resp.json()["usage"]["completion_tokens"]
+            return tokens
+
+        start = time.monotonic()
+        with ThreadPoolExecutor(requests) as pool:
+            total = sum(pool.map(one, range(requests)))
+        return total / (time.monotonic() - start)
+
+
+@pytest.mark.timeout(60)
+def test_throughput_grows_with_max_num_seqs(launch: Any, model: Path) -> None:
+    rates = {}
+    for seqs in ("4", "64"):
+        fake = launch(model, "--max-model-len", "8192", "--max-num-seqs", seqs)
+        fake.wait_ready()
+        rates[seqs] = measure_throughput(fake)
+        fake.stop()
+    assert rates["64"] > 1.5 * rates["4"], rates
+
+
+@pytest.mark.timeout(30)
+def test_crash_under_load(launch: Any, model: Path) -> None:
+    env = {"AUTOTUNE_FAKE_LOAD_OOM_UTIL": "0.9"}
+    fake = launch(model, "--max-model-len", "8192", env=env)
+    fake.wait_ready()
+    (engine_core,) = psutil.Process(fake.proc.pid).children()
+    body = {"prompt": "a b c", "max_tokens": 200, "ignore_eos": True}
+
+    def one(_: int) -> int:
+        try:
+            return httpx.post(fake.url + "/v1/completions", json=body, timeout=10).status_code
+        except httpx.TransportError:
+            return -1
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(one, range(4)))
+    assert all(code != 200 for code in codes), codes
+    with contextlib.suppress(httpx.TransportError):  # unless it is already gone
+        assert httpx.get(fake.url + "/health", timeout=1).status_code == 503
+    log = failed(fake)
+    assert "torch.OutOfMemoryError: CUDA out of memory." in log
+    assert "EngineDeadError: EngineCore encountered an issue." in log
+    assert not engine_core.is_running()
+
+
+@pytest.mark.timeout(30)
+def test_crash_after_n_requests(launch: Any, model: Path) -> None:
+    fake = launch(model, "--max-model-len", "8192", env={"AUTOTUNE_FAKE_CRASH_AFTER_REQUESTS": "2"})
+    fake.wait_ready()
+    body = {"prompt": "a b c", "max_tokens": 3}
+    for _ in range(2):
+        assert httpx.post(fake.url + "/v1/completions", json=body, timeout=10).status_code == 200
+    assert fake.wait() == 1
+    assert "EngineDeadError" in fake.log
+
+
+def test_version_flag() -> None:
+    cmd = [sys.executable, "-m", "autotune.testing.fake_engine", "--version"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True)
+    assert out.stdout.strip() == "0.33.0+fake"
+
+
+def run_batch(capacity: int, requests: int = 16, max_num_seqs: int = 64) -> tuple[float, Any]:
+    """Drive the in-process batch loop; return (seconds, final counters)."""
+    engine = BatchEngine(
+        max_num_seqs=max_num_seqs, max_num_batched_tokens=64, capacity=capacity, time_scale=0.05
+    )
+    engine.start()
+    start = time.monotonic()
+    reqs = [engine.submit(10, 40, 40) for _ in range(requests)]
+    peak = 0
+    for req in reqs:
+        items = []
+        while (item := req.out.get(timeout=20)) == 1:
+            items.append(item)
+            peak = max(peak, int(engine.snapshot()["running"]))
+        assert (item, len(items)) == ("length", 40)
+    elapsed = time.monotonic() - start
+    engine.stop()
+    return elapsed, {**engine.snapshot(), "peak": peak}
+
+
+@pytest.mark.timeout(60)
+def test_kv_capacity_limits_concurrency_and_preempts() -> None:
+    small_s, small = run_batch(capacity=100)
+    big_s, big = run_batch(capacity=100_000)
+    assert small["preemptions"] > 0 and big["preemptions"] == 0
+    assert small["peak"] <= 6 < big["peak"]
+    assert small["length"] == big["length"] == 16
+    assert small_s > 2 * big_s
