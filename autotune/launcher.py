@@ -88,6 +88,7 @@ class Engine:
         self._log.flush()
         self._gpu_baseline = gpu_memory_used_bytes()
         self.started = time.monotonic()
+        self.memory_released = True
         self.proc: subprocess.Popen[bytes] = _process.spawn(self.argv, log=self._log, env=env)
 
     @property
@@ -106,7 +107,10 @@ class Engine:
         _process.kill_tree(self.proc, grace_s=grace_s)
         if not self._log.closed:
             self._log.close()
-        return wait_memory_released(baseline_bytes=self._gpu_baseline, timeout_s=memory_timeout_s)
+        self.memory_released = wait_memory_released(
+            baseline_bytes=self._gpu_baseline, timeout_s=memory_timeout_s
+        )
+        return self.memory_released
 
     def wait_ready(self, *, base_url: str, timeout_s: float) -> Ready | Classified:
         """Poll ``/health`` then ``/v1/models``; an early exit is noticed at once."""

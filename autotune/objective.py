@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,21 @@ class TrialRunner:
         """Launch and measure one candidate. Raises ``StudyStopped`` on the user's own errors."""
         args = dict(args)
         on_phase("starting engine")
-        with launcher.launch(
+        with self._launch(args, log_path) as (engine, ready):
+            result = self._measure(engine, ready, args, log_path, on_phase)
+        if not engine.memory_released:  # NVML still shows the dead engine's memory
+            result = replace(
+                result,
+                outcome=Outcome.HARNESS_ERROR,
+                reason="GPU memory not released after the engine stopped; " + result.reason,
+                memory_released=False,
+            )
+        return result
+
+    def _launch(
+        self, args: dict[str, ArgValue], log_path: Path
+    ) -> AbstractContextManager[tuple[launcher.Engine, Ready | Classified]]:
+        return launcher.launch(
             command=self.command,
             model=self.model,
             args=args,
@@ -86,34 +101,43 @@ class TrialRunner:
             log_path=log_path,
             startup_timeout_s=self.startup_timeout_s,
             env=self.env,
-        ) as (engine, ready):
-            if isinstance(ready, Classified):
-                self._stop_on_user_error(ready)
-                log = engine.log_text()
-                return TrialResult(
-                    outcome=ready.outcome,
-                    reason=ready.reason,
-                    args=args,
-                    log_path=log_path,
-                    startup=parse_startup(log),
-                    estimated_max_model_len=ready.estimated_max_model_len,
-                    vllm_version=parse_startup(log).vllm_version,
-                )
-            on_phase(f"benchmark: {len(self.requests)} requests")
-            result = self._bench(engine, ready, on_phase)
+        )
+
+    def _measure(
+        self,
+        engine: launcher.Engine,
+        ready: Ready | Classified,
+        args: dict[str, ArgValue],
+        log_path: Path,
+        on_phase: Callable[[str], None],
+    ) -> TrialResult:
+        if isinstance(ready, Classified):
+            self._stop_on_user_error(ready)
             startup = parse_startup(engine.log_text())
-            bench_outcome = self._judge(result, engine)
             return TrialResult(
-                outcome=bench_outcome.outcome,
-                reason=bench_outcome.reason,
+                outcome=ready.outcome,
+                reason=ready.reason,
                 args=args,
                 log_path=log_path,
-                metrics=result.metrics,
                 startup=startup,
-                vllm_version=ready.version or startup.vllm_version,
-                startup_s=ready.startup_s,
-                errors=result.errors,
+                estimated_max_model_len=ready.estimated_max_model_len,
+                vllm_version=startup.vllm_version,
             )
+        on_phase(f"benchmark: {len(self.requests)} requests")
+        result = self._bench(engine, ready, on_phase)
+        startup = parse_startup(engine.log_text())
+        bench_outcome = self._judge(result, engine)
+        return TrialResult(
+            outcome=bench_outcome.outcome,
+            reason=bench_outcome.reason,
+            args=args,
+            log_path=log_path,
+            metrics=result.metrics,
+            startup=startup,
+            vllm_version=ready.version or startup.vllm_version,
+            startup_s=ready.startup_s,
+            errors=result.errors,
+        )
 
     def _bench(
         self, engine: launcher.Engine, ready: Ready, on_phase: Callable[[str], None]

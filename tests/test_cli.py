@@ -88,3 +88,28 @@ def test_help_and_dry_run_do_not_import_heavy_modules(tmp_path: Path, model_dir:
         )
         assert "HEAVY [] EXIT 0" in done.stderr, (args, done.stderr)
     assert "--max-num-seqs 256" in done.stdout
+
+
+def test_engine_rejecting_user_args_stops_the_study_at_once(model_dir: Path) -> None:
+    env = {**os.environ, "AUTOTUNE_FAKE_STARTUP_S": "0.2"}
+    done = run(
+        "tune", str(model_dir), "--gpu", "L4:24", "--vllm-cmd", FAKE_CMD, "--trials", "5",
+        "--max-model-len", "8192", "--quiet", "--", "--no-such-vllm-flag",
+        env=env,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "engine rejected the settings" in last and "--no-such-vllm-flag" in last
+    assert done.stderr.count("(1/5)") == 1 and "(2/5)" not in done.stderr
+
+
+def test_unresolvable_hub_model_stops_the_study(tmp_path: Path) -> None:
+    env = {**os.environ, "AUTOTUNE_FAKE_STARTUP_S": "0.2", "PATH": os.path.dirname(sys.executable)}
+    done = run(
+        "tune", "someorg/not-cached", "--gpu", "L4:24", "--vllm-cmd", FAKE_CMD, "--trials", "5",
+        "--quiet", env=env,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "not checked" in done.stderr  # what could not be checked is said up front
+    last = done.stderr.strip().splitlines()[-1]
+    assert "cannot find model someorg/not-cached" in last and "(2/5)" not in done.stderr
