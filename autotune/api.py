@@ -121,11 +121,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def tune(options: TuneOptions) -> tuple[Path, Profile]:
     """Run (or resume) the study and save the best feasible trial as a profile."""
-    from rich.console import Console
-
     from autotune import study as st
     from autotune.objective import TrialRunner
-    from autotune.progress import LineReporter, LiveReporter, trials_table
+    from autotune.progress import LineReporter, LiveReporter, make_console, trials_table
     from autotune.workload import build_requests
 
     prep = prepare(options)
@@ -165,14 +163,18 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
         default_params=space.default_params(vllm_defaults(hardware, spec)),
         timeout_s=options.timeout_s,
     )
-    console = Console(stderr=True)
+    console = make_console()
     note(f"study {name} ({storage}); space: {space.describe()}")
-    reporter = LineReporter() if options.quiet else LiveReporter(console=console)
+    live = not options.quiet and console.is_terminal
+    reporter = LiveReporter(console=console) if live else LineReporter()
     with _sigterm_as_interrupt(), reporter:
         st.run_study(plan, reporter=reporter)
     best = st.choose_best(study, noise=options.noise)
+    if best is not None:
+        study.set_user_attr("chosen_trial", best.number)
     rows = st.trial_rows(study.get_trials(deepcopy=False))
     console.print(trials_table(rows, best=best.number if best else None, title=f"study {name}"))
+    note(f"trial logs: {plan.log_dir}")
     if best is None:
         raise UserError(
             f"no feasible configuration after {st.launches(study)} launches; "

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console
 from rich.progress import (
@@ -118,19 +119,38 @@ class LineReporter:
         )
 
 
+_NOISE = re.compile(r"^(?:[\w.]+(?:Error|Exception): )+")
+
+
+def _brief(row: Mapping[str, Any]) -> str:
+    """The gist of a failure for a table cell (the full reason is in ``trials --json``)."""
+    if row["outcome"] == "kv_too_small" and row.get("estimated_max_model_len"):
+        return f"KV cache fits max_model_len <= {row['estimated_max_model_len']}"
+    return _NOISE.sub("", str(row["reason"]))
+
+
+def make_console() -> Console:
+    """stderr; wide enough for the tables when it is a log file rather than a terminal."""
+    console = Console(stderr=True)
+    return console if console.is_terminal else Console(stderr=True, width=200)
+
+
 def trials_table(rows: Sequence[Mapping[str, Any]], *, best: int | None, title: str) -> Table:
     """All trials of a study: outcome, arguments, key metrics and why a trial failed."""
     table = Table(title=title, title_justify="left")
     for col in ("#", "outcome", *_SHORT.values(), "tok/s", "TTFT p95", "KV tokens", "reason"):
-        left = col in ("outcome", "reason")
-        table.add_column(col, justify="left" if left else "right", overflow="fold")
+        if col == "reason":
+            table.add_column(col, overflow="ellipsis", no_wrap=True, max_width=60)
+        else:
+            justify: Literal["left", "right"] = "left" if col == "outcome" else "right"
+            table.add_column(col, justify=justify, no_wrap=True, min_width=len(col))
 
     def num(value: Any, fmt: str = "{:.1f}") -> str:
         return "" if value is None else fmt.format(value)
 
     for row in rows:
         args = row["args"]
-        reason = "" if row["outcome"] == "ok" else str(row["reason"])
+        reason = "" if row["outcome"] == "ok" else _brief(row)
         table.add_row(
             f"{row['number']}{'*' if row['number'] == best else ''}",
             str(row["outcome"]),
@@ -138,6 +158,6 @@ def trials_table(rows: Sequence[Mapping[str, Any]], *, best: int | None, title: 
             num(row["throughput"]),
             num(row["ttft_p95_ms"]),
             num(row["kv_cache_tokens"], "{:,}"),
-            reason if len(reason) <= 90 else reason[:87] + "...",
+            reason,
         )
     return table

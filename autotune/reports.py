@@ -34,15 +34,15 @@ def print_trials(
     if not names:
         raise UserError(f"no study for {model} in {url}" if model else f"no studies in {url}")
     out: dict[str, object] = {}
-    console = Console()
+    console = Console() if Console().is_terminal else Console(width=200)
     for study_name in names:
         study = st.load_study(study_name, url)
         rows = st.trial_rows(study.get_trials(deepcopy=False))
-        best = st.choose_best(study, noise=0.0)
+        chosen = study.user_attrs.get("chosen_trial")  # the trial the profile was saved from
         if as_json:
             out[study_name] = rows
         else:
-            console.print(trials_table(rows, best=best.number if best else None, title=study_name))
+            console.print(trials_table(rows, best=chosen, title=study_name))
     if as_json:
         json.dump(out, sys.stdout, indent=2, default=str)
         print()

@@ -196,6 +196,7 @@ def trial_rows(trials: Sequence[FrozenTrial]) -> list[dict[str, Any]]:
                 "tpot_p95_ms": metrics.get("tpot_ms_p95"),
                 "kv_cache_tokens": (attrs.get("startup") or {}).get("kv_cache_tokens"),
                 "reason": attrs.get("reason", ""),
+                "estimated_max_model_len": attrs.get("estimated_max_model_len"),
                 "log": attrs.get("log", ""),
                 "source": attrs.get("source", ""),
             }
