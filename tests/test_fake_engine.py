@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from autotune.testing._fake_sim import BatchEngine
+from autotune.testing._fake_batch import BatchEngine
 
 GIB = 1024**3
 LLAMA_8B = {

@@ -18,7 +18,8 @@ import psutil
 import pytest
 import yaml
 
-from autotune.testing import _fake_sim as sim
+from autotune.testing._fake_boot import plan_boot
+from autotune.testing._fake_model import FakeEnv, ModelInfo, ServeConfig
 from tests.conftest import FAKE_CMD
 
 pytestmark = pytest.mark.timeout(240)
@@ -61,14 +62,14 @@ def env() -> dict[str, str]:
 
 
 def expected_outcome(args: dict[str, Any], model: Path) -> str:
-    info = sim.ModelInfo.from_config(json.loads((model / "config.json").read_text()))
-    cfg = sim.ServeConfig(
+    info = ModelInfo.from_config(json.loads((model / "config.json").read_text()))
+    cfg = ServeConfig(
         util=args["gpu_memory_utilization"],
         max_num_seqs=args["max_num_seqs"],
         max_num_batched_tokens=args["max_num_batched_tokens"],
         max_model_len=args["max_model_len"],
     )
-    boot = sim.plan_boot(cfg, info, sim.FakeEnv.from_environ(FAKE_ENV))
+    boot = plan_boot(cfg, info, FakeEnv.from_environ(FAKE_ENV))
     failed = next((p for p in boot.phases if p.error), None)
     if failed is None:
         return "ok"

@@ -1,0 +1,64 @@
+"""The fake engine's console output: vLLM-style log lines, tracebacks and fatal error texts."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+VERSION = "0.33.0+fake"
+ENGINE_DEAD = (
+    "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. "
+    "See stack trace (above) for the root cause."
+)
+CORE_FAILED = (
+    "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"
+)
+_RUNNER = "v1/worker/gpu_model_runner.py"
+_FRAMES = {  # phase -> innermost frame (file, function)
+    "init_device": ("v1/worker/utils.py", "request_memory"),
+    "load_model": (_RUNNER, "load_model"),
+    "profile_run": (_RUNNER, "profile_run"),
+    "profile_cudagraph_memory": (_RUNNER, "profile_cudagraph_memory"),
+    "_initialize_kv_caches": ("v1/core/kv_cache_planning.py", "_check_enough_kv_cache_memory"),
+    "initialize_kv_cache": (_RUNNER, "initialize_kv_cache"),
+    "capture_model": (_RUNNER, "capture_model"),
+    "step": (_RUNNER, "execute_model"),
+}
+
+
+class Out:
+    """Writes log lines in vLLM's format; one lock keeps concurrent lines whole."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.api = f"APIServer pid={os.getpid()}"
+        self.engine = self.api
+
+    def raw(self, proc: str, text: str, err: bool = False) -> None:
+        stream = sys.stderr if err else sys.stdout
+        with self.lock:
+            try:
+                stream.write("".join(f"({proc}) {line}\n" for line in text.splitlines()))
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    def log(self, proc: str, level: str, src: str, msg: str) -> None:
+        stamp = time.strftime("%m-%d %H:%M:%S")
+        lines = "\n".join(f"{level} {stamp} [{src}] {line}" for line in msg.splitlines())
+        self.raw(proc, lines, err=level == "ERROR")
+
+    def traceback(self, where: str, exc: str) -> str:
+        """A Python-style traceback through the engine core down to the failing phase."""
+        outer = (
+            ("run_busy_loop", "step") if where == "step" else ("__init__", "_initialize_kv_caches")
+        )
+        frames = [
+            ("v1/engine/core.py", "run_engine_core"),
+            *(("v1/engine/core.py", f) for f in outer),
+        ]
+        frames.append(_FRAMES.get(where, ("v1/engine/core.py", where)))
+        body = "".join(f'  File "/fake/vllm/{f}", line 312, in {fn}\n' for f, fn in frames)
+        return f"Traceback (most recent call last):\n{body}{exc}"

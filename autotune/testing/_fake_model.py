@@ -1,0 +1,149 @@
+"""The model side of the fake engine: ``config.json`` sizes, ``AUTOTUNE_FAKE_*`` knobs, settings.
+
+Pure data; the memory phases that use it live in ``_fake_boot``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ModelError(Exception):
+    """The model cannot be resolved; the message is the final error line to print."""
+
+
+@dataclass(frozen=True)
+class FakeEnv:
+    """Knobs read from ``AUTOTUNE_FAKE_*`` environment variables."""
+
+    total: float = 24.0
+    used: float = 0.0
+    weights: float | None = None
+    act_factor: float = 24.0
+    startup_s: float = 1.0
+    time_scale: float = 1.0
+    load_oom_util: float | None = None
+    crash_after: int | None = None
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str]) -> FakeEnv:
+        def num(name: str) -> float | None:
+            raw = env.get("AUTOTUNE_FAKE_" + name, "").strip()
+            return float(raw) if raw else None
+
+        def get(name: str, default: float) -> float:
+            value = num(name)
+            return default if value is None else value
+
+        crash = num("CRASH_AFTER_REQUESTS")
+        return cls(
+            total=get("GPU_MEMORY_GIB", 24.0),
+            used=get("GPU_USED_GIB", 0.0),
+            weights=num("WEIGHTS_GIB"),
+            act_factor=get("ACT_FACTOR", 24.0),
+            startup_s=get("STARTUP_S", 1.0),
+            time_scale=get("TIME_SCALE", 1.0),
+            load_oom_util=num("LOAD_OOM_UTIL"),
+            crash_after=None if crash is None else int(crash),
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The few ``config.json`` fields that size weights, activations and the KV cache."""
+
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    tied: bool
+    dtype: str
+    max_len: int
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> ModelInfo:
+        text = cfg.get("text_config")
+        t: Mapping[str, Any] = text if isinstance(text, dict) else cfg
+        hidden = int(t.get("hidden_size", 4096))
+        heads = int(t.get("num_attention_heads", 32))
+        dtype = t.get("torch_dtype") or t.get("dtype") or cfg.get("torch_dtype") or cfg.get("dtype")
+        return cls(
+            layers=int(t.get("num_hidden_layers", 32)),
+            heads=heads,
+            kv_heads=int(t.get("num_key_value_heads") or heads),
+            head_dim=int(t.get("head_dim") or hidden // heads),
+            hidden=hidden,
+            intermediate=int(t.get("intermediate_size", 4 * hidden)),
+            vocab=int(t.get("vocab_size", 32000)),
+            tied=bool(t.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))),
+            dtype=str(dtype or "bfloat16"),
+            max_len=int(t.get("max_position_embeddings", 2048)),
+        )
+
+    def params(self) -> int:
+        """Rough parameter count of a dense decoder."""
+        h, d = self.hidden, self.head_dim
+        per_layer = 2 * h * self.heads * d + 2 * h * self.kv_heads * d + 3 * h * self.intermediate
+        return self.vocab * h * (1 if self.tied else 2) + self.layers * per_layer
+
+
+def _hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    return Path.home() / ".cache" / "huggingface" / "hub"
+
+
+def resolve_model(model: str) -> ModelInfo:
+    """Find ``config.json`` for a local directory or a cached hub id, like an offline server."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"OSError: {model} does not appear to have a file named config.json. "
+                f"Checkout 'https://huggingface.co/{model}/tree/None' for available files."
+            )
+        return ModelInfo.from_config(json.loads((path / "config.json").read_text()))
+    if model.startswith((".", "/", "~")) or model.count(os.sep) > 1 or path.exists():
+        raise ModelError(
+            "huggingface_hub.errors.HFValidationError: Repo id must be in the form 'repo_name' "
+            f"or 'namespace/repo_name': '{model}'. Use `repo_type` argument if needed."
+        )
+    repo = _hub_cache() / ("models--" + model.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    found = [repo / "snapshots" / ref.read_text().strip() / "config.json"] if ref.is_file() else []
+    found += sorted(repo.glob("snapshots/*/config.json"))
+    for config in found:
+        if config.is_file():
+            return ModelInfo.from_config(json.loads(config.read_text()))
+    raise ModelError(
+        "huggingface_hub.errors.LocalEntryNotFoundError: Cannot find an appropriate cached "
+        "snapshot folder for the specified revision on the local disk and outgoing traffic has "
+        "been disabled. To enable repo look-ups and downloads online, pass "
+        "'local_files_only=False' as input."
+    )
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The resolved engine settings (after defaults and validation)."""
+
+    util: float
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int  # -1: auto-fit to the KV cache
+    block_size: int = 16
+    enforce_eager: bool = False
+    tp: int = 1
+    dtype: str = "auto"
+    kv_cache_dtype: str = "auto"
+    kv_cache_memory_bytes: int | None = None
