@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import shutil
 import signal
 import subprocess
@@ -17,13 +18,15 @@ from types import FrameType
 
 from autotune import __version__, paths
 from autotune.errors import UserError
-from autotune.hardware import Hardware, resolve_hardware
-from autotune.launcher import resolve_command
+from autotune.hardware import ENV_GPU, Hardware, choose_device, resolve_hardware
+from autotune.launcher import engine_version, resolve_command
 from autotune.model import ModelSpec, resolve_model
 from autotune.profiles import SCHEMA_VERSION, Profile, ProfileStore
 from autotune.serve import announce, describe_miss, exec_or_print, find_profile, note, serve_argv
-from autotune.space import SearchSpace, build_space, vllm_defaults
+from autotune.space import SearchSpace, build_space, parse_candidate, vllm_defaults
 from autotune.workload import Workload
+
+CPU_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class TuneOptions:
 
     model: str
     gpu: str | None = None
+    device: str = "auto"  # "auto", "gpu" or "cpu"
     ranges: Mapping[str, str | None] = field(default_factory=dict)
     min_model_len: int | None = None
     workload: Workload = field(default_factory=Workload)
@@ -43,6 +47,7 @@ class TuneOptions:
     profiles_dir: Path | None = None
     vllm_cmd: str | None = None
     extra_args: tuple[str, ...] = ()
+    enqueue: tuple[str, ...] = ()  # "name=value,name=value" candidates to try first
     startup_timeout_s: float = 900.0
     noise: float = 0.05
     quiet: bool = False
@@ -57,6 +62,7 @@ class Prepared:
     spec: ModelSpec
     hardware: Hardware
     space: SearchSpace
+    env: dict[str, str]
 
 
 def prepare(options: TuneOptions) -> Prepared:
@@ -64,8 +70,10 @@ def prepare(options: TuneOptions) -> Prepared:
     if options.trials < 1:
         raise UserError(f"--trials {options.trials}: at least one launch is needed")
     spec = resolve_model(options.model)
-    hardware = resolve_hardware(gpu=options.gpu)
-    space = build_space(spec=spec, overrides=options.ranges, min_model_len=options.min_model_len)
+    hardware = hardware_for(options.gpu, options.device, options.vllm_cmd)
+    space = build_space(
+        spec=spec, hardware=hardware, overrides=options.ranges, min_model_len=options.min_model_len
+    )
     options.workload.validate()
     command = resolve_command(options.vllm_cmd)
     wl = options.workload
@@ -78,17 +86,44 @@ def prepare(options: TuneOptions) -> Prepared:
                 "raise --min-model-len or shorten the workload"
             )
     # Notes only once every input is known to be good, so a bad input stays one line.
-    if hardware.source != "nvml":
+    if hardware.is_cpu:
+        note(hardware.describe())
+    elif hardware.source != "nvml":
         note(f"hardware {hardware.describe()}; not checked against the machine")
     if not spec.known:
         spec = _prefetch(spec)
         if spec.known:  # now its length is known: search it too
             space = build_space(
-                spec=spec, overrides=options.ranges, min_model_len=options.min_model_len
+                spec=spec,
+                hardware=hardware,
+                overrides=options.ranges,
+                min_model_len=options.min_model_len,
             )
     for reason in spec.unknown_reasons:
         note(reason)
-    return Prepared(command=command, spec=spec, hardware=hardware, space=space)
+    return Prepared(
+        command=command, spec=spec, hardware=hardware, space=space, env=engine_env(hardware)
+    )
+
+
+def hardware_for(gpu: str | None, device: str, vllm_cmd: str | None) -> Hardware:
+    """``--device auto`` asks the vLLM that would be launched whether it is a CPU build."""
+    version = None
+    if device == "auto" and not gpu and not os.environ.get(ENV_GPU):
+        version = engine_version(resolve_command(vllm_cmd))
+    chosen = choose_device(device=device, gpu=gpu, engine_version=version)
+    if version and chosen == "cpu":
+        note(f"vLLM {version} is a CPU build: tuning for the CPU backend")
+    return resolve_hardware(gpu=gpu, device=chosen)
+
+
+def engine_env(hardware: Hardware) -> dict[str, str]:
+    """The engine's environment. On the CPU backend VLLM_CPU_KVCACHE_SPACE would override the
+    tuned --kv-cache-memory-bytes, so it is left out (and said so)."""
+    env = dict(os.environ)
+    if hardware.is_cpu and env.pop(CPU_KV_ENV, None) is not None:
+        note(f"{CPU_KV_ENV} is ignored: autotune sizes the KV cache with --kv-cache-memory-bytes")
+    return env
 
 
 def _prefetch(spec: ModelSpec) -> ModelSpec:
@@ -147,6 +182,7 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
     study.set_user_attr("space", space.describe())
     fixed = frozenset(d.name for d in space.dims if d.fixed)
     runner = TrialRunner(
+        env=prep.env,
         command=prep.command,
         model=options.model,
         requests=requests,
@@ -161,6 +197,7 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
         budget=options.trials,
         log_dir=state / "logs" / name.replace("/", "--"),
         default_params=space.default_params(vllm_defaults(hardware, spec)),
+        enqueue=tuple(parse_candidate(space, text) for text in options.enqueue),
         timeout_s=options.timeout_s,
     )
     console = make_console()
@@ -188,6 +225,7 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
         workload=wl.to_dict() | {"signature": wl.signature(), "num_prompts": num_prompts},
         objective=options.objective,
         vllm_args=dict(best.user_attrs["vllm_args"]),
+        extra_args=list(options.extra_args),
         metrics=dict(best.user_attrs.get("metrics") or {}),
         startup=dict(best.user_attrs.get("startup") or {}),
         provenance={
@@ -214,7 +252,7 @@ def serve(
 ) -> None:
     """Exec vLLM with the matching profile; on a miss tune first (unless ``no_tune``)."""
     spec = resolve_model(options.model)
-    hardware = resolve_hardware(gpu=options.gpu)
+    hardware = hardware_for(options.gpu, options.device, options.vllm_cmd)
     command = resolve_command(options.vllm_cmd)
     store = ProfileStore(paths.profiles_dir(options.profiles_dir))
     match = find_profile(
@@ -235,4 +273,4 @@ def serve(
     argv = serve_argv(
         command=command, model=options.model, profile=match.profile, extra=options.extra_args
     )
-    exec_or_print(argv, dry_run=dry_run)
+    exec_or_print(argv, dry_run=dry_run, env=engine_env(hardware))

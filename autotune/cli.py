@@ -30,6 +30,13 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 
 _hardware = _options(
     click.option(
+        "--device",
+        type=click.Choice(["auto", "gpu", "cpu"]),
+        default="auto",
+        show_default=True,
+        help="vLLM backend; auto means cpu when the vLLM to launch is a CPU build (+cpu).",
+    ),
+    click.option(
         "--gpu",
         metavar="NAME:MEMORY_GIB[xCOUNT]",
         help="Hardware when NVML finds no GPU "
@@ -53,6 +60,12 @@ _tuning = _options(
         "--gpu-memory-utilization",
         metavar="V|LOW:HIGH",
         help="Fix or re-range (default 0.70:0.98).",
+    ),
+    click.option(
+        "--kv-cache-memory-bytes",
+        metavar="N|LOW:HIGH",
+        help="Tune the KV cache in bytes (K/M/G suffixes) instead of the utilization; "
+        "the CPU backend's memory dimension (default 256M:8G, at most a quarter of RAM).",
     ),
     click.option("--max-num-seqs", metavar="N|LOW:HIGH", help="Fix or re-range (default 8:1024)."),
     click.option(
@@ -110,6 +123,12 @@ _tuning = _options(
     ),
     click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed."),
     click.option(
+        "--enqueue",
+        multiple=True,
+        metavar="NAME=VALUE[,...]",
+        help="A candidate to try first, e.g. today's production settings (repeatable).",
+    ),
+    click.option(
         "--storage",
         metavar="URL",
         help="Optuna storage URL (e.g. postgresql://...); default: SQLite in the state directory.",
@@ -147,6 +166,7 @@ def _tune_options(model: str, kw: dict[str, Any]) -> Any:
         name: kw.pop(name)
         for name in (
             "gpu_memory_utilization",
+            "kv_cache_memory_bytes",
             "max_num_seqs",
             "max_num_batched_tokens",
             "max_model_len",
@@ -161,6 +181,7 @@ def _tune_options(model: str, kw: dict[str, Any]) -> Any:
     return TuneOptions(
         model=model,
         gpu=kw.pop("gpu"),
+        device=kw.pop("device"),
         ranges=ranges,
         min_model_len=kw.pop("min_model_len"),
         workload=workload,
@@ -172,6 +193,7 @@ def _tune_options(model: str, kw: dict[str, Any]) -> Any:
         profiles_dir=kw.pop("profiles_dir"),
         vllm_cmd=kw.pop("vllm_cmd"),
         extra_args=tuple(kw.pop("extra")),
+        enqueue=tuple(kw.pop("enqueue")),
         startup_timeout_s=kw.pop("startup_timeout"),
         noise=kw.pop("noise"),
         quiet=kw.pop("quiet"),
@@ -266,14 +288,27 @@ def profiles_list(profiles_dir: Path | None) -> None:
 
 @profiles.command("show")
 @click.argument("model")
-@click.option("--gpu", metavar="NAME:MEMORY_GIB[xCOUNT]", help="Hardware (default: NVML).")
-@click.option("--profiles-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_PROFILES_DIR]")
+@_hardware
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
-def profiles_show(model: str, gpu: str | None, profiles_dir: Path | None, as_json: bool) -> None:
+def profiles_show(
+    model: str,
+    gpu: str | None,
+    device: str,
+    vllm_cmd: str | None,
+    profiles_dir: Path | None,
+    as_json: bool,
+) -> None:
     """Show the profile serve would use for MODEL on this hardware."""
     from autotune import reports
 
-    reports.show_profile(model=model, gpu=gpu, profiles_dir=profiles_dir, as_json=as_json)
+    reports.show_profile(
+        model=model,
+        gpu=gpu,
+        device=device,
+        vllm_cmd=vllm_cmd,
+        profiles_dir=profiles_dir,
+        as_json=as_json,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import platform
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError
@@ -18,16 +20,24 @@ _GPU_SPEC = re.compile(r"^(?P<name>.+):(?P<mem>\d+(?:\.\d+)?)(?:x(?P<count>\d+))
 class Hardware:
     """What a profile is keyed by: GPU model, memory per GPU, count and driver."""
 
-    gpu_name: str
+    gpu_name: str  # the CPU model on the CPU backend
     memory_gib: float
     count: int = 1
     driver: str | None = None
-    source: str = "nvml"  # "nvml", "flag" or "env"
+    source: str = "nvml"  # "nvml", "flag", "env" or "cpu"
+    device: str = "gpu"  # "gpu" or "cpu" (vLLM's CPU backend)
+    cores: int | None = None
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.device == "cpu"
 
     @property
     def key(self) -> str:
-        """Stable slug such as ``nvidia-h100-80gb-hbm3-80gib-x1``."""
+        """Stable slug such as ``nvidia-h100-80gb-hbm3-80gib-x1`` or ``cpu-amd-epyc-2c-24gib``."""
         slug = re.sub(r"[^a-z0-9]+", "-", self.gpu_name.lower()).strip("-")
+        if self.is_cpu:
+            return f"cpu-{slug}-{self.cores}c-{round(self.memory_gib)}gib"
         return f"{slug}-{round(self.memory_gib)}gib-x{self.count}"
 
     @property
@@ -35,6 +45,11 @@ class Hardware:
         return self.memory_gib * self.count
 
     def describe(self) -> str:
+        if self.is_cpu:
+            return (
+                f"CPU backend: {self.gpu_name}, {self.cores} cores, {self.memory_gib:.1f} GiB "
+                "memory (KV cache sized in bytes, no GPU)"
+            )
         where = {"nvml": "detected by NVML", "flag": "given by --gpu", "env": f"given by {ENV_GPU}"}
         driver = f", driver {self.driver}" if self.driver else ""
         return (
@@ -49,6 +64,8 @@ class Hardware:
             "count": self.count,
             "driver": self.driver,
             "source": self.source,
+            "device": self.device,
+            "cores": self.cores,
             "key": self.key,
         }
 
@@ -100,8 +117,45 @@ def detect_nvml() -> Hardware | None:
         nvml.nvmlShutdown()
 
 
-def resolve_hardware(*, gpu: str | None = None) -> Hardware:
-    """``--gpu`` wins, then ``AUTOTUNE_GPU``, then NVML; with none of them it is an error."""
+def detect_cpu() -> Hardware:
+    """Fingerprint of this machine for vLLM's CPU backend: CPU model, cores, memory."""
+    import psutil
+
+    model = "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor() or platform.machine() or "cpu"
+    return Hardware(
+        gpu_name=model,
+        memory_gib=psutil.virtual_memory().total / 2**30,
+        count=1,
+        source="cpu",
+        device="cpu",
+        cores=os.cpu_count() or 1,
+    )
+
+
+def choose_device(*, device: str, gpu: str | None, engine_version: str | None) -> str:
+    """``--device auto``: a CPU build of vLLM (version ``...+cpu``) means the CPU backend, unless
+    a GPU was given explicitly."""
+    if device != "auto":
+        return device
+    if gpu or os.environ.get(ENV_GPU):
+        return "gpu"
+    return "cpu" if engine_version and engine_version.endswith("+cpu") else "gpu"
+
+
+def resolve_hardware(*, gpu: str | None = None, device: str = "gpu") -> Hardware:
+    """``--device cpu`` → this CPU; else ``--gpu``, then ``AUTOTUNE_GPU``, then NVML; with none
+    of them it is an error."""
+    if device == "cpu":
+        if gpu:
+            raise UserError("--gpu and --device cpu contradict each other; give one of them")
+        return detect_cpu()
     if gpu:
         return parse_gpu_spec(gpu, source="flag")
     if os.environ.get(ENV_GPU):
@@ -110,7 +164,7 @@ def resolve_hardware(*, gpu: str | None = None) -> Hardware:
     if detected is None:
         raise UserError(
             "no GPU found by NVML: give the hardware with --gpu NAME:MEMORY_GIB[xCOUNT] "
-            f"(or {ENV_GPU}), e.g. --gpu H100:80"
+            f"(or {ENV_GPU}), e.g. --gpu H100:80, or use --device cpu with a CPU build of vLLM"
         )
     return detected
 

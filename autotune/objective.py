@@ -189,8 +189,8 @@ class TrialRunner:
 
 
 _TUNED_NAMES = re.compile(
-    r"gpu[_-]memory[_-]utilization|max[_-]num[_-]seqs|max[_-]num[_-]batched[_-]tokens|"
-    r"max[_-]model[_-]len"
+    r"gpu[_-]memory[_-]utilization|kv[_-]cache[_-]memory[_-]bytes|max[_-]num[_-]seqs|"
+    r"max[_-]num[_-]batched[_-]tokens|max[_-]model[_-]len"
 )
 
 

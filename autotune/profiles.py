@@ -3,6 +3,7 @@
 Schema (version 1), every key required:
   schema_version, model {id, config_hash, ...}, hardware {gpu, memory_gib, count, driver, key},
   vllm_version, workload {..., signature}, objective, vllm_args {flag_name: value},
+  extra_args [the user's own arguments after --, passed to every launch],
   metrics {...}, startup {...}, provenance {study, trial, created, autotune_version}.
 Writes are atomic (temporary file + rename), so a reader never sees half a profile.
 """
@@ -35,6 +36,7 @@ class Profile:
     workload: dict[str, Any]
     objective: str
     vllm_args: dict[str, Any]
+    extra_args: list[str]
     metrics: dict[str, Any]
     startup: dict[str, Any]
     provenance: dict[str, Any]
@@ -78,6 +80,9 @@ class Profile:
         for key in ("model", "hardware", "workload", "vllm_args", "metrics", "provenance"):
             if not isinstance(data[key], Mapping):
                 raise UserError(f"{source}: {key} must be a mapping")
+        extra = data["extra_args"]
+        if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+            raise UserError(f"{source}: extra_args must be a list of strings")
         for key, sub in (("model", "name"), ("hardware", "key"), ("workload", "signature")):
             if sub not in data[key]:
                 raise UserError(f"{source}: {key}.{sub} is missing")

@@ -24,14 +24,23 @@ if TYPE_CHECKING:
 
 _SHORT = {
     "gpu_memory_utilization": "util",
+    "kv_cache_memory_bytes": "kv",
     "max_num_seqs": "seqs",
     "max_num_batched_tokens": "batched",
     "max_model_len": "len",
 }
 
 
+def _value(name: str, value: Any) -> str:
+    if name == "kv_cache_memory_bytes" and isinstance(value, int):
+        for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+            if value >= size:
+                return f"{value / size:.3g}{unit}"
+    return str(value)
+
+
 def short_args(args: Mapping[str, Any]) -> str:
-    return " ".join(f"{_SHORT.get(k, k)}={v}" for k, v in args.items())
+    return " ".join(f"{_SHORT.get(k, k)}={_value(k, v)}" for k, v in args.items())
 
 
 def _result_text(trial: FrozenTrial) -> str:
@@ -138,7 +147,16 @@ def make_console() -> Console:
 def trials_table(rows: Sequence[Mapping[str, Any]], *, best: int | None, title: str) -> Table:
     """All trials of a study: outcome, arguments, key metrics and why a trial failed."""
     table = Table(title=title, title_justify="left")
-    for col in ("#", "outcome", *_SHORT.values(), "tok/s", "TTFT p95", "KV tokens", "reason"):
+    names = [n for n in _SHORT if any(n in row["args"] for row in rows)]
+    for col in (
+        "#",
+        "outcome",
+        *(_SHORT[n] for n in names),
+        "tok/s",
+        "TTFT p95",
+        "KV tokens",
+        "reason",
+    ):
         if col == "reason":
             table.add_column(col, overflow="ellipsis", no_wrap=True, max_width=60)
         else:
@@ -154,7 +172,7 @@ def trials_table(rows: Sequence[Mapping[str, Any]], *, best: int | None, title: 
         table.add_row(
             f"{row['number']}{'*' if row['number'] == best else ''}",
             str(row["outcome"]),
-            *(str(args.get(name, "")) for name in _SHORT),
+            *(_value(name, args.get(name, "")) for name in names),
             num(row["throughput"]),
             num(row["ttft_p95_ms"]),
             num(row["kv_cache_tokens"], "{:,}"),

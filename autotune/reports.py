@@ -12,7 +12,6 @@ from rich.table import Table
 
 from autotune import paths
 from autotune.errors import UserError
-from autotune.hardware import resolve_hardware
 from autotune.model import resolve_model
 from autotune.profiles import ProfileStore
 from autotune.serve import describe_miss, find_profile
@@ -72,10 +71,20 @@ def print_profiles(*, profiles_dir: Path | None) -> None:
     Console().print(table)
 
 
-def show_profile(*, model: str, gpu: str | None, profiles_dir: Path | None, as_json: bool) -> None:
+def show_profile(
+    *,
+    model: str,
+    gpu: str | None,
+    device: str,
+    vllm_cmd: str | None,
+    profiles_dir: Path | None,
+    as_json: bool,
+) -> None:
+    from autotune.api import hardware_for
+
     store = ProfileStore(paths.profiles_dir(profiles_dir))
     spec = resolve_model(model)
-    hardware = resolve_hardware(gpu=gpu)
+    hardware = hardware_for(gpu, device, vllm_cmd)
     match = find_profile(store=store, spec=spec, hardware=hardware)
     if match is None:
         raise UserError(describe_miss(store=store, spec=spec, hardware=hardware, workload=None))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -70,6 +70,7 @@ def serve_argv(
     *, command: Sequence[str], model: str, profile: Profile, extra: Sequence[str] = ()
 ) -> list[str]:
     """The exact ``vllm serve`` command line for a profile: every tuned value explicit."""
+    extra = [*profile.extra_args, *extra]
     return build_argv(command=command, model=model, args=profile.vllm_args, extra=extra)
 
 
@@ -87,18 +88,18 @@ def announce(match: Match, *, hardware: Hardware) -> None:
         note(f"{match.others} other profile(s) also fit; choose one with --workload or --profile")
 
 
-def exec_or_print(argv: Sequence[str], *, dry_run: bool) -> None:
+def exec_or_print(argv: Sequence[str], *, dry_run: bool, env: Mapping[str, str]) -> None:
     """Print the command (``--dry-run``) or replace this process with it (same PID)."""
     if dry_run:
         print(shlex.join(argv), flush=True)
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    _exec(argv)
+    _exec(argv, env)
 
 
-def _exec(argv: Sequence[str]) -> NoReturn:
+def _exec(argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
     try:
-        os.execvp(argv[0], list(argv))
+        os.execvpe(argv[0], list(argv), dict(env))
     except OSError as exc:
         raise UserError(f"cannot run {argv[0]}: {exc.strerror}") from None

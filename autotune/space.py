@@ -50,6 +50,7 @@ class Dim:
         return "--" + self.name.replace("_", "-")
 
     def clamp(self, value: Value) -> Value:
+        """``value`` moved into ``[low, high]``."""
         v = min(max(value, self.low), self.high)
         return round(v, 2) if self.is_float else int(v)
 
@@ -60,27 +61,48 @@ class Dim:
 # Limits that vLLM itself enforces; ranges outside them are rejected before any launch.
 _LIMITS: dict[str, tuple[Value, Value]] = {
     "gpu_memory_utilization": (0.01, 1.0),
+    "kv_cache_memory_bytes": (1 << 20, 1 << 50),
     "max_num_seqs": (1, 1 << 20),
     "max_num_batched_tokens": (1, 1 << 24),
     "max_model_len": (16, 1 << 24),
 }
 
+GIB = 1 << 30
 DEFAULT_RANGES: dict[str, tuple[Value, Value]] = {
     "gpu_memory_utilization": (0.70, 0.98),
     "max_num_seqs": (8, 1024),
     "max_num_batched_tokens": (512, 16384),
 }
-TUNED = ("gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "max_model_len")
+# vLLM's CPU backend sizes the KV cache in bytes; its batches are smaller.
+CPU_RANGES: dict[str, tuple[Value, Value]] = {
+    "kv_cache_memory_bytes": (256 << 20, 8 * GIB),
+    "max_num_seqs": (4, 256),
+    "max_num_batched_tokens": (256, 8192),
+}
+MEMORY_DIMS = ("gpu_memory_utilization", "kv_cache_memory_bytes")
+TUNED = (*MEMORY_DIMS, "max_num_seqs", "max_num_batched_tokens", "max_model_len")
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _number(name: str, text: str) -> Value:
+    if name == "gpu_memory_utilization":
+        return float(text)
+    if name == "kv_cache_memory_bytes":
+        t = text.strip().upper().removesuffix("IB").removesuffix("B")
+        unit = t[-1:] if t[-1:] in _SUFFIX else ""
+        return int(float(t[: len(t) - len(unit)]) * _SUFFIX[unit])
+    return int(text)
 
 
 def parse_range(name: str, text: str) -> tuple[Value, Value]:
-    """``"8192"`` fixes a dimension; ``"8:256"`` re-ranges it. Checked against vLLM's limits."""
+    """``"8192"`` fixes a dimension; ``"8:256"`` re-ranges it. Checked against vLLM's limits.
+    Byte sizes accept K/M/G suffixes (``512M:4G``)."""
     is_float = name == "gpu_memory_utilization"
     parts = text.split(":")
     try:
         if len(parts) not in (1, 2):
             raise ValueError
-        values = [float(p) if is_float else int(p) for p in parts]
+        values = [_number(name, p) for p in parts]
     except ValueError:
         kind = "a number" if is_float else "an integer"
         raise UserError(
@@ -99,6 +121,15 @@ def parse_range(name: str, text: str) -> tuple[Value, Value]:
 def vllm_defaults(hardware: Hardware, spec: ModelSpec) -> dict[str, Value]:
     """vLLM's defaults for ``vllm serve`` on this GPU (vllm-facts §2.1; 0.9 utilization as in 0.11,
     the lower of the two recent defaults)."""
+    if hardware.is_cpu:  # vllm serve on the CPU backend; 4 GiB was VLLM_CPU_KVCACHE_SPACE's default
+        cpu: dict[str, Value] = {
+            "kv_cache_memory_bytes": 4 * GIB,
+            "max_num_seqs": 128,
+            "max_num_batched_tokens": 2048,
+        }
+        if spec.max_position_embeddings:
+            cpu["max_model_len"] = spec.max_position_embeddings
+        return cpu
     if hardware.memory_gib >= 160:
         tokens, seqs = 16384, 1024
     elif hardware.memory_gib >= 70 and "a100" not in hardware.gpu_name.lower():
@@ -170,15 +201,39 @@ class SearchSpace:
         return ", ".join(f"{d.name}={d.describe()}" for d in self.dims)
 
 
+def _memory_dim(hardware: Hardware, overrides: Mapping[str, str | None]) -> str:
+    """The CPU backend tunes KV bytes; a GPU tunes utilization unless KV bytes are given."""
+    util, kv = (overrides.get(n) is not None for n in MEMORY_DIMS)
+    if hardware.is_cpu and util:
+        raise UserError(
+            "--gpu-memory-utilization: on vLLM's CPU backend the KV cache is sized in bytes; "
+            "use --kv-cache-memory-bytes"
+        )
+    if util and kv:
+        raise UserError("give --gpu-memory-utilization or --kv-cache-memory-bytes, not both")
+    return "kv_cache_memory_bytes" if hardware.is_cpu or kv else "gpu_memory_utilization"
+
+
 def build_space(
     *,
     spec: ModelSpec,
+    hardware: Hardware,
     overrides: Mapping[str, str | None],
     min_model_len: int | None = None,
 ) -> SearchSpace:
     """The default ranges, re-ranged or fixed by the user's ``--flag LOW:HIGH`` / ``--flag V``."""
+    memory = _memory_dim(hardware, overrides)
+    ranges = dict(DEFAULT_RANGES)
+    if hardware.is_cpu:
+        ranges.update(CPU_RANGES)
+        kv_high = min(8 * GIB, int(hardware.memory_gib * GIB / 4))
+        ranges["kv_cache_memory_bytes"] = (min(256 << 20, kv_high), kv_high)
+    elif memory == "kv_cache_memory_bytes":
+        ranges["kv_cache_memory_bytes"] = (GIB, int(hardware.memory_gib * GIB * 0.9))
     dims: list[Dim] = []
     for name in TUNED:
+        if name in MEMORY_DIMS and name != memory:
+            continue
         text = overrides.get(name)
         if text is not None:
             low, high = parse_range(name, text)
@@ -189,7 +244,7 @@ def build_space(
             low = min(min_model_len or min(4096, model_max), model_max)
             high = model_max
         else:
-            low, high = DEFAULT_RANGES[name]
+            low, high = ranges[name]
         is_float = name == "gpu_memory_utilization"
         dims.append(Dim(name=name, low=low, high=high, is_float=is_float, log=not is_float))
     space = SearchSpace(dims=tuple(dims))
@@ -218,3 +273,26 @@ def _check(space: SearchSpace, *, spec: ModelSpec, min_model_len: int | None) ->
             dims = tuple(replace(d, high=tokens.high) if d is seqs else d for d in space.dims)
             space = SearchSpace(dims=dims)
     return space
+
+
+def parse_candidate(space: SearchSpace, text: str) -> dict[str, Value]:
+    """``--enqueue "max_num_seqs=64,kv_cache_memory_bytes=1G"``: a candidate to try first
+    (e.g. the settings in production today); dimensions left out are sampled."""
+    params: dict[str, Value] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip().lstrip("-").replace("-", "_")
+        if not sep or name not in space or space[name].fixed:
+            tuned = ", ".join(d.name for d in space.tuned)
+            raise UserError(f"--enqueue {text!r}: expected NAME=VALUE with NAME one of {tuned}")
+        dim = space[name]
+        try:
+            number = _number(name, value.strip())
+        except ValueError:
+            raise UserError(f"--enqueue {text!r}: {value!r} is not a number") from None
+        if not dim.low <= number <= dim.high:
+            raise UserError(f"--enqueue {text!r}: {name}={value} is outside {dim.describe()}")
+        params[name] = number
+    if params.get("max_num_batched_tokens", 1 << 62) < params.get("max_num_seqs", 0):
+        raise UserError(f"--enqueue {text!r}: max_num_batched_tokens must be >= max_num_seqs")
+    return params

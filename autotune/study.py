@@ -103,12 +103,16 @@ class StudyPlan:
     budget: int
     log_dir: Path
     default_params: dict[str, Value]
+    enqueue: tuple[dict[str, Value], ...] = ()
     timeout_s: float | None = None
 
 
 def _enqueue_start(plan: StudyPlan) -> None:
+    """vLLM's defaults first in a new study, then the user's own candidates (once each)."""
     if not plan.study.get_trials(deepcopy=False):
         plan.study.enqueue_trial(plan.default_params, user_attrs={"source": "vllm-defaults"})
+    for params in plan.enqueue:
+        plan.study.enqueue_trial(params, user_attrs={"source": "--enqueue"}, skip_if_exists=True)
 
 
 def run_study(plan: StudyPlan, *, reporter: Reporter) -> None:

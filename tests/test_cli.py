@@ -65,6 +65,7 @@ def test_help_and_dry_run_do_not_import_heavy_modules(tmp_path: Path, model_dir:
             workload={"signature": "in512-out128"},
             objective="throughput",
             vllm_args={"gpu_memory_utilization": 0.9, "max_num_seqs": 256},
+            extra_args=[],
             metrics={},
             startup={},
             provenance={"created": "2026-01-01T00:00:00+00:00"},

@@ -19,6 +19,7 @@ def make(created: str, workload: str = "in512-out128", **args: Any) -> Profile:
         workload={"input_len": 512, "output_len": 128, "signature": workload},
         objective="throughput",
         vllm_args={"gpu_memory_utilization": 0.9, "max_num_seqs": 64, **args},
+        extra_args=[],
         metrics={"output_throughput": 1000.0},
         startup={},
         provenance={"study": "s", "trial": 3, "created": created},

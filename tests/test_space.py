@@ -8,12 +8,14 @@ import pytest
 from autotune.errors import UserError
 from autotune.hardware import parse_gpu_spec
 from autotune.model import resolve_model
-from autotune.space import build_space, parse_range, vllm_defaults
+from autotune.space import build_space, parse_candidate, parse_range, vllm_defaults
+
+L4 = parse_gpu_spec("L4:24", source="flag")
 
 
 def test_defaults_and_validity_by_construction(model_dir: Path) -> None:
     spec = resolve_model(str(model_dir))
-    space = build_space(spec=spec, overrides={}, min_model_len=2048)
+    space = build_space(spec=spec, hardware=L4, overrides={}, min_model_len=2048)
     assert space["max_model_len"].low == 2048 and space["max_model_len"].high == 131072
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(200):
@@ -28,7 +30,10 @@ def test_defaults_and_validity_by_construction(model_dir: Path) -> None:
 def test_fixed_and_reranged(model_dir: Path) -> None:
     spec = resolve_model(str(model_dir))
     space = build_space(
-        spec=spec, overrides={"max_model_len": "8192", "max_num_seqs": "8:256"}, min_model_len=None
+        spec=spec,
+        hardware=L4,
+        overrides={"max_model_len": "8192", "max_num_seqs": "8:256"},
+        min_model_len=None,
     )
     assert space["max_model_len"].fixed
     assert [d.name for d in space.tuned] == [
@@ -45,7 +50,7 @@ def test_fixed_and_reranged(model_dir: Path) -> None:
 
 def test_vllm_defaults_are_enqueued_in_range(model_dir: Path) -> None:
     spec = resolve_model(str(model_dir))
-    space = build_space(spec=spec, overrides={"max_num_batched_tokens": "512:4096"})
+    space = build_space(spec=spec, hardware=L4, overrides={"max_num_batched_tokens": "512:4096"})
     h100 = vllm_defaults(parse_gpu_spec("H100:80", source="flag"), spec)
     assert h100 == {
         "gpu_memory_utilization": 0.9,
@@ -77,12 +82,54 @@ def test_bad_ranges(name: str, text: str, message: str) -> None:
 def test_inconsistent_user_ranges(model_dir: Path) -> None:
     spec = resolve_model(str(model_dir))
     with pytest.raises(UserError, match="above the model's maximum"):
-        build_space(spec=spec, overrides={"max_model_len": "262144"})
+        build_space(spec=spec, hardware=L4, overrides={"max_model_len": "262144"})
     with pytest.raises(UserError, match="max_num_batched_tokens >= max_num_seqs"):
-        build_space(spec=spec, overrides={"max_num_seqs": "512", "max_num_batched_tokens": "256"})
+        build_space(
+            spec=spec,
+            hardware=L4,
+            overrides={"max_num_seqs": "512", "max_num_batched_tokens": "256"},
+        )
 
 
 def test_unknown_model_leaves_length_to_vllm() -> None:
     spec = resolve_model("org/uncached")
-    space = build_space(spec=spec, overrides={})
+    space = build_space(spec=spec, hardware=L4, overrides={})
     assert "max_model_len" not in space
+
+
+def test_cpu_backend_tunes_kv_bytes(model_dir: Path) -> None:
+    from autotune.hardware import Hardware
+
+    cpu = Hardware(gpu_name="Xeon", memory_gib=24, source="cpu", device="cpu", cores=2)
+    spec = resolve_model(str(model_dir))
+    space = build_space(spec=spec, hardware=cpu, overrides={"max_model_len": "4096"})
+    assert "gpu_memory_utilization" not in space
+    kv = space["kv_cache_memory_bytes"]
+    assert (kv.low, kv.high) == (256 << 20, 6 << 30)  # a quarter of RAM caps the default
+    defaults = space.default_params(vllm_defaults(cpu, spec))
+    assert defaults == {
+        "kv_cache_memory_bytes": 4 << 30,
+        "max_num_seqs": 128,
+        "max_num_batched_tokens": 2048,
+    }
+    with pytest.raises(UserError, match="sized in bytes"):
+        build_space(spec=spec, hardware=cpu, overrides={"gpu_memory_utilization": "0.5"})
+    gpu_kv = build_space(spec=spec, hardware=L4, overrides={"kv_cache_memory_bytes": "1G:8G"})
+    assert (
+        "gpu_memory_utilization" not in gpu_kv and gpu_kv["kv_cache_memory_bytes"].high == 8 << 30
+    )
+
+
+def test_byte_suffixes_and_candidates(model_dir: Path) -> None:
+    assert parse_range("kv_cache_memory_bytes", "512M:2GiB") == (512 << 20, 2 << 30)
+    assert parse_range("kv_cache_memory_bytes", "1048576") == (1 << 20, 1 << 20)
+    spec = resolve_model(str(model_dir))
+    space = build_space(spec=spec, hardware=L4, overrides={"max_model_len": "8192"})
+    assert parse_candidate(space, "max_num_seqs=64, --max-num-batched-tokens=1024") == {
+        "max_num_seqs": 64,
+        "max_num_batched_tokens": 1024,
+    }
+    for bad in ("max_model_len=4096", "nope=1", "max_num_seqs=5000", "max_num_seqs=x",
+                "max_num_seqs=1000,max_num_batched_tokens=600"):  # fmt: skip
+        with pytest.raises(UserError, match="--enqueue"):
+            parse_candidate(space, bad)
