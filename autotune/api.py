@@ -75,6 +75,7 @@ def prepare(options: TuneOptions) -> Prepared:
         spec=spec, hardware=hardware, overrides=options.ranges, min_model_len=options.min_model_len
     )
     options.workload.validate()
+    _check_extra_args(options.extra_args, space)
     command = resolve_command(options.vllm_cmd)
     wl = options.workload
     if wl.dataset is None and "max_model_len" in space:
@@ -126,11 +127,21 @@ def engine_env(hardware: Hardware) -> dict[str, str]:
     return env
 
 
+def _check_extra_args(extra: tuple[str, ...], space: SearchSpace) -> None:
+    """Arguments after ``--`` must not set what autotune tunes or fixes (the last one would win
+    silently and the profile would lie)."""
+    for arg in extra:
+        name = arg.split("=", 1)[0]
+        for dim in space.dims:
+            if name == dim.flag:
+                raise UserError(f"{name} after --: give it as an autotune option ({name} V)")
+
+
 def _prefetch(spec: ModelSpec) -> ModelSpec:
     """Download a hub model once before the first trial, when a Hugging Face CLI is present and
     the network allowed; then its spec is known and no trial's startup waits for a download."""
     cli = shutil.which("hf") or shutil.which("huggingface-cli")
-    if cli is None:
+    if cli is None or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         return spec
     note(f"downloading {spec.model_id} before the first trial ({cli} download)")
     done = subprocess.run([cli, "download", spec.model_id], capture_output=True, check=False)

@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -38,7 +39,10 @@ def resolve_command(command: str | None) -> list[str]:
     if not argv:
         raise UserError("--vllm-cmd is empty")
     exe = argv[0]
-    if shutil.which(exe) is None:
+    beside = Path(sys.executable).parent / exe  # vLLM installed in autotune's own environment
+    if shutil.which(exe) is None and "/" not in exe and beside.is_file():
+        argv[0] = str(beside)
+    elif shutil.which(exe) is None:
         hint = " (install vLLM, or point --vllm-cmd at it)" if exe == "vllm" else ""
         raise UserError(f"--vllm-cmd: executable {exe!r} not found{hint}")
     return argv

