@@ -12,7 +12,7 @@ import signal
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
@@ -276,7 +276,7 @@ def serve(
         if dry_run:
             raise UserError(miss + "; without --dry-run autotune would tune first")
         note(miss + "; tuning first")
-        tune(options)
+        tune(replace(options, device=hardware.device))
         match = find_profile(store=store, spec=spec, hardware=hardware, workload=workload)
         if match is None:  # pragma: no cover - tune() raises when it saves nothing
             raise UserError(miss)

@@ -35,7 +35,7 @@ def _value(name: str, value: Any) -> str:
     if name == "kv_cache_memory_bytes" and isinstance(value, int):
         for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
             if value >= size:
-                return f"{value / size:.3g}{unit}"
+                return f"{value / size:.4g}{unit}"
     return str(value)
 
 
