@@ -1,0 +1,192 @@
+"""Click options shared by ``tune`` and ``serve``, and their translation into ``TuneOptions``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+hardware = options(
+    click.option(
+        "--device",
+        type=click.Choice(["auto", "gpu", "cpu"]),
+        default="auto",
+        show_default=True,
+        help="vLLM backend; auto means cpu when the vLLM to launch is a CPU build (+cpu).",
+    ),
+    click.option(
+        "--gpu",
+        metavar="NAME:MEMORY_GIB[xCOUNT]",
+        help="Hardware when NVML finds no GPU "
+        "(or to override it), e.g. H100:80. Env: AUTOTUNE_GPU.",
+    ),
+    click.option(
+        "--vllm-cmd",
+        metavar="CMD",
+        help="Command that starts the engine [default: 'vllm serve'; env AUTOTUNE_VLLM_CMD].",
+    ),
+    click.option(
+        "--profiles-dir",
+        type=click.Path(path_type=Path),
+        help="Where profiles are kept "
+        "[env AUTOTUNE_PROFILES_DIR; default: a per-user data directory].",
+    ),
+)
+
+tuning = options(
+    click.option(
+        "--gpu-memory-utilization",
+        metavar="V|LOW:HIGH",
+        help="Fix or re-range (default 0.70:0.98).",
+    ),
+    click.option(
+        "--kv-cache-memory-bytes",
+        metavar="N|LOW:HIGH",
+        help="Tune the KV cache in bytes (K/M/G suffixes) instead of the utilization; "
+        "the CPU backend's memory dimension (default 256M:8G, at most a quarter of RAM).",
+    ),
+    click.option("--max-num-seqs", metavar="N|LOW:HIGH", help="Fix or re-range (default 8:1024)."),
+    click.option(
+        "--max-num-batched-tokens",
+        metavar="N|LOW:HIGH",
+        help="Fix or re-range (default 512:16384).",
+    ),
+    click.option(
+        "--max-model-len",
+        metavar="N|LOW:HIGH",
+        help="Fix or re-range (default "
+        "--min-model-len up to the model's maximum, longest preferred).",
+    ),
+    click.option(
+        "--min-model-len",
+        type=click.IntRange(min=16),
+        help="Shortest context the "
+        "application accepts (default: 4096 or the model's maximum if smaller).",
+    ),
+    click.option(
+        "--input-len",
+        type=click.IntRange(min=1),
+        default=512,
+        show_default=True,
+        help="Prompt tokens per synthetic request.",
+    ),
+    click.option(
+        "--output-len",
+        type=click.IntRange(min=1),
+        default=128,
+        show_default=True,
+        help="Output tokens per request (ignore_eos).",
+    ),
+    click.option(
+        "--num-prompts",
+        type=click.IntRange(min=1),
+        help="Requests per benchmark (default: twice the largest max_num_seqs, at least 64).",
+    ),
+    click.option(
+        "--dataset",
+        type=click.Path(path_type=Path),
+        help="JSONL of prompts or chat messages instead of synthetic prompts.",
+    ),
+    click.option(
+        "--trials",
+        type=click.IntRange(min=1),
+        default=20,
+        show_default=True,
+        help="Launch budget of the study (engine starts, resumed runs included).",
+    ),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0),
+        help="Stop starting trials after this many seconds.",
+    ),
+    click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed."),
+    click.option(
+        "--enqueue",
+        multiple=True,
+        metavar="NAME=VALUE[,...]",
+        help="A candidate to try first, e.g. today's production settings (repeatable).",
+    ),
+    click.option(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage URL (e.g. postgresql://...); default: SQLite in the state directory.",
+    ),
+    click.option(
+        "--state-dir",
+        type=click.Path(path_type=Path),
+        help="Studies and trial logs [env AUTOTUNE_STATE_DIR].",
+    ),
+    click.option(
+        "--startup-timeout",
+        type=click.FloatRange(min=1),
+        default=900.0,
+        show_default=True,
+        help="Seconds an engine may take to become ready.",
+    ),
+    click.option(
+        "--noise",
+        type=click.FloatRange(0, 1),
+        default=0.05,
+        show_default=True,
+        help="Results within this share of the best count as equal; the longest "
+        "max_model_len among them wins.",
+    ),
+    click.option("--quiet", is_flag=True, help="Plain log lines instead of a live display."),
+    click.argument("extra", nargs=-1, type=click.UNPROCESSED),
+)
+
+
+def tune_options(model: str, kw: dict[str, Any]) -> Any:
+    from autotune.api import TuneOptions
+    from autotune.workload import Workload
+
+    ranges = {
+        name: kw.pop(name)
+        for name in (
+            "gpu_memory_utilization",
+            "kv_cache_memory_bytes",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_model_len",
+        )
+    }
+    workload = Workload(
+        input_len=kw.pop("input_len"),
+        output_len=kw.pop("output_len"),
+        num_prompts=kw.pop("num_prompts"),
+        dataset=kw.pop("dataset"),
+    )
+    return TuneOptions(
+        model=model,
+        gpu=kw.pop("gpu"),
+        device=kw.pop("device"),
+        ranges=ranges,
+        min_model_len=kw.pop("min_model_len"),
+        workload=workload,
+        trials=kw.pop("trials"),
+        timeout_s=kw.pop("timeout"),
+        seed=kw.pop("seed"),
+        storage=kw.pop("storage"),
+        state_dir=kw.pop("state_dir"),
+        profiles_dir=kw.pop("profiles_dir"),
+        vllm_cmd=kw.pop("vllm_cmd"),
+        extra_args=tuple(kw.pop("extra")),
+        enqueue=tuple(kw.pop("enqueue")),
+        startup_timeout_s=kw.pop("startup_timeout"),
+        noise=kw.pop("noise"),
+        quiet=kw.pop("quiet"),
+    )
