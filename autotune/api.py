@@ -18,9 +18,11 @@ from types import FrameType
 
 from autotune import __version__, paths
 from autotune.errors import UserError
+from autotune.feasibility import Prescreen
 from autotune.hardware import ENV_GPU, Hardware, choose_device, resolve_hardware
 from autotune.launcher import engine_version, resolve_command
 from autotune.model import ModelSpec, resolve_model
+from autotune.multimodal import image_count, supports_size_hints
 from autotune.profiles import SCHEMA_VERSION, Profile, ProfileStore
 from autotune.serve import announce, describe_miss, exec_or_print, find_profile, note, serve_argv
 from autotune.space import SearchSpace, build_space, parse_candidate, vllm_defaults
@@ -52,6 +54,9 @@ class TuneOptions:
     noise: float = 0.05
     quiet: bool = False
     objective: str = "throughput"
+    min_images: int | None = None  # the profile must accept at least this many images
+    images_max: bool = False  # --images max: find the largest image count that fits
+    image_size_hint: tuple[int, int] | None = None  # --image-size: the resolution sent
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,30 @@ class Prepared:
     hardware: Hardware
     space: SearchSpace
     env: dict[str, str]
+    workload: Workload
+
+
+def _space(options: TuneOptions, spec: ModelSpec, hardware: Hardware, hints: bool) -> SearchSpace:
+    return build_space(
+        spec=spec,
+        hardware=hardware,
+        overrides=options.ranges,
+        min_model_len=options.min_model_len,
+        min_images=options.min_images,
+        images_max=options.images_max,
+        image_size_hint=options.image_size_hint if hints else None,
+    )
+
+
+def _image_workload(options: TuneOptions, spec: ModelSpec) -> Workload:
+    """A vision model is measured with images: --min-images per request unless told otherwise."""
+    wl = options.workload
+    if spec.is_vision and wl.images_per_request is None and wl.dataset is None:
+        k = options.min_images or 1
+        wl = replace(wl, images_per_request=(k, k))
+    if options.image_size_hint is not None:
+        wl = replace(wl, image_size=options.image_size_hint)
+    return wl
 
 
 def prepare(options: TuneOptions) -> Prepared:
@@ -71,13 +100,12 @@ def prepare(options: TuneOptions) -> Prepared:
         raise UserError(f"--trials {options.trials}: at least one launch is needed")
     spec = resolve_model(options.model)
     hardware = hardware_for(options.gpu, options.device, options.vllm_cmd)
-    space = build_space(
-        spec=spec, hardware=hardware, overrides=options.ranges, min_model_len=options.min_model_len
-    )
-    options.workload.validate()
-    _check_extra_args(options.extra_args, space)
     command = resolve_command(options.vllm_cmd)
-    wl = options.workload
+    hints = supports_size_hints(engine_version(command)) if spec.is_vision else False
+    space = _space(options, spec, hardware, hints)
+    wl = _image_workload(options, spec)
+    wl.validate()
+    _check_extra_args(options.extra_args, space)
     if wl.dataset is None and "max_model_len" in space:
         need = wl.input_len + wl.output_len
         if space["max_model_len"].low < need:
@@ -91,19 +119,22 @@ def prepare(options: TuneOptions) -> Prepared:
         note(hardware.describe())
     elif hardware.source != "nvml":
         note(f"hardware {hardware.describe()}; not checked against the machine")
+    if spec.is_vision and options.image_size_hint and not hints:
+        note("this vLLM does not take image size hints: the image limit is a plain count")
     if not spec.known:
         spec = _prefetch(spec)
         if spec.known:  # now its length is known: search it too
-            space = build_space(
-                spec=spec,
-                hardware=hardware,
-                overrides=options.ranges,
-                min_model_len=options.min_model_len,
-            )
+            space = _space(options, spec, hardware, hints)
+            wl = _image_workload(options, spec)
     for reason in spec.unknown_reasons:
         note(reason)
     return Prepared(
-        command=command, spec=spec, hardware=hardware, space=space, env=engine_env(hardware)
+        command=command,
+        spec=spec,
+        hardware=hardware,
+        space=space,
+        env=engine_env(hardware),
+        workload=wl,
     )
 
 
@@ -174,7 +205,7 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
 
     prep = prepare(options)
     spec, hardware, space = prep.spec, prep.hardware, prep.space
-    wl = options.workload
+    wl = prep.workload
     num_prompts = wl.num_prompts or max(64, 2 * int(space["max_num_seqs"].high))
     requests = build_requests(wl, num_prompts=num_prompts, vocab_size=spec.vocab_size)
     name = st.study_name(
@@ -210,6 +241,7 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
         default_params=space.default_params(vllm_defaults(hardware, spec)),
         enqueue=tuple(parse_candidate(space, text) for text in options.enqueue),
         timeout_s=options.timeout_s,
+        prescreen=Prescreen(image_tokens=spec.image_tokens),
     )
     console = make_console()
     note(f"study {name} ({storage}); space: {space.describe()}")
@@ -217,7 +249,7 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
     reporter = LiveReporter(console=console) if live else LineReporter()
     with _sigterm_as_interrupt(), reporter:
         st.run_study(plan, reporter=reporter)
-    best = st.choose_best(study, noise=options.noise)
+    best = st.choose_best(study, noise=options.noise, most_images=options.images_max)
     if best is not None:
         study.set_user_attr("chosen_trial", best.number)
     rows = st.trial_rows(study.get_trials(deepcopy=False))
@@ -249,6 +281,9 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
         },
     )
     path = ProfileStore(paths.profiles_dir(options.profiles_dir)).save(profile)
+    if options.images_max:
+        most = image_count(profile.vllm_args)
+        note(f"largest image count that fits with usable throughput: {most} (trial {best.number})")
     note(f"best: trial {best.number}, {best.value:.1f} output tok/s; profile saved to {path}")
     return path, profile
 

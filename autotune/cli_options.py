@@ -11,6 +11,24 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    w, sep, h = value.lower().partition("x")
+    if not sep or not w.isdigit() or not h.isdigit() or not (0 < int(w) <= 8192 >= int(h) > 0):
+        raise click.BadParameter(f"{value!r}: expected WIDTHxHEIGHT, e.g. 512x512")
+    return (int(w), int(h))
+
+
+def _k_range(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    lo, _, hi = value.partition(":")
+    if not lo.isdigit() or not (hi or lo).isdigit() or int(lo) > int(hi or lo):
+        raise click.BadParameter(f"{value!r}: expected K or LOW:HIGH, e.g. 2 or 1:4")
+    return (int(lo), int(hi or lo))
+
+
 def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     def apply(func: F) -> F:
         for decorator in reversed(decorators):
@@ -70,6 +88,36 @@ tuning = options(
         metavar="N|LOW:HIGH",
         help="Fix or re-range (default "
         "--min-model-len up to the model's maximum, longest preferred).",
+    ),
+    click.option(
+        "--limit-mm-per-prompt",
+        "image_limit",
+        metavar="N|LOW:HIGH",
+        help="Vision models: fix or re-range the image limit per prompt (default "
+        "--min-images..16; passed to vLLM as JSON).",
+    ),
+    click.option(
+        "--min-images",
+        type=click.IntRange(min=0),
+        help="Vision models: the profile must accept at least this many images per prompt.",
+    ),
+    click.option(
+        "--images",
+        "images_mode",
+        type=click.Choice(["max"]),
+        help="max: find the largest image count that fits on this GPU with a usable throughput.",
+    ),
+    click.option(
+        "--image-size",
+        metavar="WxH",
+        callback=_size,
+        help="The image resolution the application sends (workload, and vLLM's profiling hint).",
+    ),
+    click.option(
+        "--images-per-request",
+        metavar="K|LOW:HIGH",
+        callback=_k_range,
+        help="Images per benchmark request, fixed or uniform (default --min-images or 1).",
     ),
     click.option(
         "--min-model-len",
@@ -162,6 +210,7 @@ def tune_options(model: str, kw: dict[str, Any]) -> Any:
             "max_num_seqs",
             "max_num_batched_tokens",
             "max_model_len",
+            "image_limit",
         )
     }
     workload = Workload(
@@ -169,6 +218,8 @@ def tune_options(model: str, kw: dict[str, Any]) -> Any:
         output_len=kw.pop("output_len"),
         num_prompts=kw.pop("num_prompts"),
         dataset=kw.pop("dataset"),
+        images_per_request=kw.pop("images_per_request"),
+        **({"image_size": size} if (size := kw.get("image_size")) else {}),
     )
     return TuneOptions(
         model=model,
@@ -189,4 +240,7 @@ def tune_options(model: str, kw: dict[str, Any]) -> Any:
         startup_timeout_s=kw.pop("startup_timeout"),
         noise=kw.pop("noise"),
         quiet=kw.pop("quiet"),
+        min_images=kw.pop("min_images"),
+        images_max=kw.pop("images_mode") == "max",
+        image_size_hint=kw.pop("image_size"),
     )

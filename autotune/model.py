@@ -35,6 +35,7 @@ class ModelSpec:
     dtype: str | None = None
     max_position_embeddings: int | None = None
     is_vision: bool = False
+    image_tokens: int | None = None  # tokens per image (LLaVA-style: (size / patch)^2)
     config_hash: str | None = None
     unknown_reasons: tuple[str, ...] = field(default=())
 
@@ -64,6 +65,7 @@ class ModelSpec:
             "dtype": self.dtype,
             "max_position_embeddings": self.max_position_embeddings,
             "vision": self.is_vision,
+            "image_tokens": self.image_tokens,
             "config_hash": self.config_hash,
         }
 
@@ -101,6 +103,18 @@ def _first(cfg: dict[str, Any], *keys: str) -> Any:
     return None
 
 
+def _image_tokens(cfg: dict[str, Any]) -> int | None:
+    """Tokens one image becomes in a LLaVA-style model; None where it depends on the image."""
+    vision = cfg.get("vision_config")
+    if not isinstance(vision, dict):
+        return None
+    size, patch = vision.get("image_size"), vision.get("patch_size")
+    if not isinstance(size, int) or not isinstance(patch, int) or patch <= 0:
+        return None
+    full = cfg.get("vision_feature_select_strategy") == "full"
+    return (size // patch) ** 2 + (1 if full else 0)
+
+
 def _parse_config(model_id: str, path: Path | None, config_file: Path) -> ModelSpec:
     raw = config_file.read_bytes()
     try:
@@ -122,6 +136,7 @@ def _parse_config(model_id: str, path: Path | None, config_file: Path) -> ModelS
         merged, "n_head_kv", "num_kv_heads", "num_key_value_heads", "multi_query_group_num"
     )
     return ModelSpec(
+        image_tokens=_image_tokens(cfg) if is_vision else None,
         model_id=model_id,
         known=True,
         path=path,

@@ -172,6 +172,9 @@ class TrialRunner:
             return Classified(Outcome.HARNESS_ERROR, f"benchmark aborted: {result.aborted}")
         m = result.metrics
         sent = m.completed + m.failed
+        limit = next((e for e in result.errors if _TOO_MANY_IMAGES.search(e)), None)
+        if limit is not None:  # a 400 from vLLM: the configuration misses the requirement
+            return Classified(Outcome.IMAGE_LIMIT, f"{m.failed}/{sent} requests refused: {limit}")
         if sent and m.failed / sent > MAX_FAILED_SHARE:
             first = result.errors[0] if result.errors else "no message"
             return Classified(Outcome.REQUEST_ERRORS, f"{m.failed}/{sent} requests failed: {first}")
@@ -188,9 +191,10 @@ class TrialRunner:
         raise StudyStopped(f"the engine rejected the settings: {failure.reason}")
 
 
+_TOO_MANY_IMAGES = re.compile(r"At most \d+ \w+\(s\) may be provided in one prompt")
 _TUNED_NAMES = re.compile(
     r"gpu[_-]memory[_-]utilization|kv[_-]cache[_-]memory[_-]bytes|max[_-]num[_-]seqs|"
-    r"max[_-]num[_-]batched[_-]tokens|max[_-]model[_-]len"
+    r"max[_-]num[_-]batched[_-]tokens|max[_-]model[_-]len|limit[_-]mm[_-]per[_-]prompt"
 )
 
 

@@ -24,13 +24,14 @@ class Outcome(str, Enum):
     FREE_MEMORY = "insufficient_free_memory"  # free memory below the requested utilization
     CRASH_UNDER_LOAD = "crash_under_load"  # engine died (or OOMed) during the benchmark
     REQUEST_ERRORS = "request_errors"  # engine alive, but many benchmark requests failed
+    IMAGE_LIMIT = "image_limit_exceeded"  # vLLM refused prompts with more images than the limit
     STARTUP_TIMEOUT = "startup_timeout"
     STARTUP_CRASH = "startup_crash"  # exited during startup for another reason
     INVALID_CONFIG = "invalid_config"  # argparse / pydantic / ValueError on the arguments
     MODEL_NOT_FOUND = "model_not_found"
     PORT_IN_USE = "port_in_use"
     HARNESS_ERROR = "harness_error"  # autotune's own fault; the configuration is not to blame
-    SKIPPED = "skipped"
+    SKIPPED = "skipped"  # predicted to fail from earlier failures; not launched
 
     @property
     def infeasible(self) -> bool:
@@ -52,6 +53,8 @@ _INFEASIBLE = {
     Outcome.FREE_MEMORY,
     Outcome.CRASH_UNDER_LOAD,
     Outcome.REQUEST_ERRORS,
+    Outcome.IMAGE_LIMIT,
+    Outcome.SKIPPED,
     Outcome.STARTUP_TIMEOUT,
     Outcome.STARTUP_CRASH,
 }
@@ -177,6 +180,7 @@ class StartupInfo:
     max_concurrency: float | None = None
     concurrency_len: int | None = None
     weights_gib: float | None = None
+    profiled_images: int | None = None  # dummy images of the encoder profile
     vllm_version: str | None = None
 
     def to_dict(self) -> dict[str, float | int | str | None]:
@@ -187,6 +191,10 @@ _KV_GIB = re.compile(r"Available KV cache memory: (-?[\d.]+) GiB")
 _KV_TOKENS = re.compile(r"KV cache size: ([\d,]+) tokens")
 _CONCURRENCY = re.compile(r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x")
 _WEIGHTS = re.compile(r"Model loading took ([\d.]+) GiB")
+_ENCODER = re.compile(
+    r"Encoder cache will be initialized with a budget of (\d+) tokens, and profiled with "
+    r"(\d+) image items"
+)
 _VERSION = re.compile(r"vLLM API server version (\S+)|Starting vLLM API server.*version (\S+)")
 
 
@@ -197,7 +205,9 @@ def parse_startup(log: str) -> StartupInfo:
     conc = _CONCURRENCY.search(log)
     weights = _WEIGHTS.search(log)
     version = _VERSION.search(log)
+    encoder = _ENCODER.search(log)
     return StartupInfo(
+        profiled_images=int(encoder[2]) if encoder else None,
         kv_cache_gib=float(kv[1]) if kv else None,
         kv_cache_tokens=int(tokens[1].replace(",", "")) if tokens else None,
         max_concurrency=float(conc[2]) if conc else None,

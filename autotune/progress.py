@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -28,10 +29,16 @@ _SHORT = {
     "max_num_seqs": "seqs",
     "max_num_batched_tokens": "batched",
     "max_model_len": "len",
+    "limit_mm_per_prompt": "images",
 }
 
 
 def _value(name: str, value: Any) -> str:
+    if name == "limit_mm_per_prompt" and isinstance(value, str) and value:
+        image = json.loads(value).get("image")
+        if isinstance(image, dict):
+            return f"{image['count']}@{image.get('width')}x{image.get('height')}"
+        return str(image)
     if name == "kv_cache_memory_bytes" and isinstance(value, int):
         for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
             if value >= size:
@@ -96,6 +103,9 @@ class LiveReporter:
             f"  [{style}]{_result_text(trial)}[/]  log: {trial.user_attrs.get('log')}"
         )
 
+    def trial_skipped(self, trial: FrozenTrial) -> None:
+        self.console.print(f"[dim]trial {trial.number}: {_result_text(trial)}[/]")
+
 
 class LineReporter:
     """Plain timestamped lines on stderr, for logs and CI."""
@@ -121,6 +131,9 @@ class LineReporter:
 
     def phase(self, text: str) -> None:
         return None
+
+    def trial_skipped(self, trial: FrozenTrial) -> None:
+        self._say(f"trial {trial.number}: {_result_text(trial)}")
 
     def trial_finished(self, trial: FrozenTrial) -> None:
         self._say(

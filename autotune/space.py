@@ -14,6 +14,7 @@ from typing import Protocol
 from autotune.errors import UserError
 from autotune.hardware import Hardware
 from autotune.model import ModelSpec
+from autotune.multimodal import IMAGE_DIM, LIMIT_ARG, limit_arg
 
 Value = int | float
 UTIL_STEP = 0.01
@@ -40,6 +41,7 @@ class Dim:
     high: Value
     is_float: bool = False
     log: bool = False
+    arg: str | None = None  # vLLM's argument when it differs from the name
 
     @property
     def fixed(self) -> bool:
@@ -47,7 +49,7 @@ class Dim:
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return "--" + (self.arg or self.name).replace("_", "-")
 
     def clamp(self, value: Value) -> Value:
         """``value`` moved into ``[low, high]``."""
@@ -65,6 +67,7 @@ _LIMITS: dict[str, tuple[Value, Value]] = {
     "max_num_seqs": (1, 1 << 20),
     "max_num_batched_tokens": (1, 1 << 24),
     "max_model_len": (16, 1 << 24),
+    IMAGE_DIM: (0, 999),
 }
 
 GIB = 1 << 30
@@ -80,7 +83,7 @@ CPU_RANGES: dict[str, tuple[Value, Value]] = {
     "max_num_batched_tokens": (256, 8192),
 }
 MEMORY_DIMS = ("gpu_memory_utilization", "kv_cache_memory_bytes")
-TUNED = (*MEMORY_DIMS, "max_num_seqs", "max_num_batched_tokens", "max_model_len")
+TUNED = (*MEMORY_DIMS, "max_num_seqs", "max_num_batched_tokens", "max_model_len", IMAGE_DIM)
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -105,12 +108,11 @@ def parse_range(name: str, text: str) -> tuple[Value, Value]:
         values = [_number(name, p) for p in parts]
     except ValueError:
         kind = "a number" if is_float else "an integer"
-        raise UserError(
-            f"--{name.replace('_', '-')} {text!r}: expected {kind} or a range LOW:HIGH"
-        ) from None
+        flag = "--" + (LIMIT_ARG if name == IMAGE_DIM else name).replace("_", "-")
+        raise UserError(f"{flag} {text!r}: expected {kind} or a range LOW:HIGH") from None
     low, high = values[0], values[-1]
     lo_lim, hi_lim = _LIMITS[name]
-    flag = "--" + name.replace("_", "-")
+    flag = "--" + (LIMIT_ARG if name == IMAGE_DIM else name).replace("_", "-")
     if low > high:
         raise UserError(f"{flag} {text}: the low end is above the high end")
     if low < lo_lim or high > hi_lim:
@@ -123,6 +125,7 @@ def vllm_defaults(hardware: Hardware, spec: ModelSpec) -> dict[str, Value]:
     the lower of the two recent defaults)."""
     if hardware.is_cpu:  # vllm serve on the CPU backend; 4 GiB was VLLM_CPU_KVCACHE_SPACE's default
         cpu: dict[str, Value] = {
+            IMAGE_DIM: 999,
             "kv_cache_memory_bytes": 4 * GIB,
             "max_num_seqs": 128,
             "max_num_batched_tokens": 2048,
@@ -137,6 +140,7 @@ def vllm_defaults(hardware: Hardware, spec: ModelSpec) -> dict[str, Value]:
     else:
         tokens, seqs = 2048, 256
     defaults: dict[str, Value] = {
+        IMAGE_DIM: 999,  # vLLM's default image limit; clamped into the space
         "gpu_memory_utilization": 0.9,
         "max_num_seqs": seqs,
         "max_num_batched_tokens": tokens,
@@ -151,6 +155,7 @@ class SearchSpace:
     """The tuned and fixed dimensions of a study."""
 
     dims: tuple[Dim, ...]
+    image_size: tuple[int, int] | None = None  # size hints in limit_mm_per_prompt
 
     def __getitem__(self, name: str) -> Dim:
         for dim in self.dims:
@@ -183,17 +188,20 @@ class SearchSpace:
                 params[dim.name] = trial.suggest_int(dim.name, int(low), int(high), log=dim.log)
         return params
 
-    def args(self, params: Mapping[str, Value]) -> dict[str, Value]:
+    def args(self, params: Mapping[str, Value]) -> dict[str, Value | str]:
         """Every vLLM argument a candidate runs with: fixed values plus the sampled ones."""
         out: dict[str, Value] = {d.name: d.low for d in self.dims if d.fixed}
         out.update(params)
-        return {d.name: out[d.name] for d in self.dims if d.name in out}
+        args: dict[str, Value | str] = {d.name: out[d.name] for d in self.dims if d.name in out}
+        if IMAGE_DIM in args:
+            args[LIMIT_ARG] = limit_arg(int(args.pop(IMAGE_DIM)), size=self.image_size)
+        return args
 
     def default_params(self, defaults: Mapping[str, Value]) -> dict[str, Value]:
         """vLLM's defaults clamped into the space (for the first, enqueued trial)."""
         params = {d.name: d.clamp(defaults[d.name]) for d in self.tuned if d.name in defaults}
         if "max_num_batched_tokens" in params:
-            seqs = self.args(params).get("max_num_seqs", 1)
+            seqs = params.get("max_num_seqs", self["max_num_seqs"].low)
             params["max_num_batched_tokens"] = max(params["max_num_batched_tokens"], seqs)
         return params
 
@@ -220,9 +228,18 @@ def build_space(
     hardware: Hardware,
     overrides: Mapping[str, str | None],
     min_model_len: int | None = None,
+    min_images: int | None = None,
+    images_max: bool = False,
+    image_size_hint: tuple[int, int] | None = None,
 ) -> SearchSpace:
-    """The default ranges, re-ranged or fixed by the user's ``--flag LOW:HIGH`` / ``--flag V``."""
+    """The default ranges, re-ranged or fixed by the user's ``--flag LOW:HIGH`` / ``--flag V``.
+
+    Vision models add the image limit (``limit_mm_per_prompt``): at least ``min_images``, up to
+    16 (64 with ``images_max``, which looks for the largest count that fits)."""
     memory = _memory_dim(hardware, overrides)
+    vision = spec.is_vision or overrides.get(IMAGE_DIM) is not None
+    if not vision and (min_images or images_max):
+        raise UserError(f"{spec.model_id} is not a vision model: image options do not apply")
     ranges = dict(DEFAULT_RANGES)
     if hardware.is_cpu:
         ranges.update(CPU_RANGES)
@@ -232,11 +249,14 @@ def build_space(
         ranges["kv_cache_memory_bytes"] = (GIB, int(hardware.memory_gib * GIB * 0.9))
     dims: list[Dim] = []
     for name in TUNED:
-        if name in MEMORY_DIMS and name != memory:
+        if (name in MEMORY_DIMS and name != memory) or (name == IMAGE_DIM and not vision):
             continue
         text = overrides.get(name)
         if text is not None:
             low, high = parse_range(name, text)
+        elif name == IMAGE_DIM:
+            low = min_images or 1
+            high = max(64 if images_max else 16, low)
         elif name == "max_model_len":
             model_max = spec.max_position_embeddings
             if model_max is None:
@@ -246,8 +266,14 @@ def build_space(
         else:
             low, high = ranges[name]
         is_float = name == "gpu_memory_utilization"
-        dims.append(Dim(name=name, low=low, high=high, is_float=is_float, log=not is_float))
-    space = SearchSpace(dims=tuple(dims))
+        log = not is_float and name != IMAGE_DIM
+        arg = LIMIT_ARG if name == IMAGE_DIM else None
+        dims.append(Dim(name=name, low=low, high=high, is_float=is_float, log=log, arg=arg))
+    if vision and min_images and dims[-1].low < min_images:
+        raise UserError(
+            f"--limit-mm-per-prompt {dims[-1].describe()} is below --min-images {min_images}"
+        )
+    space = SearchSpace(dims=tuple(dims), image_size=image_size_hint if vision else None)
     return _check(space, spec=spec, min_model_len=min_model_len)
 
 

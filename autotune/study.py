@@ -14,10 +14,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.errors import UserError
+from autotune.feasibility import Prescreen
+from autotune.multimodal import image_count
 from autotune.objective import TrialResult, TrialRunner
 from autotune.outcome import Outcome
 from autotune.space import SearchSpace, Value
 
+MAX_SKIPS_IN_A_ROW = 200
+USABLE_SHARE = 0.5  # --images max: "usable" is at least this share of the best throughput
 CONSTRAINT = "infeasible"  # > 0: the configuration cannot serve (OOM, KV too small, ...)
 INTERRUPTED = "interrupted"
 
@@ -32,6 +36,8 @@ class Reporter(Protocol):
     def phase(self, text: str) -> None: ...
 
     def trial_finished(self, trial: FrozenTrial) -> None: ...
+
+    def trial_skipped(self, trial: FrozenTrial) -> None: ...
 
 
 def study_name(
@@ -105,6 +111,7 @@ class StudyPlan:
     default_params: dict[str, Value]
     enqueue: tuple[dict[str, Value], ...] = ()
     timeout_s: float | None = None
+    prescreen: Prescreen | None = None
 
 
 def _enqueue_start(plan: StudyPlan) -> None:
@@ -118,13 +125,30 @@ def _enqueue_start(plan: StudyPlan) -> None:
 def run_study(plan: StudyPlan, *, reporter: Reporter) -> None:
     """Ask, launch, tell until the launch budget or the timeout is spent. Resumable."""
     _enqueue_start(plan)
+    prescreen = plan.prescreen
+    if prescreen is not None:
+        prescreen.learn_all((t.number, t.user_attrs) for t in plan.study.get_trials(deepcopy=False))
     started = time.monotonic()
+    skipped = 0
     while (done := launches(plan.study)) < plan.budget:
         if plan.timeout_s is not None and time.monotonic() - started >= plan.timeout_s:
             break
         trial = plan.study.ask()
         params = plan.space.sample(trial)
         args = plan.space.args(params)
+        why = prescreen.check(args) if prescreen is not None else None
+        if why is not None:  # known to fail: recorded as infeasible, never launched
+            trial.set_user_attr("vllm_args", dict(args))
+            trial.set_user_attr("outcome", Outcome.SKIPPED.value)
+            trial.set_user_attr("reason", why)
+            trial.set_constraint(CONSTRAINT, 1.0)
+            plan.study.tell(trial, 0.0)
+            reporter.trial_skipped(plan.study.trials[trial.number])
+            skipped += 1
+            if skipped >= MAX_SKIPS_IN_A_ROW:
+                break  # the sampler keeps proposing known failures: the space is exhausted
+            continue
+        skipped = 0
         trial.set_user_attr("launched", True)
         trial.set_user_attr("vllm_args", dict(args))
         reporter.trial_started(number=trial.number, launch=done + 1, budget=plan.budget, args=args)
@@ -145,6 +169,13 @@ def run_study(plan: StudyPlan, *, reporter: Reporter) -> None:
             plan.study.enqueue_trial(params, user_attrs={"source": f"retry of {trial.number}"})
             raise
         tell(plan.study, trial, result)
+        if prescreen is not None:
+            prescreen.learn(
+                trial=trial.number,
+                outcome=result.outcome,
+                args=args,
+                images=result.startup.profiled_images,
+            )
         reporter.trial_finished(plan.study.trials[trial.number])
 
 
@@ -156,13 +187,19 @@ def feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
-def choose_best(study: optuna.Study, *, noise: float) -> FrozenTrial | None:
+def choose_best(
+    study: optuna.Study, *, noise: float, most_images: bool = False
+) -> FrozenTrial | None:
     """The best feasible trial; among results within ``noise`` of the top throughput, the one
-    with the longest ``max_model_len`` (the context the application can use), then the fastest."""
+    with the longest ``max_model_len`` (the context the application can use), then the fastest.
+    ``most_images``: the largest image limit with a usable throughput (half the best or more)."""
     feasible = feasible_trials(study)
     if not feasible:
         return None
     top = max(t.value or 0.0 for t in feasible)
+    if most_images:
+        usable = [t for t in feasible if (t.value or 0.0) >= USABLE_SHARE * top]
+        return max(usable, key=lambda t: (image_count(t.user_attrs["vllm_args"]) or 0, t.value))
     near = [t for t in feasible if (t.value or 0.0) >= top * (1.0 - noise)]
     return max(
         near,

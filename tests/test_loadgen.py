@@ -14,9 +14,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from autotune.loadgen import BenchResult, run, run_benchmark
-from autotune.workload import Request
+from autotune.workload import Request, Workload, build_requests
 
 TOKEN_S = 0.002  # per generated token (and once for the prefill)
+MAX_IMAGES = 2
+IMAGE_LIMIT_MESSAGE = (
+    f"At most {MAX_IMAGES} image(s) may be provided in one prompt. (parameter=image)"
+)
+
+
+def _image_count(messages: list[dict[str, object]]) -> int:
+    return sum(
+        1
+        for m in messages
+        if isinstance(m["content"], list)
+        for part in m["content"]
+        if part["type"] == "image_url"
+    )
 
 
 class _Server(ThreadingHTTPServer):
@@ -57,7 +71,8 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """/v1/completions and /v1/chat/completions, streamed; prompt "FAIL" gives a 400."""
+    """/v1/completions and /v1/chat/completions, streamed; prompt "FAIL" gives a 400, and so
+    does a chat request with more than 2 images (vLLM's ``--limit-mm-per-prompt``)."""
 
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -84,6 +99,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(400, json.dumps(error).encode(), "application/json")
         if prompt == "CRASH":
             return self._reply(500, b"Internal Server Error", "text/plain")
+        if chat and _image_count(body["messages"]) > MAX_IMAGES:
+            error = {"error": {"message": IMAGE_LIMIT_MESSAGE, "type": "BadRequestError"}}
+            return self._reply(400, json.dumps(error).encode(), "application/json")
         srv = self.server
         with srv.lock:
             srv.bodies.append((self.path, body))
@@ -256,3 +274,29 @@ def test_nothing_listening_fails_fast() -> None:
     assert result.aborted is not None and result.aborted.startswith("server unreachable: 3 ")
     assert result.errors[0].startswith("ConnectError") and result.errors[0].endswith("(x3)")
     assert result.statuses == {}
+
+
+def test_image_chat_requests_are_sent_unchanged_and_limit_errors_kept(server: _Server) -> None:
+    requests = build_requests(
+        Workload(input_len=6, output_len=4, images_per_request=(1, 4), image_size=(32, 32)),
+        num_prompts=24,
+        vocab_size=None,
+    )
+    counts = [_image_count(r.messages or []) for r in requests]
+    assert set(counts) == {1, 2, 3, 4}
+    result = _bench(server, requests)
+    allowed = [r for r, n in zip(requests, counts, strict=True) if n <= MAX_IMAGES]
+    assert result.metrics.completed == len(allowed) and result.metrics.failed == 24 - len(allowed)
+    assert sorted(json.dumps(body["messages"]) for _, body in server.bodies) == sorted(
+        json.dumps(r.messages) for r in allowed
+    )
+    assert {path for path, _ in server.bodies} == {"/v1/chat/completions"}
+    refused = 24 - len(allowed)
+    assert result.errors == (f"400 {IMAGE_LIMIT_MESSAGE} (x{refused})",)
+    assert result.statuses == {400: refused}
+    for record, n in zip(result.records, counts, strict=True):
+        if n > MAX_IMAGES:
+            assert not record.ok and record.status == 400
+            assert record.error == f"400 {IMAGE_LIMIT_MESSAGE}"
+        else:
+            assert record.ok and record.output_tokens == 4

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import optuna
@@ -13,6 +15,10 @@ from autotune.space import build_space, parse_candidate, parse_range, vllm_defau
 L4 = parse_gpu_spec("L4:24", source="flag")
 
 
+def numbers(args: Mapping[str, object]) -> dict[str, float]:
+    return {k: float(v) for k, v in args.items() if isinstance(v, (int, float))}
+
+
 def test_defaults_and_validity_by_construction(model_dir: Path) -> None:
     spec = resolve_model(str(model_dir))
     space = build_space(spec=spec, hardware=L4, overrides={}, min_model_len=2048)
@@ -20,7 +26,7 @@ def test_defaults_and_validity_by_construction(model_dir: Path) -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(200):
         trial = study.ask()
-        args = space.args(space.sample(trial))
+        args = numbers(space.args(space.sample(trial)))
         assert args["max_num_batched_tokens"] >= args["max_num_seqs"]
         assert 0.70 <= args["gpu_memory_utilization"] <= 0.98
         assert 2048 <= args["max_model_len"] <= 131072
@@ -43,7 +49,7 @@ def test_fixed_and_reranged(model_dir: Path) -> None:
     ]
     study = optuna.create_study()
     trial = study.ask()
-    args = space.args(space.sample(trial))
+    args = numbers(space.args(space.sample(trial)))
     assert args["max_model_len"] == 8192 and "max_model_len" not in trial.params
     assert 8 <= args["max_num_seqs"] <= 256
 
@@ -53,6 +59,7 @@ def test_vllm_defaults_are_enqueued_in_range(model_dir: Path) -> None:
     space = build_space(spec=spec, hardware=L4, overrides={"max_num_batched_tokens": "512:4096"})
     h100 = vllm_defaults(parse_gpu_spec("H100:80", source="flag"), spec)
     assert h100 == {
+        "image_limit": 999,
         "gpu_memory_utilization": 0.9,
         "max_num_seqs": 1024,
         "max_num_batched_tokens": 8192,
@@ -133,3 +140,30 @@ def test_byte_suffixes_and_candidates(model_dir: Path) -> None:
                 "max_num_seqs=1000,max_num_batched_tokens=600"):  # fmt: skip
         with pytest.raises(UserError, match="--enqueue"):
             parse_candidate(space, bad)
+
+
+def test_vision_space_adds_the_image_limit() -> None:
+    llava = Path(__file__).resolve().parents[1] / "examples" / "llava-1.5-7b"
+    spec = resolve_model(str(llava))
+    space = build_space(
+        spec=spec, hardware=L4, overrides={}, min_images=4, image_size_hint=(336, 336)
+    )
+    dim = space["image_limit"]
+    assert (dim.low, dim.high, dim.flag) == (4, 16, "--limit-mm-per-prompt")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    limits = set()
+    for _ in range(50):
+        args = space.args(space.sample(study.ask()))
+        image = json.loads(str(args["limit_mm_per_prompt"]))["image"]
+        assert image["width"] == 336 and image["height"] == 336 and 4 <= image["count"] <= 16
+        limits.add(image["count"])
+    assert len(limits) > 5
+    defaults = space.default_params(vllm_defaults(L4, spec))
+    assert defaults["image_limit"] == 16  # vLLM's 999, clamped into the space
+    assert (
+        build_space(spec=spec, hardware=L4, overrides={}, images_max=True)["image_limit"].high == 64
+    )
+    plain = build_space(spec=spec, hardware=L4, overrides={"image_limit": "2"})
+    assert plain.args({})["limit_mm_per_prompt"] == '{"image": 2}'
+    with pytest.raises(UserError, match="below --min-images"):
+        build_space(spec=spec, hardware=L4, overrides={"image_limit": "1:3"}, min_images=4)

@@ -1,0 +1,88 @@
+"""vLLM's dummy-image rule and learning from failures by class."""
+
+from __future__ import annotations
+
+import json
+
+from autotune.feasibility import Prescreen
+from autotune.multimodal import image_count, limit_arg, profiled_images, supports_size_hints
+from autotune.outcome import Outcome
+
+
+def test_limit_argument_forms() -> None:
+    assert json.loads(limit_arg(2)) == {"image": 2}
+    hinted = json.loads(limit_arg(4, size=(512, 384)))
+    assert hinted == {"image": {"count": 4, "width": 512, "height": 384}}
+    assert image_count({"limit_mm_per_prompt": limit_arg(4, size=(1, 1))}) == 4
+    assert image_count({"max_num_seqs": 8}) is None
+    assert supports_size_hints("0.32.0+cpu") and supports_size_hints("0.11.1")
+    assert not supports_size_hints("0.11.0") and not supports_size_hints(None)
+
+
+def test_profiled_images_rule() -> None:
+    # LLaVA-1.5 (576 tokens per image): the encoder budget binds ...
+    assert profiled_images(image_tokens=576, limit=999, max_num_seqs=256,
+                           max_num_batched_tokens=8192, max_model_len=4096) == 14  # fmt: skip
+    # ... unless few sequences times few images per prompt are fewer
+    assert profiled_images(image_tokens=576, limit=1, max_num_seqs=4,
+                           max_num_batched_tokens=8192, max_model_len=4096) == 4  # fmt: skip
+    # images per prompt are also capped by what fits in max_model_len
+    assert profiled_images(image_tokens=576, limit=999, max_num_seqs=2,
+                           max_num_batched_tokens=16384, max_model_len=1200) == 4  # fmt: skip
+    # a budget below one image still profiles one; limit 0 builds no tower
+    assert profiled_images(image_tokens=576, limit=3, max_num_seqs=8,
+                           max_num_batched_tokens=256, max_model_len=4096) == 1  # fmt: skip
+    assert profiled_images(image_tokens=576, limit=0, max_num_seqs=8,
+                           max_num_batched_tokens=8192, max_model_len=4096) == 0  # fmt: skip
+
+
+def args(util: float, seqs: int, tokens: int, limit: int, length: int = 4096) -> dict[str, object]:
+    return {
+        "gpu_memory_utilization": util,
+        "max_num_seqs": seqs,
+        "max_num_batched_tokens": tokens,
+        "max_model_len": length,
+        "limit_mm_per_prompt": limit_arg(limit),
+    }
+
+
+def test_profiling_oom_predicts_more_images_at_same_or_lower_utilization() -> None:
+    pre = Prescreen(image_tokens=576)
+    failed = args(0.9, 64, 8192, 8)  # 14 dummy images
+    pre.learn(trial=3, outcome=Outcome.OOM_PROFILING, args=failed, images=14)
+    assert pre.check(args(0.9, 64, 8192, 8)) is not None
+    why = pre.check(args(0.8, 32, 16384, 4))  # 28 images, lower utilization
+    assert why is not None and "trial 3" in why and "28 >= 14" in why
+    assert pre.check(args(0.9, 64, 4096, 8)) is None  # 7 images: not predicted
+    assert pre.check(args(0.95, 64, 8192, 8)) is None  # higher utilization: not predicted
+
+
+def test_free_memory_predicts_higher_utilization_only() -> None:
+    pre = Prescreen(image_tokens=None)
+    pre.learn(trial=1, outcome=Outcome.FREE_MEMORY, args=args(0.95, 8, 512, 1), images=None)
+    assert pre.check(args(0.97, 8, 512, 1)) is not None
+    assert pre.check(args(0.94, 256, 16384, 16)) is None
+
+
+def test_other_classes_predict_nothing() -> None:
+    pre = Prescreen(image_tokens=576)
+    for outcome in (Outcome.OOM_CUDA_GRAPHS, Outcome.KV_TOO_SMALL, Outcome.CRASH_UNDER_LOAD):
+        pre.learn(trial=1, outcome=outcome, args=args(0.9, 64, 8192, 8), images=14)
+    assert pre.known == []
+    assert pre.check(args(0.5, 1024, 16384, 16)) is None
+
+
+def test_text_profiling_oom_uses_batch_dominance() -> None:
+    pre = Prescreen(image_tokens=None)
+    text = {"gpu_memory_utilization": 0.9, "max_num_seqs": 64, "max_num_batched_tokens": 8192}
+    pre.learn(trial=2, outcome=Outcome.OOM_PROFILING, args=text, images=None)
+    assert pre.check({**text, "max_num_batched_tokens": 16384}) is not None
+    assert pre.check({**text, "max_num_seqs": 32}) is None
+
+
+def test_learn_all_from_a_resumed_study() -> None:
+    pre = Prescreen(image_tokens=576)
+    attrs = {"launched": True, "outcome": "oom_profiling", "vllm_args": args(0.9, 64, 8192, 8),
+             "startup": {"profiled_images": 14}}  # fmt: skip
+    pre.learn_all([(0, attrs), (1, {"outcome": "skipped"}), (2, {**attrs, "outcome": "bogus"})])
+    assert len(pre.known) == 1 and pre.known[0].images == 14
