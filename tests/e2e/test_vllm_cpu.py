@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -21,9 +18,8 @@ import psutil
 import pytest
 import yaml
 
-from autotune import launcher, loadgen
-from autotune.launcher import Ready
-from autotune.workload import Request
+from autotune import loadgen
+from autotune.workload import Workload, build_requests
 
 EAGER = ["--", "--enforce-eager", "--dtype", "bfloat16"]
 TUNE = [
@@ -146,43 +142,66 @@ def test_serve_with_the_saved_profile(tuned: dict[str, Any], tiny_text: Path) ->
     assert "using profile" in log_path.read_text()
 
 
-def _png(color: tuple[int, int, int]) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (120, 80), color).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _image_request(n: int, seed: int) -> Request:
-    parts: list[dict[str, object]] = [
-        {"type": "image_url", "image_url": {"url": _png((seed * 40 % 256, i * 60, 90))}}
-        for i in range(n)
-    ]
-    parts.append({"type": "text", "text": "describe the image"})
-    return Request(prompt=None, messages=[{"role": "user", "content": parts}], max_tokens=8,
-                   ignore_eos=True)  # fmt: skip
+def _wait_healthy(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
+    deadline = time.monotonic() + 300
+    with httpx.Client(timeout=10) as client:
+        while True:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "vLLM did not become healthy"
+            try:
+                if client.get(base + "/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
 
 
-def test_vision_model_with_an_image_limit(tmp_path: Path, tiny_vision: Path, vllm_cmd: str) -> None:
-    args = {"kv_cache_memory_bytes": 64 << 20, "max_model_len": 1024, "max_num_seqs": 8}
-    extra = ["--enforce-eager", "--limit-mm-per-prompt", json.dumps({"image": 2})]
-    with launcher.launch(
-        command=shlex.split(vllm_cmd), model=str(tiny_vision), args=args, extra=extra,
-        log_path=tmp_path / "vision.log", startup_timeout_s=300,
-    ) as (_, ready):  # fmt: skip
-        assert isinstance(ready, Ready), ready
-        requests = [_image_request(n, seed) for seed, n in enumerate([1, 2, 3, 1, 2, 3])]
-        result = loadgen.run(base_url=ready.base_url, model=ready.served_model, requests=requests)
-    ok = [r for r in result.records if r.ok]
-    refused = [r for r in result.records if not r.ok]
-    assert len(ok) == 4 and all(r.output_tokens > 0 and r.prompt_tokens > 16 for r in ok)
-    assert len(refused) == 2 and all(r.status == 400 for r in refused)
-    assert all(
-        "At most 2 image(s) may be provided in one prompt" in (r.error or "") for r in refused
-    )
-    two = [r.prompt_tokens for r in ok]
-    assert max(two) > min(two)  # a second image adds its tokens to the prompt
+def test_vision_study_then_serve_at_the_limit(
+    tmp_path: Path, tiny_vision: Path, vllm_cmd: str
+) -> None:
+    env = {**os.environ, "AUTOTUNE_STATE_DIR": str(tmp_path / "state"),
+           "AUTOTUNE_PROFILES_DIR": str(tmp_path / "profiles"), "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    done = autotune(
+        "tune", str(tiny_vision), "--trials", "2", "--min-images", "2",
+        "--limit-mm-per-prompt", "2:3", "--image-size", "56x56", "--max-model-len", "1024",
+        "--kv-cache-memory-bytes", "32M:128M", "--max-num-seqs", "4:16",
+        "--max-num-batched-tokens", "256:1024", "--input-len", "16", "--output-len", "8",
+        "--num-prompts", "16", "--startup-timeout", "300", "--quiet", *EAGER, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (profile_path,) = (tmp_path / "profiles").rglob("*.yaml")
+    profile = yaml.safe_load(profile_path.read_text())
+    hint = json.loads(profile["vllm_args"]["limit_mm_per_prompt"])["image"]
+    assert hint["width"] == 56 and hint["height"] == 56 and 2 <= hint["count"] <= 3
+    limit = hint["count"]
+    assert profile["metrics"]["completed"] == 16  # 2 images in every request, all answered
+
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autotune", "serve", str(tiny_vision), "--no-tune",
+             "--", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(proc, base, log)
+        model = httpx.get(base + "/v1/models", timeout=10).json()["data"][0]["id"]
+        at = Workload(input_len=8, output_len=4, images_per_request=(limit, limit), seed=1)
+        over = Workload(input_len=8, output_len=4, images_per_request=(limit + 1, limit + 1),
+                        seed=2)  # fmt: skip
+        requests = [*build_requests(at, num_prompts=2, vocab_size=None),
+                    *build_requests(over, num_prompts=2, vocab_size=None)]  # fmt: skip
+        result = loadgen.run(base_url=base, model=model, requests=requests)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    answered, refused = result.records[:2], result.records[2:]
+    assert all(r.ok and r.output_tokens > 0 for r in answered), result.errors
+    assert all(r.status == 400 for r in refused)
+    expected = f"At most {limit} image(s) may be provided in one prompt"
+    assert all(expected in (r.error or "") for r in refused), result.errors
 
 
 @pytest.mark.parametrize(
