@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import math
@@ -22,6 +23,8 @@ import psutil
 import pytest
 
 from autotune.testing._fake_batch import BatchEngine
+from autotune.testing._fake_boot import profiled_images, weights_gib
+from autotune.testing._fake_model import FakeEnv, ModelInfo, ServeConfig
 
 GIB = 1024**3
 LLAMA_8B = {
@@ -514,3 +517,173 @@ def test_kv_capacity_limits_concurrency_and_preempts() -> None:
     assert small["peak"] <= 6 < big["peak"]
     assert small["length"] == big["length"] == 16
     assert small_s > 2 * big_s
+
+
+# --- Vision models (LLaVA-1.5-7B-like): encoder profile at startup, image limits per prompt ---
+
+LLAVA = {
+    "architectures": ["LlavaForConditionalGeneration"],
+    "torch_dtype": "float16",
+    "vision_feature_select_strategy": "default",
+    "text_config": {
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "vocab_size": 32064,
+        "intermediate_size": 11008,
+        "max_position_embeddings": 4096,
+    },
+    "vision_config": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "image_size": 336,
+        "patch_size": 14,
+        "intermediate_size": 4096,
+    },
+}
+T = (336 // 14) ** 2  # 576 image tokens ("default" drops CLS)
+ENCODER = re.compile(
+    r"Encoder cache will be initialized with a budget of (\d+) tokens, and profiled with (\d+) "
+    r"image items of the maximum feature size\."
+)
+PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n fake pixels").decode()
+
+
+def images_rule(mbt: int, seqs: int, limit: int, max_len: int = 4096) -> int:
+    """vllm-facts §3.2, written out independently of the fake."""
+    if limit == 0:
+        return 0
+    budget = max(mbt, T)
+    per_prompt = max(1, min(limit, max_len // T))
+    return max(1, min(budget // T, seqs * per_prompt))
+
+
+@pytest.fixture
+def llava(tmp_path: Path) -> Path:
+    path = tmp_path / "llava-1.5-7b"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(LLAVA))
+    return path
+
+
+def test_vision_model_info_and_profiled_images_rule() -> None:
+    info = ModelInfo.from_config(LLAVA)
+    assert info.is_vision and info.image_tokens == T and info.vision_params > 0
+    full = ModelInfo.from_config({**LLAVA, "vision_feature_select_strategy": "full"})
+    assert full.image_tokens == T + 1
+    text = ModelInfo.from_config(LLAMA_8B)
+    assert not text.is_vision and text.image_tokens is None
+    for mbt, seqs, limit, length in [
+        (2048, 256, 999, 4096), (2048, 1, 2, 4096), (16384, 64, 999, 4096),
+        (16384, 2, 1, 4096), (512, 8, 5, 4096), (8192, 4, 999, 1000), (2048, 256, 0, 4096),
+    ]:  # fmt: skip
+        cfg = ServeConfig(0.9, seqs, mbt, length, image_limit=limit)
+        assert profiled_images(cfg, info) == images_rule(mbt, seqs, limit, length)
+        assert profiled_images(cfg, text) == 0
+    no_tower = ServeConfig(0.9, 8, 2048, 4096, image_limit=0)
+    assert weights_gib(no_tower, info, FakeEnv()) < weights_gib(
+        ServeConfig(0.9, 8, 2048, 4096), info, FakeEnv()
+    )
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("args", "limit"), [([], 999), (["--max-num-seqs", "1"], 2)])
+def test_vision_encoder_profile_line(launch: Any, llava: Path, args: list[str], limit: int) -> None:
+    flags = ["--limit-mm-per-prompt", json.dumps({"image": limit})] if limit != 999 else []
+    fake = launch(llava, *args, *flags)
+    fake.wait_ready()
+    match = ENCODER.search(fake.log)
+    assert match, fake.log
+    seqs = int(args[1]) if args else 256
+    assert (int(match[1]), int(match[2])) == (2048, images_rule(2048, seqs, limit))
+    assert fake.log.index("Encoder cache will") < fake.log.index("Available KV cache memory")
+    off = launch(llava, "--limit-mm-per-prompt", '{"image": 0}')  # no tower, no profile
+    off.wait_ready()
+    assert "Encoder cache will be initialized" not in off.log
+    assert "explicitly disabled via limit_mm_per_prompt" in off.log
+    weights = [float(re.findall(r"Model loading took ([\d.]+) GiB", f.log)[0]) for f in (fake, off)]
+    assert weights[1] < weights[0]
+
+
+@pytest.mark.timeout(30)
+def test_vision_encoder_profiling_oom(launch: Any, llava: Path) -> None:
+    env = {"AUTOTUNE_FAKE_IMAGE_MIB": "800"}
+    big = ["--max-num-batched-tokens", "16384"]
+    log = failed(launch(llava, *big, "--max-num-seqs", "64", env=env))  # 28 images of 800 MiB
+    match = ENCODER.search(log)
+    assert match and int(match[2]) == images_rule(16384, 64, 999) == 28, log
+    assert "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 800.00 MiB" in log
+    assert "in profile_run" in log and "in _execute_mm_encoder" in log
+    assert "Model loading took" in log and "Available KV cache memory" not in log
+    small = launch(
+        llava, *big, "--limit-mm-per-prompt", '{"image": 1}', "--max-num-seqs", "2", env=env
+    )
+    small.wait_ready()  # 2 images
+    assert (match := ENCODER.search(small.log)) and int(match[2]) == 2
+    assert "OutOfMemoryError" not in small.log
+
+
+def kv_and_peak(log: str) -> tuple[int, float]:
+    tokens = re.search(r"GPU KV cache size: ([\d,]+) tokens", log)
+    peak = re.search(r"([\d.]+) GiB for peak activation", log)
+    assert tokens and peak, log
+    return int(tokens[1].replace(",", "")), float(peak[1])
+
+
+@pytest.mark.timeout(30)
+def test_vision_size_hints_shrink_encoder_memory(launch: Any, llava: Path) -> None:
+    env = {"AUTOTUNE_FAKE_IMAGE_MIB": "800"}
+    hinted = {"image": {"count": 4, "width": 168, "height": 168}}  # a quarter of 336x336
+    fakes = [
+        launch(llava, "--limit-mm-per-prompt", json.dumps(limit), env=env)
+        for limit in ({"image": 4}, hinted)
+    ]
+    for fake in fakes:
+        fake.wait_ready()
+    (full_kv, full_peak), (hint_kv, hint_peak) = (kv_and_peak(f.log) for f in fakes)
+    n = images_rule(2048, 256, 4)
+    assert all(f"profiled with {n} image items" in f.log for f in fakes)
+    assert hint_kv > full_kv
+    assert full_peak - hint_peak == pytest.approx(n * 800 / 1024 * 0.75, abs=0.02)
+    bad = launch(llava, "--limit-mm-per-prompt", '{"image": {"count": 2, "depth": 3}}')
+    log = failed(bad)
+    assert "1 validation error for MultiModalConfig" in log and "EngineCore" not in log
+    assert (
+        "Unexpected keyword argument [type=unexpected_keyword_argument, input_value=3, "
+        "input_type=int]"
+    ) in log
+
+
+def chat_images(n: int) -> dict[str, Any]:
+    parts = [{"type": "image_url", "image_url": {"url": PNG}} for _ in range(n)]
+    content = [*parts, {"type": "text", "text": "describe the image"}]
+    return {"messages": [{"role": "user", "content": content}], "max_tokens": 2}
+
+
+@pytest.mark.timeout(30)
+def test_vision_requests_count_and_limit_images(launch: Any, llava: Path, model: Path) -> None:
+    fake = launch(llava, "--max-num-seqs", "8", "--limit-mm-per-prompt", '{"image": 2}')
+    text = launch(model, "--max-model-len", "8192", "--limit-mm-per-prompt", '{"image": {"x": 1}}')
+    fake.wait_ready()
+    url = fake.url + "/v1/chat/completions"
+    usage = [httpx.post(url, json=chat_images(n), timeout=10).json()["usage"] for n in (0, 1, 2)]
+    prompts = [u["prompt_tokens"] for u in usage]
+    assert prompts == [prompts[0], prompts[0] + T, prompts[0] + 2 * T]
+    refused = httpx.post(url, json=chat_images(3), timeout=10)
+    assert refused.status_code == 400
+    assert refused.json()["error"] == {
+        "message": "At most 2 image(s) may be provided in one prompt. (parameter=image)",
+        "type": "BadRequestError",
+        "param": "image",
+        "code": 400,
+    }
+    garbage = chat_images(1)
+    garbage["messages"][0]["content"][0]["image_url"]["url"] = "data:image/png;base64,@@@"
+    assert httpx.post(url, json=garbage, timeout=10).status_code == 400
+    alt = {"messages": [{"role": "user", "content": [{"type": "image", "image": PNG}]}]}
+    assert httpx.post(url, json=alt, timeout=10).json()["usage"]["prompt_tokens"] == T + 4
+    text.wait_ready()  # a text model ignores the flag, and refuses images
+    error = httpx.post(text.url + "/v1/chat/completions", json=chat_images(1), timeout=10)
+    assert error.status_code == 400
+    assert error.json()["error"]["message"] == f"{model} is not a multimodal model"

@@ -15,6 +15,14 @@ CONTEXT_GIB = 0.5
 DOCS = "https://docs.vllm.ai/en/latest/configuration/conserving_memory/"
 
 
+_Line = tuple[str, str]  # (source, message)
+_ENCODER_FRAMES = [
+    ("v1/worker/gpu_model_runner.py", "_execute_mm_encoder"),
+    ("model_executor/models/llava.py", "embed_multimodal"),
+    ("model_executor/models/clip.py", "forward"),
+]
+
+
 _NO_KV = (
     "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when "
     "initializing the engine (this flag also controls CPU memory reservation on the CPU backend, "
@@ -42,10 +50,60 @@ def kv_bytes_per_token(cfg: ServeConfig, m: ModelInfo) -> int:
 
 
 def weights_gib(cfg: ServeConfig, m: ModelInfo, env: FakeEnv) -> float:
-    """Weight memory per GPU."""
+    """Weight memory per GPU; a vision tower counts unless ``limit 0`` leaves it unbuilt."""
     if env.weights is not None:
         return env.weights
-    return m.params() * (4 if cfg.dtype in ("float32", "float") else 2) / GIB / cfg.tp
+    params = m.params() + (m.vision_params if cfg.image_limit > 0 else 0)
+    return params * (4 if cfg.dtype in ("float32", "float") else 2) / GIB / cfg.tp
+
+
+def profiled_images(cfg: ServeConfig, m: ModelInfo) -> int:
+    """Dummy images vLLM's startup profile runs through the encoder (0: text model or limit 0).
+
+    ``max(1, min(budget // T, max_num_seqs × per_prompt))`` with the encoder budget
+    ``max(max_num_batched_tokens, T)`` and ``per_prompt = max(1, min(limit, max_model_len // T))``.
+    """
+    t = m.image_tokens
+    if t is None or cfg.image_limit <= 0:
+        return 0
+    budget = max(cfg.max_num_batched_tokens, t)
+    length = cfg.max_model_len if cfg.max_model_len > 0 else m.max_len
+    per_prompt = max(1, min(cfg.image_limit, length // t))
+    return max(1, min(budget // t, cfg.max_num_seqs * per_prompt))
+
+
+def image_gib(cfg: ServeConfig, m: ModelInfo, env: FakeEnv) -> float:
+    """Encoder-profile memory of one dummy image: ``IMAGE_MIB`` scaled by the hinted area."""
+    side = m.image_size or 1
+    width, height = min(cfg.image_width or side, side), min(cfg.image_height or side, side)
+    return env.image_mib / 1024 * (width * height) / (side * side)
+
+
+def _encoder_log(cfg: ServeConfig, m: ModelInfo) -> tuple[list[_Line], list[_Line]]:
+    """(INFO lines, WARNING lines) of the encoder profile."""
+    t, n = m.image_tokens, profiled_images(cfg, m)
+    if t is None:
+        return [], []
+    if n == 0:
+        off = (
+            "All non-text modalities supported by the model have been explicitly disabled via "
+            "limit_mm_per_prompt. Encoder cache will not be initialized."
+        )
+        return [], [("encoder_cache_manager.py:336", off)]
+    warnings = [
+        (
+            "dummy_inputs.py:98",
+            f"image.{name} override ({hint}) exceeds model's maximum {name} ({m.image_size}), "
+            "will be ignored",
+        )
+        for name, hint in (("width", cfg.image_width), ("height", cfg.image_height))
+        if hint is not None and hint > m.image_size
+    ]
+    line = (
+        f"Encoder cache will be initialized with a budget of {max(cfg.max_num_batched_tokens, t)} "
+        f"tokens, and profiled with {n} image items of the maximum feature size."
+    )
+    return [("gpu_model_runner.py:6165", line)], warnings
 
 
 def oom_text(tried: float, total: float, free: float, in_use: float) -> str:
@@ -75,6 +133,8 @@ class Phase:
     lines: list[tuple[str, str]] = field(default_factory=list)  # (source, message)
     error: str | None = None  # final exception line, raised in EngineCore
     before_error: list[tuple[str, str]] = field(default_factory=list)  # ERROR log lines
+    warnings: list[_Line] = field(default_factory=list)  # WARNING lines, printed first
+    frames: list[_Line] = field(default_factory=list)  # (file, function) frames under `where`
 
 
 @dataclass
@@ -139,9 +199,21 @@ def plan_boot(cfg: ServeConfig, m: ModelInfo, env: FakeEnv) -> Boot:
     act = cfg.max_num_batched_tokens * m.hidden * 2 * env.act_factor / GIB
     act += cfg.max_num_seqs * m.vocab * 4 * 2 / GIB
     compile_line = ("monitor.py:48", f"torch.compile took {0.2 * s:.2f} s in total")
-    if w + act > free:
-        return oom(0.25, "profile_run", act, free - w)
-    phase(0.25, "profile_run", *([] if cfg.enforce_eager else [compile_line]))
+    enc_lines, enc_warnings = _encoder_log(cfg, m)
+    per_image = image_gib(cfg, m, env)
+    enc = profiled_images(cfg, m) * per_image  # dummy images, kept in the encoder cache
+    if w + enc > free:  # the encoder runs first, so it fails before the dummy forward
+        done = math.floor((free - w) / per_image)
+        oom(0.25, "profile_run", per_image, free - w - done * per_image, *enc_lines)
+        boot.phases[-1].warnings, boot.phases[-1].frames = enc_warnings, list(_ENCODER_FRAMES)
+        return boot
+    if w + enc + act > free:
+        oom(0.25, "profile_run", act, free - w - enc, *enc_lines)
+        boot.phases[-1].warnings = enc_warnings
+        return boot
+    act += enc  # the encoder outputs count toward the peak activation
+    profile = phase(0.25, "profile_run", *enc_lines, *([] if cfg.enforce_eager else [compile_line]))
+    profile.warnings = enc_warnings
     cg = 0.0
     if not cfg.enforce_eager:
         sizes = capture_sizes(cfg.max_num_seqs, cfg.max_num_batched_tokens)

@@ -87,6 +87,72 @@ def _pydantic(cls: str, errors: list[tuple[str, str, str, str]]) -> str:
     return "\n".join(lines)
 
 
+_OPTIONS = {  # modality -> (vLLM's DummyOptions class, fields besides count; None: any, ignored)
+    "image": ("ImageDummyOptions", ("width", "height")),
+    "video": ("VideoDummyOptions", ("num_frames", "width", "height")),
+    "audio": ("AudioDummyOptions", ("length",)),
+}
+
+
+def _int_error(field: str, value: Any, bound: int) -> tuple[str, str, str, str] | None:
+    """pydantic's lax int check with ``ge=0`` (count) or ``gt=0`` (sizes); None if valid."""
+    given = f"input_value={value!r}, input_type={type(value).__name__}"
+    if value is None and field != "count":
+        return None
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    loc = f"limit_per_prompt.{field}"
+    if isinstance(value, float):
+        msg = "Input should be a valid integer, got a number with a fractional part"
+        return (loc, msg, "int_from_float", given)
+    if isinstance(value, str):
+        msg = "Input should be a valid integer, unable to parse string as an integer"
+        return (loc, msg, "int_parsing", given)
+    if not isinstance(value, int):
+        return (loc, "Input should be a valid integer", "int_type", given)
+    if value < bound:
+        ge = ("greater_than_equal", "greater than or equal to")
+        kind, word = ge if bound == 0 else ("greater_than", "greater than")
+        return (loc, f"Input should be {word} 0", kind, given)
+    return None
+
+
+def image_limits(raw: Any) -> tuple[int, int | None, int | None]:
+    """``(count, width, height)`` of the image entry, validated like ``MultiModalConfig``."""
+    if not isinstance(raw, dict):
+        given = f"input_value={raw!r}, input_type={type(raw).__name__}"
+        msg = "Input should be a valid dictionary"
+        raise ConfigError(
+            _pydantic("MultiModalConfig", [("limit_per_prompt", msg, "dict_type", given)])
+        )
+    image: dict[str, Any] = {"count": 999}
+    for modality, value in raw.items():
+        cls, fields = _OPTIONS.get(modality, ("BaseDummyOptions", None))
+        value = {"count": value} if isinstance(value, int) else value
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"TypeError: vllm.config.multimodal.{cls}() argument after ** must be a mapping, "
+                f"not {type(value).__name__}"
+            )
+        errors: list[tuple[str, str, str, str]] = []
+        for key, item in value.items():
+            error: tuple[str, str, str, str] | None = None
+            if key == "count" or (fields is not None and key in fields):
+                error = _int_error(key, item, 0 if key == "count" else 1)
+            elif fields is not None:  # extra="forbid"; BaseDummyOptions ignores extra keys
+                given = f"input_value={item!r}, input_type={type(item).__name__}"
+                kind = "unexpected_keyword_argument"
+                error = (f"limit_per_prompt.{key}", "Unexpected keyword argument", kind, given)
+            errors += [error] if error else []
+        if errors:
+            raise ConfigError(_pydantic("MultiModalConfig", errors))
+        if modality == "image":
+            image = {"count": 999, **{k: None if v is None else int(v) for k, v in value.items()}}
+    return int(image["count"]), image.get("width"), image.get("height")
+
+
 def resolve_config(ns: argparse.Namespace, m: ModelInfo, total_gib: float) -> ServeConfig:
     """Apply ``vllm serve`` defaults and its P0 checks; raise ``ConfigError`` on bad values."""
     length = ns.max_model_len
@@ -149,6 +215,9 @@ def resolve_config(ns: argparse.Namespace, m: ModelInfo, total_gib: float) -> Se
         errors.append(("", msg, "value_error", given))
     if errors:
         raise ConfigError(_pydantic("SchedulerConfig", errors))
+    limit, width, height = 999, None, None
+    if m.is_vision and ns.limit_mm_per_prompt is not None:  # a text model ignores the flag
+        limit, width, height = image_limits(ns.limit_mm_per_prompt)
     return ServeConfig(
         util=util,
         max_num_seqs=seqs,
@@ -160,4 +229,7 @@ def resolve_config(ns: argparse.Namespace, m: ModelInfo, total_gib: float) -> Se
         dtype=ns.dtype,
         kv_cache_dtype=ns.kv_cache_dtype,
         kv_cache_memory_bytes=ns.kv_cache_memory_bytes,
+        image_limit=limit,
+        image_width=width,
+        image_height=height,
     )

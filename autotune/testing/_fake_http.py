@@ -22,7 +22,8 @@ from typing import Any, Protocol, cast
 from autotune.testing._fake_batch import BatchEngine, EngineDead, Request
 from autotune.testing._fake_boot import Boot
 from autotune.testing._fake_log import ENGINE_DEAD, VERSION, Out
-from autotune.testing._fake_model import ServeConfig
+from autotune.testing._fake_model import ModelInfo, ServeConfig
+from autotune.testing._fake_prompt import PromptError, image_tokens, prompt_parts
 
 _METRICS = [  # name, type, snapshot key, help
     "num_requests_running gauge running Number of requests in model execution batches.",
@@ -43,6 +44,7 @@ class App(Protocol):
     access_log: bool
     engine: BatchEngine | None
     cfg: ServeConfig | None
+    model: ModelInfo | None
     boot: Boot
     crashed: threading.Event
 
@@ -113,27 +115,6 @@ def _usage(prompt: int, produced: int) -> dict[str, int]:
     }
 
 
-def _prompt_tokens(body: dict[str, Any], chat: bool) -> tuple[int, int]:
-    """(prompt tokens, images): words for text, list length for token ids, +4 per chat message."""
-    if not chat:
-        prompt = body.get("prompt", "")
-        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-            return len(prompt), 0
-        texts = prompt if isinstance(prompt, list) else [prompt]
-        return sum(len(str(t).split()) for t in texts), 0
-    tokens = images = 0
-    for message in body["messages"]:
-        content = message.get("content") or ""
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        for part in parts:
-            if part.get("type") == "text":
-                tokens += len(str(part.get("text", "")).split())
-            elif part.get("type") in ("image_url", "image", "input_image"):
-                images += 1
-        tokens += 4
-    return tokens, images
-
-
 class _Handler(BaseHTTPRequestHandler):
     """OpenAI-compatible routes served from the batch simulation."""
 
@@ -201,7 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
             chat = path.endswith("chat/completions")
             try:
                 request = json.loads(body or b"{}")
-                tokens, images = _prompt_tokens(request, chat)
+                tokens, images = prompt_parts(request, chat)
                 raw = request.get("max_tokens", request.get("max_completion_tokens"))
                 max_tokens = None if raw is None else int(raw)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -210,20 +191,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._generate(request, tokens, images, max_tokens, chat)
 
     def _generate(
-        self, body: dict[str, Any], prompt: int, images: int, max_tokens: int | None, chat: bool
+        self, body: dict[str, Any], text: int, images: list[str], max_tokens: int | None, chat: bool
     ) -> None:
         app = self.app
         model, length = body.get("model") or app.names[0], app.boot.max_model_len
-        limits = app.ns.limit_mm_per_prompt
-        limit = limits.get("image", 999) if isinstance(limits, dict) else 999
-        limit = limit.get("count", 999) if isinstance(limit, dict) else int(limit)
         if model not in app.names:
             return self._error(
                 404, f"The model `{model}` does not exist.", "NotFoundError", "model"
             )
-        if images > limit:
-            msg = f"At most {limit} image(s) may be provided in one prompt. (parameter=image)"
-            return self._error(400, msg, "BadRequestError", "image")
+        try:
+            limit = app.cfg.image_limit if app.cfg else 999
+            prompt = text + image_tokens(images, app.model, limit, app.names[0])
+        except PromptError as exc:
+            return self._error(exc.code, exc.message, exc.kind, exc.param)
         if prompt >= length:
             msg = (
                 f"This model's maximum context length is {length} tokens. However, your prompt "
@@ -255,11 +235,9 @@ class _Handler(BaseHTTPRequestHandler):
             produced, item = produced + 1, req.out.get()
         if item is None:
             return self._error(500, ENGINE_DEAD.split(": ", 1)[1], "InternalServerError")
-        text = " tok" * produced
+        out = " tok" * produced
         choice: dict[str, Any] = {"index": 0, "finish_reason": item, "logprobs": None}
-        choice.update(
-            {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
-        )
+        choice.update({"message": {"role": "assistant", "content": out}} if chat else {"text": out})
         choice["stop_reason"] = None
         self._send(200, {**head, "choices": [choice], "usage": _usage(prompt, produced)})
 

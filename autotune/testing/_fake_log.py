@@ -6,6 +6,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 VERSION = "0.33.0+fake"
 ENGINE_DEAD = (
@@ -50,8 +51,11 @@ class Out:
         lines = "\n".join(f"{level} {stamp} [{src}] {line}" for line in msg.splitlines())
         self.raw(proc, lines, err=level == "ERROR")
 
-    def traceback(self, where: str, exc: str) -> str:
-        """A Python-style traceback through the engine core down to the failing phase."""
+    def traceback(self, where: str, exc: str, inner: Sequence[tuple[str, str]] = ()) -> str:
+        """A Python-style traceback through the engine core down to the failing phase.
+
+        ``inner``: (file, function) frames below the phase's own, innermost last.
+        """
         outer = (
             ("run_busy_loop", "step") if where == "step" else ("__init__", "_initialize_kv_caches")
         )
@@ -59,6 +63,6 @@ class Out:
             ("v1/engine/core.py", "run_engine_core"),
             *(("v1/engine/core.py", f) for f in outer),
         ]
-        frames.append(_FRAMES.get(where, ("v1/engine/core.py", where)))
+        frames += [_FRAMES.get(where, ("v1/engine/core.py", where)), *inner]
         body = "".join(f'  File "/fake/vllm/{f}", line 312, in {fn}\n' for f, fn in frames)
         return f"Traceback (most recent call last):\n{body}{exc}"

@@ -29,6 +29,7 @@ class FakeEnv:
     time_scale: float = 1.0
     load_oom_util: float | None = None
     crash_after: int | None = None
+    image_mib: float = 64.0  # encoder-profile memory of one full-size dummy image
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> FakeEnv:
@@ -50,6 +51,7 @@ class FakeEnv:
             time_scale=get("TIME_SCALE", 1.0),
             load_oom_util=num("LOAD_OOM_UTIL"),
             crash_after=None if crash is None else int(crash),
+            image_mib=get("IMAGE_MIB", 64.0),
         )
 
 
@@ -67,6 +69,13 @@ class ModelInfo:
     tied: bool
     dtype: str
     max_len: int
+    image_tokens: int | None = None  # tokens per image (vision models only)
+    image_size: int = 0  # the vision tower's input side, in pixels
+    vision_params: int = 0  # vision tower + projector
+
+    @property
+    def is_vision(self) -> bool:
+        return self.image_tokens is not None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ModelInfo:
@@ -75,6 +84,20 @@ class ModelInfo:
         hidden = int(t.get("hidden_size", 4096))
         heads = int(t.get("num_attention_heads", 32))
         dtype = t.get("torch_dtype") or t.get("dtype") or cfg.get("torch_dtype") or cfg.get("dtype")
+        vision = cfg.get("vision_config")
+        archs = cfg.get("architectures") or []
+        tokens = size = vparams = 0
+        if isinstance(vision, dict) or any("ConditionalGeneration" in str(a) for a in archs):
+            v: Mapping[str, Any] = vision if isinstance(vision, dict) else {}  # LLaVA's CLIP
+            size, patch = int(v.get("image_size", 336)), int(v.get("patch_size", 14))
+            vh = int(v.get("hidden_size", 1024))
+            per_layer = 4 * vh * vh + 2 * vh * int(v.get("intermediate_size", 4 * vh))
+            grid = (size // patch) ** 2
+            embed = 3 * patch * patch * vh + (grid + 1) * vh
+            vparams = int(v.get("num_hidden_layers", 24)) * per_layer + embed
+            vparams += vh * hidden + hidden * hidden  # the two-layer projector
+            full = cfg.get("vision_feature_select_strategy", "default") == "full"
+            tokens = grid + (1 if full else 0)  # "default" drops the CLS token
         return cls(
             layers=int(t.get("num_hidden_layers", 32)),
             heads=heads,
@@ -86,10 +109,13 @@ class ModelInfo:
             tied=bool(t.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))),
             dtype=str(dtype or "bfloat16"),
             max_len=int(t.get("max_position_embeddings", 2048)),
+            image_tokens=tokens or None,
+            image_size=size,
+            vision_params=vparams,
         )
 
     def params(self) -> int:
-        """Rough parameter count of a dense decoder."""
+        """Rough parameter count of a dense decoder (without any vision tower)."""
         h, d = self.hidden, self.head_dim
         per_layer = 2 * h * self.heads * d + 2 * h * self.kv_heads * d + 3 * h * self.intermediate
         return self.vocab * h * (1 if self.tied else 2) + self.layers * per_layer
@@ -147,3 +173,6 @@ class ServeConfig:
     dtype: str = "auto"
     kv_cache_dtype: str = "auto"
     kv_cache_memory_bytes: int | None = None
+    image_limit: int = 999  # images per prompt (``--limit-mm-per-prompt``); vision models only
+    image_width: int | None = None  # profiling size hints of the configurable form
+    image_height: int | None = None

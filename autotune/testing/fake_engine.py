@@ -3,7 +3,8 @@
 ``python -m autotune.testing.fake_engine serve MODEL [flags]`` reads ``MODEL/config.json``, walks
 simulated GPU memory phases (printing log lines and failure texts in vLLM's formats, so a log
 classifier works on it), then serves an OpenAI-compatible API from a batch-scheduling simulation.
-Knobs: ``AUTOTUNE_FAKE_*`` environment variables (see ``_fake_model.FakeEnv``).
+Knobs: ``AUTOTUNE_FAKE_*`` environment variables (see ``_fake_model.FakeEnv``). Vision models
+(LLaVA-style configs) get vLLM's encoder profile at startup and image limits on requests.
 
 This module is the entry point: startup orchestration, signals and cleanup. The parts live in
 ``_fake_cli`` (flags), ``_fake_model`` (config.json, knobs), ``_fake_boot`` (memory phases),
@@ -27,7 +28,13 @@ from autotune.testing._fake_boot import CONTEXT_GIB, Boot, oom_text, plan_boot
 from autotune.testing._fake_cli import ConfigError, build_parser, resolve_config
 from autotune.testing._fake_http import FakeHTTPServer
 from autotune.testing._fake_log import CORE_FAILED, ENGINE_DEAD, VERSION, Out
-from autotune.testing._fake_model import FakeEnv, ModelError, ServeConfig, resolve_model
+from autotune.testing._fake_model import (
+    FakeEnv,
+    ModelError,
+    ModelInfo,
+    ServeConfig,
+    resolve_model,
+)
 
 _CHILD = """
 import os, signal, time
@@ -56,6 +63,7 @@ class FakeServer:
         self.engine: BatchEngine | None = None
         self.child: subprocess.Popen[bytes] | None = None
         self.cfg: ServeConfig | None = None
+        self.model: ModelInfo | None = None
         self.boot = Boot([])
         self.crashed = threading.Event()
         self.serving = self.stopping = False
@@ -94,7 +102,7 @@ class FakeServer:
         except OSError as exc:
             return self._fail(f"OSError: {exc}")
         try:
-            model = resolve_model(ns.model_tag)
+            self.model = model = resolve_model(ns.model_tag)
             self.cfg = cfg = resolve_config(ns, model, self.env.total)
         except ModelError as exc:
             return self._fail(str(exc))
@@ -107,12 +115,14 @@ class FakeServer:
         self.boot = boot = plan_boot(cfg, model, self.env)
         for phase in boot.phases:
             time.sleep(phase.share * self.env.startup_s)
+            for src, msg in phase.warnings:
+                out.log(eng, "WARNING", src, msg)
             for src, msg in phase.lines:
                 out.log(eng, "INFO", src, msg)
             for src, msg in phase.before_error:
                 out.log(eng, "ERROR", src, msg)
             if phase.error:
-                tb = out.traceback(phase.where, phase.error)
+                tb = out.traceback(phase.where, phase.error, phase.frames)
                 out.log(eng, "ERROR", "core.py:1081", "EngineCore failed to start.\n" + tb)
                 return self._fail(CORE_FAILED)
         out.log(eng, "INFO", "gpu_worker.py:460", boot.breakdown)
