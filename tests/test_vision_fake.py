@@ -117,3 +117,21 @@ def test_image_options_need_a_vision_model(model_dir: Path) -> None:
     done = autotune("tune", str(model_dir), "--gpu", "L4:24", "--vllm-cmd", FAKE_CMD,
                     "--min-images", "2", env=env)  # fmt: skip
     assert done.returncode == 2 and "not a vision model" in done.stderr
+
+
+def test_images_max_reports_the_largest_count_that_fits(tmp_path: Path) -> None:
+    env = {**os.environ, **FAKE_ENV}
+    done = autotune(
+        "tune", str(LLAVA), "--gpu", "L4:24", "--vllm-cmd", FAKE_CMD, "--trials", "6",
+        "--images", "max", "--gpu-memory-utilization", "0.9", "--max-model-len", "4096",
+        "--max-num-batched-tokens", "512:2048", "--max-num-seqs", "8:64", "--input-len", "16",
+        "--output-len", "8", "--num-prompts", "16", "--quiet", env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ok = [t for t in study_trials(env) if t.user_attrs["outcome"] == "ok"]
+    top = max(t.value or 0 for t in ok)
+    usable = [t for t in ok if (t.value or 0) >= 0.5 * top]
+    most = max(images_of(t.user_attrs["vllm_args"]) for t in usable)
+    assert f"largest image count that fits with usable throughput: {most}" in done.stderr
+    (path,) = Path(env["AUTOTUNE_PROFILES_DIR"]).rglob("*.yaml")
+    assert images_of(yaml.safe_load(path.read_text())["vllm_args"]) == most
