@@ -85,15 +85,18 @@ def engine_version(command: Sequence[str]) -> str | None:
     """The vLLM version the command would launch, from package metadata (vLLM is not imported;
     a CPU build ends in ``+cpu``). None when it cannot be told without launching."""
     python = _python_of(command)
-    if python is None:
+    if python is not None:
+        probe = [python, "-c", _VERSION_PROBE]
+    elif len(command) > 1 and command[-1] == "serve":  # another `X serve`: ask `X --version`
+        probe = [*command[:-1], "--version"]
+    else:
         return None
     try:
-        done = subprocess.run(
-            [python, "-c", _VERSION_PROBE], capture_output=True, text=True, timeout=60
-        )
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return done.stdout.strip() or None
+    lines = done.stdout.strip().splitlines()
+    return lines[-1].strip() if done.returncode == 0 and lines else None
 
 
 def vllm_flags(args: Mapping[str, ArgValue]) -> list[str]:

@@ -67,4 +67,6 @@ def test_engine_version_reads_metadata_without_importing(tmp_path) -> None:
     vllm.chmod(0o755)
     assert engine_version([str(vllm), "serve"]) == "0.32.0+cpu"
     assert engine_version([str(python), "-m", "vllm.entrypoints.cli.main", "serve"]) == "0.32.0+cpu"
-    assert engine_version([sys.executable, "-m", "autotune.testing.fake_engine", "serve"]) is None
+    fake = [sys.executable, "-m", "autotune.testing.fake_engine", "serve"]
+    assert engine_version(fake) == "0.33.0+fake"  # any `X serve` is asked `X --version`
+    assert engine_version([sys.executable, "-m", "autotune.testing.fake_engine"]) is None
