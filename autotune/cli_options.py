@@ -199,7 +199,7 @@ tuning = options(
 
 
 def tune_options(model: str, kw: dict[str, Any]) -> Any:
-    from autotune.api import TuneOptions
+    from autotune.prepare import TuneOptions
     from autotune.workload import Workload
 
     ranges = {

@@ -80,7 +80,7 @@ def show_profile(
     profiles_dir: Path | None,
     as_json: bool,
 ) -> None:
-    from autotune.api import hardware_for
+    from autotune.prepare import hardware_for
 
     store = ProfileStore(paths.profiles_dir(profiles_dir))
     spec = resolve_model(model)

@@ -18,7 +18,8 @@ from autotune.feasibility import Prescreen
 from autotune.multimodal import image_count
 from autotune.objective import TrialResult, TrialRunner
 from autotune.outcome import Outcome
-from autotune.space import SearchSpace, Value
+from autotune.ranges import Value
+from autotune.space import SearchSpace
 
 MAX_SKIPS_IN_A_ROW = 200
 USABLE_SHARE = 0.5  # --images max: "usable" is at least this share of the best throughput

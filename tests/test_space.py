@@ -10,7 +10,8 @@ import pytest
 from autotune.errors import UserError
 from autotune.hardware import parse_gpu_spec
 from autotune.model import resolve_model
-from autotune.space import build_space, parse_candidate, parse_range, vllm_defaults
+from autotune.ranges import parse_candidate, parse_range
+from autotune.space import build_space, vllm_defaults
 
 L4 = parse_gpu_spec("L4:24", source="flag")
 

@@ -1,0 +1,173 @@
+"""Resolve and check a tuning request before anything is launched: model, hardware and backend,
+search space, workload and the engine's command and environment."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from autotune.errors import UserError
+from autotune.hardware import ENV_GPU, Hardware, choose_device, resolve_hardware
+from autotune.launcher import engine_version, resolve_command
+from autotune.model import ModelSpec, resolve_model
+from autotune.multimodal import supports_size_hints
+from autotune.serve import note
+from autotune.space import SearchSpace, build_space
+from autotune.workload import Workload
+
+CPU_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """Everything ``autotune tune`` (and ``serve`` on a miss) is given."""
+
+    model: str
+    gpu: str | None = None
+    device: str = "auto"  # "auto", "gpu" or "cpu"
+    ranges: Mapping[str, str | None] = field(default_factory=dict)
+    min_model_len: int | None = None
+    workload: Workload = field(default_factory=Workload)
+    trials: int = 20
+    timeout_s: float | None = None
+    seed: int | None = 0
+    storage: str | None = None
+    state_dir: Path | None = None
+    profiles_dir: Path | None = None
+    vllm_cmd: str | None = None
+    extra_args: tuple[str, ...] = ()
+    enqueue: tuple[str, ...] = ()  # "name=value,name=value" candidates to try first
+    startup_timeout_s: float = 900.0
+    noise: float = 0.05
+    quiet: bool = False
+    objective: str = "throughput"
+    min_images: int | None = None  # the profile must accept at least this many images
+    images_max: bool = False  # --images max: find the largest image count that fits
+    image_size_hint: tuple[int, int] | None = None  # --image-size: the resolution sent
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Inputs resolved and checked before anything is launched."""
+
+    command: list[str]
+    spec: ModelSpec
+    hardware: Hardware
+    space: SearchSpace
+    env: dict[str, str]
+    workload: Workload
+
+
+def _space(options: TuneOptions, spec: ModelSpec, hardware: Hardware, hints: bool) -> SearchSpace:
+    return build_space(
+        spec=spec,
+        hardware=hardware,
+        overrides=options.ranges,
+        min_model_len=options.min_model_len,
+        min_images=options.min_images,
+        images_max=options.images_max,
+        image_size_hint=options.image_size_hint if hints else None,
+    )
+
+
+def _image_workload(options: TuneOptions, spec: ModelSpec) -> Workload:
+    """A vision model is measured with images: --min-images per request unless told otherwise."""
+    wl = options.workload
+    if spec.is_vision and wl.images_per_request is None and wl.dataset is None:
+        k = options.min_images or 1
+        wl = replace(wl, images_per_request=(k, k))
+    if options.image_size_hint is not None:
+        wl = replace(wl, image_size=options.image_size_hint)
+    return wl
+
+
+def prepare(options: TuneOptions) -> Prepared:
+    """Resolve the command, model, hardware and space; say what could not be checked."""
+    if options.trials < 1:
+        raise UserError(f"--trials {options.trials}: at least one launch is needed")
+    spec = resolve_model(options.model)
+    hardware = hardware_for(options.gpu, options.device, options.vllm_cmd)
+    command = resolve_command(options.vllm_cmd)
+    hints = supports_size_hints(engine_version(command)) if spec.is_vision else False
+    space = _space(options, spec, hardware, hints)
+    wl = _image_workload(options, spec)
+    wl.validate()
+    _check_extra_args(options.extra_args, space)
+    if wl.dataset is None and "max_model_len" in space:
+        need = wl.input_len + wl.output_len
+        if space["max_model_len"].low < need:
+            raise UserError(
+                f"max_model_len {space['max_model_len'].describe()} is shorter than the workload "
+                f"needs (input {wl.input_len} + output {wl.output_len} = {need}); "
+                "raise --min-model-len or shorten the workload"
+            )
+    # Notes only once every input is known to be good, so a bad input stays one line.
+    if hardware.is_cpu:
+        note(hardware.describe())
+    elif hardware.source != "nvml":
+        note(f"hardware {hardware.describe()}; not checked against the machine")
+    if spec.is_vision and options.image_size_hint and not hints:
+        note("this vLLM does not take image size hints: the image limit is a plain count")
+    if not spec.known:
+        spec = _prefetch(spec)
+        if spec.known:  # now its length is known: search it too
+            space = _space(options, spec, hardware, hints)
+            wl = _image_workload(options, spec)
+    for reason in spec.unknown_reasons:
+        note(reason)
+    return Prepared(
+        command=command,
+        spec=spec,
+        hardware=hardware,
+        space=space,
+        env=engine_env(hardware),
+        workload=wl,
+    )
+
+
+def hardware_for(gpu: str | None, device: str, vllm_cmd: str | None) -> Hardware:
+    """``--device auto`` asks the vLLM that would be launched whether it is a CPU build."""
+    version = None
+    if device == "auto" and not gpu and not os.environ.get(ENV_GPU):
+        version = engine_version(resolve_command(vllm_cmd))
+    chosen = choose_device(device=device, gpu=gpu, engine_version=version)
+    if version and chosen == "cpu":
+        note(f"vLLM {version} is a CPU build: tuning for the CPU backend")
+    return resolve_hardware(gpu=gpu, device=chosen)
+
+
+def engine_env(hardware: Hardware) -> dict[str, str]:
+    """The engine's environment. On the CPU backend VLLM_CPU_KVCACHE_SPACE would override the
+    tuned --kv-cache-memory-bytes, so it is left out (and said so)."""
+    env = dict(os.environ)
+    if hardware.is_cpu and env.pop(CPU_KV_ENV, None) is not None:
+        note(f"{CPU_KV_ENV} is ignored: autotune sizes the KV cache with --kv-cache-memory-bytes")
+    return env
+
+
+def _check_extra_args(extra: tuple[str, ...], space: SearchSpace) -> None:
+    """Arguments after ``--`` must not set what autotune tunes or fixes (the last one would win
+    silently and the profile would lie)."""
+    for arg in extra:
+        name = arg.split("=", 1)[0]
+        for dim in space.dims:
+            if name == dim.flag:
+                raise UserError(f"{name} after --: give it as an autotune option ({name} V)")
+
+
+def _prefetch(spec: ModelSpec) -> ModelSpec:
+    """Download a hub model once before the first trial, when a Hugging Face CLI is present and
+    the network allowed; then its spec is known and no trial's startup waits for a download."""
+    cli = shutil.which("hf") or shutil.which("huggingface-cli")
+    if cli is None or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return spec
+    note(f"downloading {spec.model_id} before the first trial ({cli} download)")
+    done = subprocess.run([cli, "download", spec.model_id], capture_output=True, check=False)
+    if done.returncode != 0:
+        note(f"could not download {spec.model_id} now; vLLM will try at launch")
+        return spec
+    return resolve_model(spec.model_id)
