@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import shlex
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from autotune.multimodal import image_count
 from autotune.prepare import TuneOptions, engine_env, hardware_for, prepare
 from autotune.profiles import SCHEMA_VERSION, Profile, ProfileStore
 from autotune.ranges import parse_candidate
+from autotune.safety import redact, split_extra
 from autotune.serve import announce, describe_miss, exec_or_print, find_profile, note, serve_argv
 from autotune.space import vllm_defaults
 
@@ -106,6 +108,9 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
             f"no feasible configuration after {st.launches(study)} launches; "
             "see `autotune trials` and the logs, or widen the ranges"
         )
+    kept, dropped = split_extra(options.extra_args)
+    if dropped:
+        note(f"not saved in the profile: {shlex.join(redact(dropped))} (pass it after -- to serve)")
     profile = Profile(
         schema_version=SCHEMA_VERSION,
         model=spec.to_dict() | {"name": spec.name},
@@ -114,7 +119,7 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
         workload=wl.to_dict() | {"signature": wl.signature(), "num_prompts": num_prompts},
         objective=options.objective,
         vllm_args=dict(best.user_attrs["vllm_args"]),
-        extra_args=list(options.extra_args),
+        extra_args=kept,
         metrics=dict(best.user_attrs.get("metrics") or {}),
         startup=dict(best.user_attrs.get("startup") or {}),
         provenance={

@@ -128,6 +128,30 @@ def profiles_show(
     )
 
 
+@profiles.command("export")
+@click.argument("model")
+@hardware
+@click.option(
+    "--format", "fmt", type=click.Choice(["vllm-config", "cli", "json", "k8s"]),
+    default="vllm-config", show_default=True, help="What to write to stdout.",
+)  # fmt: skip
+def profiles_export(
+    model: str,
+    gpu: str | None,
+    device: str,
+    vllm_cmd: str | None,
+    profiles_dir: Path | None,
+    fmt: str,
+) -> None:
+    """Write the profile serve would use for MODEL as a vLLM config, command line, JSON or a
+    Kubernetes Deployment."""
+    from autotune import reports
+
+    reports.export_profile(
+        model=model, gpu=gpu, device=device, vllm_cmd=vllm_cmd, profiles_dir=profiles_dir, fmt=fmt
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line on stderr and exit 2, never a traceback."""
     try:

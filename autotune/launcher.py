@@ -20,6 +20,7 @@ from autotune import _process
 from autotune.errors import UserError
 from autotune.hardware import gpu_memory_used_bytes, wait_memory_released
 from autotune.outcome import Classified, Outcome, classify_startup
+from autotune.safety import redact
 
 ENV_VLLM_CMD = "AUTOTUNE_VLLM_CMD"
 DEFAULT_VLLM_CMD = "vllm serve"
@@ -139,7 +140,7 @@ class Engine:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
-        self._log.write(("$ " + shlex.join(self.argv) + "\n").encode())
+        self._log.write(("$ " + shlex.join(redact(self.argv)) + "\n").encode())
         self._log.flush()
         self._gpu_baseline = gpu_memory_used_bytes()
         self.started = time.monotonic()

@@ -5,22 +5,25 @@ Schema (version 1), every key required:
   vllm_version, workload {..., signature}, objective, vllm_args {flag_name: value},
   extra_args [the user's own arguments after --, passed to every launch],
   metrics {...}, startup {...}, provenance {study, trial, created, autotune_version}.
-Writes are atomic (temporary file + rename), so a reader never sees half a profile.
+Writes are atomic (temporary file + rename) and locked, so a reader never sees half a
+profile; arguments are checked against known vLLM flags on save and on load (safety.py).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from autotune.errors import UserError
+from autotune.safety import check_profile_args, strip_secrets
 
 SCHEMA_VERSION = 1
 
@@ -83,6 +86,7 @@ class Profile:
         extra = data["extra_args"]
         if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
             raise UserError(f"{source}: extra_args must be a list of strings")
+        check_profile_args(data["vllm_args"], extra, source=source)
         for key, sub in (("model", "name"), ("hardware", "key"), ("workload", "signature")):
             if sub not in data[key]:
                 raise UserError(f"{source}: {key}.{sub} is missing")
@@ -107,10 +111,21 @@ class ProfileStore:
         return self.root / _slug(profile.model_name) / _slug(profile.hardware_key) / name
 
     def save(self, profile: Profile) -> Path:
-        """Write atomically; the same key overwrites the older profile."""
+        """Write atomically and under the store's lock (concurrent tuners never interleave);
+        the same key overwrites the older profile. Secret arguments are never written."""
+        profile = replace(profile, extra_args=strip_secrets(profile.extra_args))
+        check_profile_args(profile.vllm_args, profile.extra_args, source="profile to save")
         path = self.path_for(profile)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(profile.to_dict(), sort_keys=False, default_flow_style=False)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._write(path, text)
+        return path
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".yaml")
         try:
             with os.fdopen(fd, "w") as f:
@@ -121,7 +136,6 @@ class ProfileStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return path
 
     @staticmethod
     def load(path: Path) -> Profile:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -95,3 +97,26 @@ def show_profile(
     else:
         print(f"# {match.path}")
         print(yaml.safe_dump(data, sort_keys=False), end="")
+
+
+def export_profile(
+    *,
+    model: str,
+    gpu: str | None,
+    device: str,
+    vllm_cmd: str | None,
+    profiles_dir: Path | None,
+    fmt: str,
+) -> None:
+    from autotune.export import export
+    from autotune.launcher import DEFAULT_VLLM_CMD
+    from autotune.prepare import hardware_for
+
+    store = ProfileStore(paths.profiles_dir(profiles_dir))
+    spec = resolve_model(model)
+    hardware = hardware_for(gpu, device, vllm_cmd)
+    match = find_profile(store=store, spec=spec, hardware=hardware)
+    if match is None:
+        raise UserError(describe_miss(store=store, spec=spec, hardware=hardware, workload=None))
+    command = shlex.split(vllm_cmd or os.environ.get("AUTOTUNE_VLLM_CMD") or DEFAULT_VLLM_CMD)
+    sys.stdout.write(export(match.profile, fmt=fmt, model=model, command=command))

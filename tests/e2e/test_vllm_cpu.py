@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -18,7 +19,8 @@ import psutil
 import pytest
 import yaml
 
-from autotune import loadgen
+from autotune import launcher, loadgen
+from autotune.launcher import Ready
 from autotune.workload import Workload, build_requests
 
 EAGER = ["--", "--enforce-eager", "--dtype", "bfloat16"]
@@ -79,6 +81,25 @@ def test_tune_classifies_the_real_kv_failure(tuned: dict[str, Any]) -> None:
     data = yaml.safe_load(profile.read_text())
     assert data["hardware"]["device"] == "cpu" and data["extra_args"] == EAGER[1:]
     assert data["vllm_version"].startswith("0.32.0")
+
+
+def test_exported_config_starts_real_vllm(
+    tuned: dict[str, Any], tiny_text: Path, vllm_cmd: str, tmp_path: Path
+) -> None:
+    assert tuned["done"].returncode == 0, tuned["done"].stderr
+    done = autotune("profiles", "export", str(tiny_text), "--format", "vllm-config",
+                    env=tuned["env"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    config = tmp_path / "vllm.yaml"
+    config.write_text(done.stdout)
+    with launcher.launch(
+        command=shlex.split(vllm_cmd), model=str(tiny_text), args={},
+        extra=["--config", str(config)], log_path=tmp_path / "config.log",
+        startup_timeout_s=300,
+    ) as (_, ready):  # fmt: skip
+        assert isinstance(ready, Ready), ready
+        expected = yaml.safe_load(done.stdout)["max-model-len"]
+        assert ready.max_model_len == expected
 
 
 def _tree(pid: int) -> list[psutil.Process]:

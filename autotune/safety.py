@@ -1,0 +1,125 @@
+"""What a profile may carry into a ``vllm serve`` command line, and what must never be written.
+
+A profile can come from someone else (a shared folder, a repository), so its arguments are
+checked against a known set of vLLM flags and vLLM's own limits: a profile cannot smuggle in
+``--trust-remote-code`` or a different model. The user's own arguments after ``--`` on the
+command line are theirs and still pass. Secrets (API keys, tokens) are never saved or logged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from autotune.errors import UserError
+
+# vllm_args: name → check of the value.
+_POSITIVE_INT = "positive integer"
+TUNED_ARGS: dict[str, str] = {
+    "gpu_memory_utilization": "fraction",
+    "kv_cache_memory_bytes": _POSITIVE_INT,
+    "max_num_seqs": _POSITIVE_INT,
+    "max_num_batched_tokens": _POSITIVE_INT,
+    "max_model_len": _POSITIVE_INT,
+    "limit_mm_per_prompt": "image limit",
+}
+# Flags that may be saved among a profile's extra arguments (performance and numerics only).
+EXTRA_FLAGS = frozenset(
+    {
+        "--enforce-eager", "--no-enforce-eager", "--dtype", "--kv-cache-dtype", "--block-size",
+        "--enable-prefix-caching", "--no-enable-prefix-caching", "--enable-chunked-prefill",
+        "--no-enable-chunked-prefill", "--tensor-parallel-size", "-tp",
+        "--pipeline-parallel-size", "--max-num-partial-prefills", "--async-scheduling",
+        "--performance-mode", "--optimization-level", "-O", "--cudagraph-capture-sizes",
+        "--max-cudagraph-capture-size", "--skip-mm-profiling", "--mm-processor-cache-gb",
+        "--swap-space", "--cpu-offload-gb", "--seed", "--quantization", "--load-format",
+        "--max-seq-len-to-capture", "--scheduling-policy",
+    }
+)  # fmt: skip
+_SECRET = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
+
+
+def _check_value(name: str, kind: str, value: Any, source: str) -> None:
+    bad = f"{source}: vllm_args.{name} = {value!r} is outside vLLM's limits"
+    if kind == "fraction":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
+            raise UserError(bad + " (0 < value <= 1)")
+    elif kind == _POSITIVE_INT:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(bad + " (an integer >= 1)")
+    else:
+        try:
+            image = json.loads(str(value))["image"]
+            count = image["count"] if isinstance(image, dict) else image
+        except (ValueError, KeyError, TypeError):
+            raise UserError(
+                f"{source}: vllm_args.{name} must be JSON like '{{\"image\": 2}}'"
+            ) from None
+        if not isinstance(count, int) or not 0 <= count <= 999:
+            raise UserError(bad + " (image count 0..999)")
+
+
+def check_profile_args(
+    vllm_args: Mapping[str, Any], extra_args: Sequence[str], *, source: str
+) -> None:
+    """Reject flags outside the known set and values outside vLLM's limits, naming the file."""
+    for name, value in vllm_args.items():
+        if name not in TUNED_ARGS:
+            raise UserError(f"{source}: vllm_args.{name} is not a flag autotune tunes")
+        _check_value(name, TUNED_ARGS[name], value, source)
+    for arg in extra_args:
+        if not isinstance(arg, str):
+            raise UserError(f"{source}: extra_args must be strings")
+        flag = arg.split("=", 1)[0]
+        if flag.startswith("-") and flag not in EXTRA_FLAGS:
+            raise UserError(
+                f"{source}: extra_args has {flag}, which a profile may not carry "
+                "(pass it yourself after -- if you mean it)"
+            )
+
+
+def strip_secrets(args: Sequence[str]) -> list[str]:
+    """Drop secret flags and their values (``--api-key X``, ``--hf-token=X``) before saving."""
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        flag, eq, _ = arg.partition("=")
+        if flag.startswith("-") and _SECRET.search(flag):
+            skip = not eq
+            continue
+        out.append(arg)
+    return out
+
+
+def redact(args: Sequence[str]) -> list[str]:
+    """The same command line with secret values replaced by ``***`` (for logs)."""
+    out: list[str] = []
+    hide = False
+    for arg in args:
+        flag, eq, _ = arg.partition("=")
+        if hide:
+            out.append("***")
+            hide = False
+        elif flag.startswith("-") and _SECRET.search(flag):
+            out.append(f"{flag}=***" if eq else flag)
+            hide = not eq
+        else:
+            out.append(arg)
+    return out
+
+
+def split_extra(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The user's extra arguments a profile may keep, and the ones it may not (with values)."""
+    kept: list[str] = []
+    dropped: list[str] = []
+    target = kept
+    for arg in strip_secrets(args):
+        if arg.startswith("-"):
+            target = kept if arg.split("=", 1)[0] in EXTRA_FLAGS else dropped
+        target.append(arg)
+    return kept, dropped
