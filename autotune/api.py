@@ -6,18 +6,20 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import shlex
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
 from autotune import __version__, paths
 from autotune.errors import UserError
 from autotune.feasibility import Prescreen
-from autotune.launcher import resolve_command
+from autotune.launcher import DEFAULT_VLLM_CMD, ENV_VLLM_CMD, engine_version, resolve_command
 from autotune.model import resolve_model
 from autotune.multimodal import image_count
 from autotune.prepare import TuneOptions, engine_env, hardware_for, prepare
@@ -149,21 +151,29 @@ def serve(
 ) -> None:
     """Exec vLLM with the matching profile; on a miss tune first (unless ``no_tune``)."""
     spec = resolve_model(options.model)
+    try:
+        command = resolve_command(options.vllm_cmd)
+        version = engine_version(command)
+    except UserError:
+        if not dry_run:
+            raise
+        text = options.vllm_cmd or os.environ.get(ENV_VLLM_CMD) or DEFAULT_VLLM_CMD
+        command, version = shlex.split(text), None
     hardware = hardware_for(options.gpu, options.device, options.vllm_cmd)
-    command = resolve_command(options.vllm_cmd)
     store = ProfileStore(paths.profiles_dir(options.profiles_dir))
-    match = find_profile(
-        store=store, spec=spec, hardware=hardware, workload=workload, profile_file=profile_file
-    )
+    found = partial(find_profile, store=store, spec=spec, hardware=hardware, workload=workload)
+    match = found(profile_file=profile_file, vllm_version=version)
     if match is None:
-        miss = describe_miss(store=store, spec=spec, hardware=hardware, workload=workload)
+        miss = describe_miss(
+            store=store, spec=spec, hardware=hardware, workload=workload, vllm_version=version
+        )
         if no_tune:
             raise UserError(miss)
         if dry_run:
             raise UserError(miss + "; without --dry-run autotune would tune first")
         note(miss + "; tuning first")
         tune(replace(options, device=hardware.device))
-        match = find_profile(store=store, spec=spec, hardware=hardware, workload=workload)
+        match = found(vllm_version=version)
         if match is None:  # pragma: no cover - tune() raises when it saves nothing
             raise UserError(miss)
     announce(match, hardware=hardware)

@@ -27,6 +27,7 @@ class Match:
     path: Path
     profile: Profile
     others: int  # other profiles that also fit (other workloads or objectives)
+    how: str = "exact"  # "exact", "compatible" (another vLLM patch release) or "unversioned"
 
 
 def note(text: str) -> None:
@@ -41,26 +42,52 @@ def find_profile(
     hardware: Hardware,
     workload: str | None = None,
     profile_file: Path | None = None,
+    vllm_version: str | None = None,
 ) -> Match | None:
-    """``--profile FILE`` wins; else the newest profile for this model, hardware (and workload)."""
+    """``--profile FILE`` wins; else the newest profile for this model, hardware (and workload):
+    tuned on this vLLM release (exact), else on another patch release of the same minor
+    (compatible), else none. Without a known vLLM version, the version is not matched."""
     if profile_file is not None:
         return Match(path=profile_file, profile=store.load(profile_file), others=0)
     found = store.find(model_name=spec.name, hardware_key=hardware.key, workload=workload)
+    if vllm_version is None:
+        how = "unversioned"
+    else:
+        exact = [f for f in found if _release(f[1].vllm_version) == _release(vllm_version)]
+        same_minor = [f for f in found if _minor(f[1].vllm_version) == _minor(vllm_version)]
+        found, how = (exact, "exact") if exact else (same_minor, "compatible")
     if not found:
         return None
     path, profile = found[0]
-    return Match(path=path, profile=profile, others=len(found) - 1)
+    return Match(path=path, profile=profile, others=len(found) - 1, how=how)
+
+
+def _release(version: str | None) -> str:
+    """``0.32.0+cpu`` → ``0.32.0`` (local build tags do not change the release)."""
+    return (version or "").split("+", 1)[0]
+
+
+def _minor(version: str | None) -> str:
+    return ".".join(_release(version).split(".")[:2])
 
 
 def describe_miss(
-    *, store: ProfileStore, spec: ModelSpec, hardware: Hardware, workload: str | None
+    *,
+    store: ProfileStore,
+    spec: ModelSpec,
+    hardware: Hardware,
+    workload: str | None,
+    vllm_version: str | None = None,
 ) -> str:
     """What was looked for, and which profiles exist instead."""
     wanted = f"model {spec.name} on {hardware.key}" + (f", workload {workload}" if workload else "")
+    if vllm_version:
+        wanted += f", vLLM {_minor(vllm_version)}.x"
     if hardware.source != "nvml":
         wanted += f" ({hardware.describe()})"
     existing = [
-        f"{p.model_name} on {p.hardware_key} ({p.workload_signature})" for _, p in store.all()
+        f"{p.model_name} on {p.hardware_key} ({p.workload_signature}, vLLM {p.vllm_version})"
+        for _, p in store.all()
     ]
     have = "; ".join(existing[:5]) if existing else "none"
     return f"no profile for {wanted} in {store.root} (profiles there: {have})"
@@ -86,6 +113,13 @@ def announce(match: Match, *, hardware: Hardware) -> None:
         f"(workload {p.workload_signature}, objective {p.objective}, "
         f"vLLM {p.vllm_version or 'unknown'}, tuned {p.created}{measured})"
     )
+    if match.how == "compatible":
+        note(
+            f"warning: profile tuned with vLLM {p.vllm_version}, serving with another patch "
+            "release; re-measure it when you can"
+        )
+    elif match.how == "unversioned":
+        note("the vLLM version could not be learned: profiles matched without it")
     if match.others:
         note(f"{match.others} other profile(s) also fit; choose one with --workload or --profile")
 

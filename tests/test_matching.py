@@ -1,0 +1,67 @@
+"""serve's profile matching: exact vLLM release, compatible patch release, or none."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from autotune.hardware import parse_gpu_spec
+from autotune.model import ModelSpec
+from autotune.profiles import ProfileStore
+from autotune.serve import describe_miss, find_profile
+from tests.test_profiles import make
+
+L4 = parse_gpu_spec("L4:24", source="flag")
+SPEC = ModelSpec(model_id="m", known=False)  # name "m", as in make()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ProfileStore:
+    store = ProfileStore(tmp_path)
+    store.save(replace(make("2026-01-01", max_num_seqs=11), vllm_version="0.33.0"))
+    store.save(replace(make("2026-01-02", max_num_seqs=22), vllm_version="0.33.1"))
+    store.save(replace(make("2026-01-03", max_num_seqs=33), vllm_version="0.32.0"))
+    return store
+
+
+def test_exact_release_wins_over_newer_profiles(store: ProfileStore) -> None:
+    match = find_profile(store=store, spec=SPEC, hardware=L4, vllm_version="0.33.0")
+    assert match and match.how == "exact" and match.profile.vllm_args["max_num_seqs"] == 11
+    cpu = find_profile(store=store, spec=SPEC, hardware=L4, vllm_version="0.32.0+cpu")
+    assert cpu and cpu.how == "exact" and cpu.profile.vllm_args["max_num_seqs"] == 33
+
+
+def test_other_patch_release_is_compatible(store: ProfileStore) -> None:
+    match = find_profile(store=store, spec=SPEC, hardware=L4, vllm_version="0.33.4")
+    assert match and match.how == "compatible" and match.profile.vllm_version == "0.33.1"
+
+
+def test_other_minor_release_or_gpu_is_a_miss(store: ProfileStore) -> None:
+    assert find_profile(store=store, spec=SPEC, hardware=L4, vllm_version="0.34.0") is None
+    a100 = parse_gpu_spec("A100:80", source="flag")
+    assert find_profile(store=store, spec=SPEC, hardware=a100, vllm_version="0.33.0") is None
+    miss = describe_miss(store=store, spec=SPEC, hardware=L4, workload=None, vllm_version="0.34.0")
+    assert "vLLM 0.34.x" in miss and "vLLM 0.33.1" in miss and "l4-24gib-x1" in miss
+
+
+def test_unknown_version_matches_without_it(store: ProfileStore) -> None:
+    match = find_profile(store=store, spec=SPEC, hardware=L4, vllm_version=None)
+    assert match and match.how == "unversioned" and match.others == 2
+
+
+def test_dry_run_without_vllm_says_so(tmp_path: Path, model_dir: Path) -> None:
+    store = ProfileStore(Path(os.environ["AUTOTUNE_PROFILES_DIR"]))
+    store.save(replace(make("2026-01-01"), model={"id": str(model_dir), "name": "llama-8b"}))
+    env = {**os.environ, "AUTOTUNE_VLLM_CMD": "no-such-vllm serve"}  # not installed here
+    done = subprocess.run(
+        [sys.executable, "-m", "autotune", "serve", str(model_dir), "--gpu", "L4:24", "--dry-run"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"no-such-vllm serve {model_dir} ")
+    assert "matched without it" in done.stderr
