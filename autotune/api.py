@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import shlex
 import signal
 from collections.abc import Iterator
@@ -19,10 +18,9 @@ from types import FrameType
 from autotune import __version__, paths
 from autotune.errors import UserError
 from autotune.feasibility import Prescreen
-from autotune.launcher import DEFAULT_VLLM_CMD, ENV_VLLM_CMD, engine_version, resolve_command
 from autotune.model import resolve_model
 from autotune.multimodal import image_count
-from autotune.prepare import TuneOptions, engine_env, hardware_for, prepare
+from autotune.prepare import TuneOptions, command_and_version, engine_env, hardware_for, prepare
 from autotune.profiles import SCHEMA_VERSION, Profile, ProfileStore
 from autotune.ranges import parse_candidate
 from autotune.safety import redact, split_extra
@@ -151,14 +149,7 @@ def serve(
 ) -> None:
     """Exec vLLM with the matching profile; on a miss tune first (unless ``no_tune``)."""
     spec = resolve_model(options.model)
-    try:
-        command = resolve_command(options.vllm_cmd)
-        version = engine_version(command)
-    except UserError:
-        if not dry_run:
-            raise
-        text = options.vllm_cmd or os.environ.get(ENV_VLLM_CMD) or DEFAULT_VLLM_CMD
-        command, version = shlex.split(text), None
+    command, version = command_and_version(options.vllm_cmd, strict=not dry_run)
     hardware = hardware_for(options.gpu, options.device, options.vllm_cmd)
     store = ProfileStore(paths.profiles_dir(options.profiles_dir))
     found = partial(find_profile, store=store, spec=spec, hardware=hardware, workload=workload)

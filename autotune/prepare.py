@@ -4,6 +4,7 @@ search space, workload and the engine's command and environment."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from autotune.errors import UserError
 from autotune.hardware import ENV_GPU, Hardware, choose_device, resolve_hardware
-from autotune.launcher import engine_version, resolve_command
+from autotune.launcher import DEFAULT_VLLM_CMD, ENV_VLLM_CMD, engine_version, resolve_command
 from autotune.model import ModelSpec, resolve_model
 from autotune.multimodal import supports_size_hints
 from autotune.serve import note
@@ -171,3 +172,15 @@ def _prefetch(spec: ModelSpec) -> ModelSpec:
         note(f"could not download {spec.model_id} now; vLLM will try at launch")
         return spec
     return resolve_model(spec.model_id)
+
+
+def command_and_version(vllm_cmd: str | None, *, strict: bool) -> tuple[list[str], str | None]:
+    """The engine command and the vLLM version it would launch. Not ``strict`` (a dry run, a
+    read-only view): a command that is not installed here is kept as written, version unknown."""
+    try:
+        command = resolve_command(vllm_cmd)
+    except UserError:
+        if strict:
+            raise
+        return shlex.split(vllm_cmd or os.environ.get(ENV_VLLM_CMD) or DEFAULT_VLLM_CMD), None
+    return command, engine_version(command)

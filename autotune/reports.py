@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
@@ -16,7 +15,7 @@ from autotune import paths
 from autotune.errors import UserError
 from autotune.model import resolve_model
 from autotune.profiles import ProfileStore
-from autotune.serve import describe_miss, find_profile
+from autotune.serve import Match, describe_miss, find_profile
 
 
 def print_trials(
@@ -73,23 +72,28 @@ def print_profiles(*, profiles_dir: Path | None) -> None:
     Console().print(table)
 
 
-def show_profile(
-    *,
-    model: str,
-    gpu: str | None,
-    device: str,
-    vllm_cmd: str | None,
-    profiles_dir: Path | None,
-    as_json: bool,
-) -> None:
-    from autotune.prepare import hardware_for
+def _lookup(
+    *, model: str, gpu: str | None, device: str, vllm_cmd: str | None, profiles_dir: Path | None
+) -> tuple[Match, list[str]]:
+    """The profile ``serve`` would use (same matching), and the engine command."""
+    from autotune.prepare import command_and_version, hardware_for
 
     store = ProfileStore(paths.profiles_dir(profiles_dir))
     spec = resolve_model(model)
+    command, version = command_and_version(vllm_cmd, strict=False)
     hardware = hardware_for(gpu, device, vllm_cmd)
-    match = find_profile(store=store, spec=spec, hardware=hardware)
+    match = find_profile(store=store, spec=spec, hardware=hardware, vllm_version=version)
     if match is None:
-        raise UserError(describe_miss(store=store, spec=spec, hardware=hardware, workload=None))
+        raise UserError(
+            describe_miss(
+                store=store, spec=spec, hardware=hardware, workload=None, vllm_version=version
+            )
+        )
+    return match, command
+
+
+def show_profile(*, as_json: bool, **where: Any) -> None:
+    match, _ = _lookup(**where)
     data = match.profile.to_dict()
     if as_json:
         json.dump(data, sys.stdout, indent=2)
@@ -99,24 +103,8 @@ def show_profile(
         print(yaml.safe_dump(data, sort_keys=False), end="")
 
 
-def export_profile(
-    *,
-    model: str,
-    gpu: str | None,
-    device: str,
-    vllm_cmd: str | None,
-    profiles_dir: Path | None,
-    fmt: str,
-) -> None:
+def export_profile(*, fmt: str, model: str, **where: Any) -> None:
     from autotune.export import export
-    from autotune.launcher import DEFAULT_VLLM_CMD
-    from autotune.prepare import hardware_for
 
-    store = ProfileStore(paths.profiles_dir(profiles_dir))
-    spec = resolve_model(model)
-    hardware = hardware_for(gpu, device, vllm_cmd)
-    match = find_profile(store=store, spec=spec, hardware=hardware)
-    if match is None:
-        raise UserError(describe_miss(store=store, spec=spec, hardware=hardware, workload=None))
-    command = shlex.split(vllm_cmd or os.environ.get("AUTOTUNE_VLLM_CMD") or DEFAULT_VLLM_CMD)
+    match, command = _lookup(model=model, **where)
     sys.stdout.write(export(match.profile, fmt=fmt, model=model, command=command))
