@@ -10,24 +10,34 @@ import shlex
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
-from functools import partial
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
 from autotune import __version__, paths
 from autotune.errors import UserError
 from autotune.feasibility import Prescreen
-from autotune.model import resolve_model
+from autotune.hardware import Hardware
+from autotune.model import ModelSpec, resolve_model
 from autotune.multimodal import image_count
 from autotune.prepare import TuneOptions, command_and_version, engine_env, hardware_for, prepare
-from autotune.profiles import SCHEMA_VERSION, Profile, ProfileStore
+from autotune.profiles import SCHEMA_VERSION, SINGLE_DEVICE, Profile, ProfileStore
 from autotune.ranges import parse_candidate
-from autotune.safety import redact, split_extra
-from autotune.serve import announce, describe_miss, exec_or_print, find_profile, note, serve_argv
+from autotune.safety import parallel_sizes, redact, split_extra
+from autotune.serve import (
+    Match,
+    announce,
+    combined_extra,
+    describe_miss,
+    exec_or_print,
+    find_profile,
+    note,
+    serve_argv,
+)
 from autotune.space import vllm_defaults
+from autotune.verify import Verification, drift_table, measure, workload_of
 
-__all__ = ["TuneOptions", "serve", "tune"]
+__all__ = ["TuneOptions", "lookup", "serve", "tune", "verify"]
 
 
 @contextmanager
@@ -122,11 +132,12 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
         extra_args=kept,
         metrics=dict(best.user_attrs.get("metrics") or {}),
         startup=dict(best.user_attrs.get("startup") or {}),
+        parallel=SINGLE_DEVICE | parallel_sizes(kept),
         provenance={
             "study": name,
-            "storage": storage if options.storage is None else "(given by --storage)",
+            "storage": "default (state directory)" if options.storage is None else "--storage",
             "trial": best.number,
-            "log": best.user_attrs.get("log"),
+            "log": _relative(best.user_attrs.get("log"), state),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "autotune_version": __version__,
         },
@@ -139,6 +150,65 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
     return path, profile
 
 
+def _relative(log: str | None, state: Path) -> str | None:
+    """A trial log's path inside the state directory (no machine-specific prefix in profiles)."""
+    if log is None:
+        return None
+    try:
+        return str(Path(log).resolve().relative_to(state.resolve()))
+    except ValueError:
+        return Path(log).name
+
+
+@dataclass(frozen=True)
+class ProfileLookup:
+    """What ``serve``, ``profiles verify/show/export`` look for, and where."""
+
+    store: ProfileStore
+    spec: ModelSpec
+    hardware: Hardware
+    command: list[str]
+    version: str | None
+    workload: str | None
+    parallel: dict[str, int]
+
+    def find(self, *, profile_file: Path | None = None) -> Match | None:
+        return find_profile(
+            store=self.store,
+            spec=self.spec,
+            hardware=self.hardware,
+            workload=self.workload,
+            parallel=self.parallel,
+            vllm_version=self.version,
+            profile_file=profile_file,
+        )
+
+    def miss(self) -> str:
+        return describe_miss(
+            store=self.store,
+            spec=self.spec,
+            hardware=self.hardware,
+            workload=self.workload,
+            vllm_version=self.version,
+            parallel=self.parallel,
+        )
+
+
+def lookup(options: TuneOptions, *, workload: str | None, strict: bool) -> ProfileLookup:
+    """Resolve model, engine command and version, and hardware as ``serve`` does."""
+    spec = resolve_model(options.model)
+    command, version = command_and_version(options.vllm_cmd, strict=strict)
+    return ProfileLookup(
+        store=ProfileStore(paths.profiles_dir(options.profiles_dir)),
+        spec=spec,
+        hardware=hardware_for(options.gpu, options.device, options.vllm_cmd),
+        command=command,
+        version=version,
+        workload=workload,
+        parallel=parallel_sizes(options.extra_args),
+    )
+
+
 def serve(
     options: TuneOptions,
     *,
@@ -148,27 +218,74 @@ def serve(
     profile_file: Path | None = None,
 ) -> None:
     """Exec vLLM with the matching profile; on a miss tune first (unless ``no_tune``)."""
-    spec = resolve_model(options.model)
-    command, version = command_and_version(options.vllm_cmd, strict=not dry_run)
-    hardware = hardware_for(options.gpu, options.device, options.vllm_cmd)
-    store = ProfileStore(paths.profiles_dir(options.profiles_dir))
-    found = partial(find_profile, store=store, spec=spec, hardware=hardware, workload=workload)
-    match = found(profile_file=profile_file, vllm_version=version)
+    where = lookup(options, workload=workload, strict=not dry_run)
+    match = where.find(profile_file=profile_file)
     if match is None:
-        miss = describe_miss(
-            store=store, spec=spec, hardware=hardware, workload=workload, vllm_version=version
-        )
+        miss = where.miss()
         if no_tune:
             raise UserError(miss)
         if dry_run:
             raise UserError(miss + "; without --dry-run autotune would tune first")
         note(miss + "; tuning first")
-        tune(replace(options, device=hardware.device))
-        match = found(vllm_version=version)
+        tune(replace(options, device=where.hardware.device))
+        match = where.find()
         if match is None:  # pragma: no cover - tune() raises when it saves nothing
             raise UserError(miss)
-    announce(match, hardware=hardware)
+    announce(match, hardware=where.hardware)
     argv = serve_argv(
-        command=command, model=options.model, profile=match.profile, extra=options.extra_args
+        command=where.command, model=options.model, profile=match.profile, extra=options.extra_args
     )
-    exec_or_print(argv, dry_run=dry_run, env=engine_env(hardware))
+    exec_or_print(argv, dry_run=dry_run, env=engine_env(where.hardware))
+
+
+def verify(
+    options: TuneOptions,
+    *,
+    workload: str | None = None,
+    profile_file: Path | None = None,
+    tolerance: float = 0.1,
+    repeats: int = 1,
+) -> Verification:
+    """Re-measure the profile ``serve`` would use with its own workload; print the drift."""
+    from rich.console import Console
+
+    from autotune.objective import TrialRunner
+    from autotune.workload import build_requests
+
+    if repeats < 1:
+        raise UserError(f"--repeats {repeats}: at least one run is needed")
+    if not 0 <= tolerance < 1:
+        raise UserError(f"--tolerance {tolerance}: give a fraction such as 0.1")
+    where = lookup(options, workload=workload, strict=True)
+    match = where.find(profile_file=profile_file)
+    if match is None:
+        raise UserError(where.miss())
+    announce(match, hardware=where.hardware)
+    profile = match.profile
+    wl, num_prompts = workload_of(profile)
+    runner = TrialRunner(
+        command=where.command,
+        model=options.model,
+        requests=build_requests(wl, num_prompts=num_prompts, vocab_size=where.spec.vocab_size),
+        extra_args=tuple(combined_extra(profile, options.extra_args)),
+        env=engine_env(where.hardware),
+        startup_timeout_s=options.startup_timeout_s,
+    )
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    log_dir = paths.state_dir(options.state_dir) / "logs" / "verify" / f"{match.path.stem}-{stamp}"
+    with _sigterm_as_interrupt():
+        result = measure(
+            profile=profile,
+            runner=runner,
+            log_dir=log_dir,
+            repeats=repeats,
+            tolerance=tolerance,
+            on_phase=lambda text: note(text) if not options.quiet else None,
+        )
+    measured_on = next((r.vllm_version for r in result.results if r.vllm_version), where.version)
+    if result.drifts:
+        title = f"tuned on vLLM {profile.vllm_version}, measured on vLLM {measured_on}"
+        Console(width=None if Console().is_terminal else 120).print(
+            drift_table(result, title=title)
+        )
+    return result

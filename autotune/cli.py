@@ -152,6 +152,69 @@ def profiles_export(
     )
 
 
+@profiles.command("verify", context_settings={"ignore_unknown_options": True})
+@click.argument("model")
+@hardware
+@click.option("--workload", "workload_sig", metavar="SIGNATURE", help="Verify this workload's.")
+@click.option(
+    "--profile",
+    "profile_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Verify this profile file.",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Largest accepted loss of output throughput or KV cache tokens (a fraction).",
+)
+@click.option(
+    "--repeats", type=int, default=1, show_default=True, help="Runs; their median is compared."
+)
+@click.option("--state-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_STATE_DIR]")
+@click.option("--startup-timeout", type=float, default=900.0, show_default=True, help="Seconds.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def profiles_verify(
+    model: str,
+    workload_sig: str | None,
+    profile_file: Path | None,
+    tolerance: float,
+    repeats: int,
+    extra: tuple[str, ...],
+    **kw: Any,
+) -> None:
+    """Re-measure the profile serve would use on this machine, compare with its stored metrics
+    and exit 1 when throughput or KV cache capacity dropped beyond the tolerance (after a vLLM
+    or driver upgrade). Arguments after `--` go to vLLM."""
+    from autotune import api
+    from autotune.prepare import TuneOptions
+
+    options = TuneOptions(
+        model=model,
+        gpu=kw["gpu"],
+        device=kw["device"],
+        vllm_cmd=kw["vllm_cmd"],
+        profiles_dir=kw["profiles_dir"],
+        state_dir=kw["state_dir"],
+        startup_timeout_s=kw["startup_timeout"],
+        quiet=kw["quiet"],
+        extra_args=extra,
+    )
+    result = api.verify(
+        options,
+        workload=workload_sig,
+        profile_file=profile_file,
+        tolerance=tolerance,
+        repeats=repeats,
+    )
+    if result.failure:
+        click.echo(f"autotune: {result.failure}", err=True)
+        sys.exit(1)
+    click.echo(f"autotune: the profile holds within {tolerance:.0%}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line on stderr and exit 2, never a traceback."""
     try:

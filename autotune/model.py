@@ -37,6 +37,8 @@ class ModelSpec:
     is_vision: bool = False
     image_tokens: int | None = None  # tokens per image (LLaVA-style: (size / patch)^2)
     config_hash: str | None = None
+    revision: str | None = None  # the Hugging Face cache snapshot (commit) the config came from
+    quantization: str | None = None  # quantization_config.quant_method of the checkpoint
     unknown_reasons: tuple[str, ...] = field(default=())
 
     @property
@@ -67,6 +69,8 @@ class ModelSpec:
             "vision": self.is_vision,
             "image_tokens": self.image_tokens,
             "config_hash": self.config_hash,
+            "revision": self.revision,
+            "quantization": self.quantization,
         }
 
 
@@ -115,7 +119,17 @@ def _image_tokens(cfg: dict[str, Any]) -> int | None:
     return (size // patch) ** 2 + (1 if full else 0)
 
 
-def _parse_config(model_id: str, path: Path | None, config_file: Path) -> ModelSpec:
+def _quantization(cfg: dict[str, Any]) -> str | None:
+    quant = cfg.get("quantization_config")
+    if not isinstance(quant, dict):
+        return None
+    method = quant.get("quant_method")
+    return str(method) if method else "unknown"
+
+
+def _parse_config(
+    model_id: str, path: Path | None, config_file: Path, *, revision: str | None = None
+) -> ModelSpec:
     raw = config_file.read_bytes()
     try:
         cfg = json.loads(raw)
@@ -153,6 +167,8 @@ def _parse_config(model_id: str, path: Path | None, config_file: Path) -> ModelS
         ),
         is_vision=is_vision,
         config_hash=hashlib.sha256(raw).hexdigest()[:12],
+        revision=revision,
+        quantization=_quantization(merged) or _quantization(cfg),
     )
 
 
@@ -174,7 +190,7 @@ def resolve_model(model_id: str) -> ModelSpec:
         raise UserError(f"model directory {model_id} does not exist")
     cached = _find_cached_config(model_id)
     if cached is not None:
-        return _parse_config(model_id, cached.parent, cached)
+        return _parse_config(model_id, cached.parent, cached, revision=cached.parent.name)
     return ModelSpec(
         model_id=model_id,
         known=False,

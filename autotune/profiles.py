@@ -1,10 +1,11 @@
 """Profiles: the best configuration of a study, saved as YAML and reused by ``serve``.
 
-Schema (version 1), every key required:
-  schema_version, model {id, config_hash, ...}, hardware {gpu, memory_gib, count, driver, key},
-  vllm_version, workload {..., signature}, objective, vllm_args {flag_name: value},
-  extra_args [the user's own arguments after --, passed to every launch],
-  metrics {...}, startup {...}, provenance {study, trial, created, autotune_version}.
+Schema (version 1, documented in profiles/README.md), every key required:
+  schema_version, model {id, name, config_hash, revision, dtype, quantization, ...},
+  hardware {gpu, memory_gib, count, driver, key}, vllm_version, workload {..., signature},
+  objective, vllm_args {flag_name: value}, extra_args [the user's own arguments after --],
+  metrics {...}, startup {...}, provenance {study, trial, created, autotune_version},
+  parallel {tensor_parallel_size, pipeline_parallel_size}, constraints {name: limit}.
 Writes are atomic (temporary file + rename) and locked, so a reader never sees half a
 profile; arguments are checked against known vLLM flags on save and on load (safety.py).
 """
@@ -16,7 +17,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from autotune.errors import UserError
 from autotune.safety import check_profile_args, strip_secrets
 
 SCHEMA_VERSION = 1
+SINGLE_DEVICE = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1}
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class Profile:
     metrics: dict[str, Any]
     startup: dict[str, Any]
     provenance: dict[str, Any]
+    parallel: dict[str, int] = field(default_factory=lambda: dict(SINGLE_DEVICE))
+    constraints: dict[str, Any] = field(default_factory=dict)  # SLOs, budgets the trial met
 
     @property
     def model_name(self) -> str:
@@ -80,13 +84,18 @@ class Profile:
                 f"{source}: schema_version {data['schema_version']} is not supported "
                 f"(this autotune reads {SCHEMA_VERSION})"
             )
-        for key in ("model", "hardware", "workload", "vllm_args", "metrics", "provenance"):
+        mappings = ("model", "hardware", "workload", "vllm_args", "metrics", "provenance")
+        for key in (*mappings, "parallel", "constraints"):
             if not isinstance(data[key], Mapping):
                 raise UserError(f"{source}: {key} must be a mapping")
         extra = data["extra_args"]
         if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
             raise UserError(f"{source}: extra_args must be a list of strings")
         check_profile_args(data["vllm_args"], extra, source=source)
+        for name in SINGLE_DEVICE:
+            size = data["parallel"].get(name)
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise UserError(f"{source}: parallel.{name} must be an integer >= 1")
         for key, sub in (("model", "name"), ("hardware", "key"), ("workload", "signature")):
             if sub not in data[key]:
                 raise UserError(f"{source}: {key}.{sub} is missing")

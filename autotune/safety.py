@@ -31,7 +31,7 @@ EXTRA_FLAGS = frozenset(
         "--enforce-eager", "--no-enforce-eager", "--dtype", "--kv-cache-dtype", "--block-size",
         "--enable-prefix-caching", "--no-enable-prefix-caching", "--enable-chunked-prefill",
         "--no-enable-chunked-prefill", "--tensor-parallel-size", "-tp",
-        "--pipeline-parallel-size", "--max-num-partial-prefills", "--async-scheduling",
+        "--pipeline-parallel-size", "-pp", "--max-num-partial-prefills", "--async-scheduling",
         "--performance-mode", "--optimization-level", "-O", "--cudagraph-capture-sizes",
         "--max-cudagraph-capture-size", "--skip-mm-profiling", "--mm-processor-cache-gb",
         "--swap-space", "--cpu-offload-gb", "--seed", "--quantization", "--load-format",
@@ -78,6 +78,31 @@ def check_profile_args(
                 f"{source}: extra_args has {flag}, which a profile may not carry "
                 "(pass it yourself after -- if you mean it)"
             )
+
+
+_PARALLEL_FLAGS = {
+    "--tensor-parallel-size": "tensor_parallel_size",
+    "-tp": "tensor_parallel_size",
+    "--pipeline-parallel-size": "pipeline_parallel_size",
+    "-pp": "pipeline_parallel_size",
+}
+
+
+def parallel_sizes(args: Sequence[str]) -> dict[str, int]:
+    """Tensor and pipeline parallel sizes set among ``args`` (the last one wins, as in vLLM);
+    sizes not given are left out."""
+    sizes: dict[str, int] = {}
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag not in _PARALLEL_FLAGS:
+            continue
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        try:
+            sizes[_PARALLEL_FLAGS[flag]] = int(value)
+        except ValueError:
+            raise UserError(f"{flag} {value}: expected an integer") from None
+    return sizes
 
 
 def strip_secrets(args: Sequence[str]) -> list[str]:

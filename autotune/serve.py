@@ -43,13 +43,21 @@ def find_profile(
     workload: str | None = None,
     profile_file: Path | None = None,
     vllm_version: str | None = None,
+    parallel: Mapping[str, int] | None = None,
 ) -> Match | None:
-    """``--profile FILE`` wins; else the newest profile for this model, hardware (and workload):
-    tuned on this vLLM release (exact), else on another patch release of the same minor
-    (compatible), else none. Without a known vLLM version, the version is not matched."""
+    """``--profile FILE`` wins; else the newest profile for this model (same ``config.json``),
+    hardware, parallel sizes the user set (and workload): tuned on this vLLM release (exact), else
+    on another patch release of the same minor (compatible), else none. Without a known vLLM
+    version, the version is not matched."""
     if profile_file is not None:
         return Match(path=profile_file, profile=store.load(profile_file), others=0)
-    found = store.find(model_name=spec.name, hardware_key=hardware.key, workload=workload)
+    found = [
+        (path, prof)
+        for path, prof in store.find(
+            model_name=spec.name, hardware_key=hardware.key, workload=workload
+        )
+        if _same_config(prof, spec) and _same_parallel(prof, parallel or {})
+    ]
     if vllm_version is None:
         how = "unversioned"
     else:
@@ -60,6 +68,27 @@ def find_profile(
         return None
     path, profile = found[0]
     return Match(path=path, profile=profile, others=len(found) - 1, how=how)
+
+
+def _same_config(profile: Profile, spec: ModelSpec) -> bool:
+    """A profile tuned for another ``config.json`` (another architecture, dtype or quantization
+    under the same name) does not fit; unknown hashes (hub ids not cached) are not compared."""
+    theirs = profile.model.get("config_hash")
+    return theirs is None or spec.config_hash is None or theirs == spec.config_hash
+
+
+def _same_parallel(profile: Profile, wanted: Mapping[str, int]) -> bool:
+    return all(profile.parallel.get(name, 1) == size for name, size in wanted.items())
+
+
+def _describe(profile: Profile, spec: ModelSpec) -> str:
+    extra = [f"vLLM {profile.vllm_version}"]
+    extra += [f"{k} {v}" for k, v in profile.parallel.items() if v != 1]
+    if not _same_config(profile, spec):
+        extra.append(f"config {profile.model.get('config_hash')}, not {spec.config_hash}")
+    return f"{profile.model_name} on {profile.hardware_key} ({profile.workload_signature}, " + (
+        ", ".join(extra) + ")"
+    )
 
 
 def _release(version: str | None) -> str:
@@ -78,17 +107,16 @@ def describe_miss(
     hardware: Hardware,
     workload: str | None,
     vllm_version: str | None = None,
+    parallel: Mapping[str, int] | None = None,
 ) -> str:
     """What was looked for, and which profiles exist instead."""
     wanted = f"model {spec.name} on {hardware.key}" + (f", workload {workload}" if workload else "")
+    wanted += "".join(f", {name} {size}" for name, size in (parallel or {}).items())
     if vllm_version:
         wanted += f", vLLM {_minor(vllm_version)}.x"
     if hardware.source != "nvml":
         wanted += f" ({hardware.describe()})"
-    existing = [
-        f"{p.model_name} on {p.hardware_key} ({p.workload_signature}, vLLM {p.vllm_version})"
-        for _, p in store.all()
-    ]
+    existing = [_describe(p, spec) for _, p in store.all()]
     have = "; ".join(existing[:5]) if existing else "none"
     return f"no profile for {wanted} in {store.root} (profiles there: {have})"
 
@@ -97,10 +125,16 @@ def serve_argv(
     *, command: Sequence[str], model: str, profile: Profile, extra: Sequence[str] = ()
 ) -> list[str]:
     """The exact ``vllm serve`` command line for a profile: every tuned value explicit."""
+    return build_argv(
+        command=command, model=model, args=profile.vllm_args, extra=combined_extra(profile, extra)
+    )
+
+
+def combined_extra(profile: Profile, extra: Sequence[str]) -> list[str]:
+    """The profile's saved extra arguments, then the user's (which win in vLLM's parser); the
+    same arguments given again (e.g. serve after tuning with them) are not doubled."""
     saved = list(profile.extra_args)
-    # The same arguments given again (e.g. serve after tuning with them) are not doubled.
-    extra = list(extra) if list(extra[: len(saved)]) == saved else [*saved, *extra]
-    return build_argv(command=command, model=model, args=profile.vllm_args, extra=extra)
+    return list(extra) if list(extra[: len(saved)]) == saved else [*saved, *extra]
 
 
 def announce(match: Match, *, hardware: Hardware) -> None:

@@ -65,3 +65,44 @@ def test_dry_run_without_vllm_says_so(tmp_path: Path, model_dir: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"no-such-vllm serve {model_dir} ")
     assert "matched without it" in done.stderr
+
+
+def test_other_config_json_is_a_miss_that_says_why(store: ProfileStore) -> None:
+    """Same model name, another config.json (re-quantized, new revision): not used."""
+    tuned = replace(SPEC, known=True, config_hash="aaaaaaaaaaaa")
+    store.save(
+        replace(
+            make("2026-02-01", max_num_seqs=44),
+            model={"id": "m", "name": "m", "config_hash": "aaaaaaaaaaaa"},
+        )
+    )
+    hit = find_profile(store=store, spec=tuned, hardware=L4, vllm_version="0.33.0")
+    assert hit and hit.profile.vllm_args["max_num_seqs"] == 44
+    changed = replace(tuned, config_hash="bbbbbbbbbbbb")
+    match = find_profile(store=store, spec=changed, hardware=L4, vllm_version="0.33.0")
+    # the hashed profile replaced the 0.33.0 one (same file); profiles without a hash still fit
+    assert match and match.how == "compatible" and match.profile.vllm_args["max_num_seqs"] == 22
+    only_hashed = ProfileStore(store.root / "hashed")
+    only_hashed.save(replace(make("2026-02-01"), model={"name": "m", "config_hash": "aaaa"}))
+    assert find_profile(store=only_hashed, spec=changed, hardware=L4, vllm_version=None) is None
+    miss = describe_miss(store=only_hashed, spec=changed, hardware=L4, workload=None)
+    assert "config aaaa, not bbbbbbbbbbbb" in miss
+
+
+def test_tensor_parallel_size_set_by_the_user_must_match(store: ProfileStore) -> None:
+    store.save(
+        replace(
+            make("2026-03-01", max_num_seqs=55),
+            parallel={"tensor_parallel_size": 2, "pipeline_parallel_size": 1},
+        )
+    )
+    newest = find_profile(store=store, spec=SPEC, hardware=L4, vllm_version=None)
+    assert newest and newest.profile.vllm_args["max_num_seqs"] == 55  # TP not given: newest
+    tp1 = find_profile(
+        store=store, spec=SPEC, hardware=L4, vllm_version=None, parallel={"tensor_parallel_size": 1}
+    )
+    assert tp1 and tp1.profile.vllm_args["max_num_seqs"] == 33
+    tp4 = {"tensor_parallel_size": 4}
+    assert find_profile(store=store, spec=SPEC, hardware=L4, parallel=tp4) is None
+    miss = describe_miss(store=store, spec=SPEC, hardware=L4, workload=None, parallel=tp4)
+    assert "tensor_parallel_size 4" in miss and "tensor_parallel_size 2" in miss

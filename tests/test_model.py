@@ -38,6 +38,15 @@ def test_hf_cache_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     spec = resolve_model("org/m")
     assert spec.known and spec.name == "org--m" and spec.num_layers == 32
+    assert spec.revision == "abc123" and spec.to_dict()["revision"] == "abc123"
+
+
+def test_quantization_and_config_hash(tmp_path: Path) -> None:
+    plain = resolve_model(str(write_model(tmp_path / "plain")))
+    quant = {**LLAMA_8B, "quantization_config": {"quant_method": "fp8"}}
+    fp8 = resolve_model(str(write_model(tmp_path / "fp8", quant)))
+    assert plain.quantization is None and plain.revision is None and fp8.quantization == "fp8"
+    assert plain.config_hash and fp8.config_hash and plain.config_hash != fp8.config_hash
 
 
 def test_unknown_hub_id_is_accepted_but_marked() -> None:

@@ -82,3 +82,13 @@ def test_eight_concurrent_writers(tmp_path: Path) -> None:
     profile = ProfileStore.load(files[0])  # parses and validates: not interleaved
     writer = int(profile.metrics["output_throughput"])
     assert profile.vllm_args["max_num_seqs"] // 100 == writer
+
+
+def test_parallel_sizes_from_extra_args() -> None:
+    from autotune.safety import parallel_sizes
+
+    assert parallel_sizes(["--enforce-eager"]) == {}
+    got = parallel_sizes(["-tp", "2", "--pipeline-parallel-size=3", "--tensor-parallel-size", "4"])
+    assert got == {"tensor_parallel_size": 4, "pipeline_parallel_size": 3}
+    with pytest.raises(UserError, match="-tp two: expected an integer"):
+        parallel_sizes(["-tp", "two"])
