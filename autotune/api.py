@@ -23,7 +23,7 @@ from autotune.multimodal import image_count
 from autotune.prepare import TuneOptions, command_and_version, engine_env, hardware_for, prepare
 from autotune.profiles import SCHEMA_VERSION, SINGLE_DEVICE, Profile, ProfileStore
 from autotune.ranges import parse_candidate
-from autotune.safety import parallel_sizes, redact, split_extra
+from autotune.safety import parallel_sizes, redact, redact_url, split_extra
 from autotune.serve import (
     Match,
     announce,
@@ -102,7 +102,7 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
         prescreen=Prescreen(image_tokens=spec.image_tokens),
     )
     console = make_console()
-    note(f"study {name} ({storage}); space: {space.describe()}")
+    note(f"study {name} ({redact_url(storage)}); space: {space.describe()}")
     live = not options.quiet and console.is_terminal
     reporter = LiveReporter(console=console) if live else LineReporter()
     with _sigterm_as_interrupt(), reporter:

@@ -20,7 +20,7 @@ from autotune import _process
 from autotune.errors import UserError
 from autotune.hardware import gpu_memory_used_bytes, wait_memory_released
 from autotune.outcome import Classified, Outcome, classify_startup
-from autotune.safety import redact
+from autotune.safety import redact, without_listen_args
 
 ENV_VLLM_CMD = "AUTOTUNE_VLLM_CMD"
 DEFAULT_VLLM_CMD = "vllm serve"
@@ -238,7 +238,7 @@ def launch(
             command=command,
             model=model,
             args={"host": HOST, "port": port, **args},
-            extra=extra,
+            extra=without_listen_args(extra),
         )
         engine = Engine(argv=argv, log_path=log_path, env=environment)
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from autotune.errors import UserError
@@ -38,7 +38,12 @@ EXTRA_FLAGS = frozenset(
         "--max-seq-len-to-capture", "--scheduling-policy",
     }
 )  # fmt: skip
-_SECRET = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
+# A flag whose name has one of these words (not `--max-num-batched-tokens`, `--ssl-keyfile`).
+_SECRET = re.compile(
+    r"(?:^|[-_])(?:key|token|secret|password|passwd|credentials?)(?:$|[-_])", re.IGNORECASE
+)
+# Where the server listens: set by autotune for every trial, the user's only when serving.
+LISTEN_FLAGS = frozenset({"--host", "--port", "--uds"})
 
 
 def _check_value(name: str, kind: str, value: Any, source: str) -> None:
@@ -105,8 +110,20 @@ def parallel_sizes(args: Sequence[str]) -> dict[str, int]:
     return sizes
 
 
-def strip_secrets(args: Sequence[str]) -> list[str]:
-    """Drop secret flags and their values (``--api-key X``, ``--hf-token=X``) before saving."""
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@\s]*@")
+
+
+def redact_url(url: str) -> str:
+    """A storage URL fit for logs: ``postgresql://user:***@host/db``."""
+    return _URL_PASSWORD.sub(r"\1:***@", url)
+
+
+def _is_secret(flag: str) -> bool:
+    return flag.startswith("-") and _SECRET.search(flag.lstrip("-")) is not None
+
+
+def _drop(args: Sequence[str], flags: Callable[[str], bool]) -> list[str]:
+    """``args`` without the flags ``flags`` picks and their values (``--f X`` or ``--f=X``)."""
     out: list[str] = []
     skip = False
     for arg in args:
@@ -114,11 +131,22 @@ def strip_secrets(args: Sequence[str]) -> list[str]:
             skip = False
             continue
         flag, eq, _ = arg.partition("=")
-        if flag.startswith("-") and _SECRET.search(flag):
+        if flags(flag):
             skip = not eq
             continue
         out.append(arg)
     return out
+
+
+def without_listen_args(args: Sequence[str]) -> list[str]:
+    """``args`` without ``--host``/``--port``/``--uds`` (trials bind 127.0.0.1 on a free port;
+    a user's address would make autotune wait on the wrong one). Serving keeps them."""
+    return _drop(args, LISTEN_FLAGS.__contains__)
+
+
+def strip_secrets(args: Sequence[str]) -> list[str]:
+    """Drop secret flags and their values (``--api-key X``, ``--hf-token=X``) before saving."""
+    return _drop(args, _is_secret)
 
 
 def redact(args: Sequence[str]) -> list[str]:
@@ -130,7 +158,7 @@ def redact(args: Sequence[str]) -> list[str]:
         if hide:
             out.append("***")
             hide = False
-        elif flag.startswith("-") and _SECRET.search(flag):
+        elif _is_secret(flag):
             out.append(f"{flag}=***" if eq else flag)
             hide = not eq
         else:

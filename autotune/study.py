@@ -19,6 +19,7 @@ from autotune.multimodal import image_count
 from autotune.objective import TrialResult, TrialRunner
 from autotune.outcome import Outcome
 from autotune.ranges import Value
+from autotune.safety import redact_url
 from autotune.space import SearchSpace
 
 MAX_SKIPS_IN_A_ROW = 200
@@ -70,7 +71,8 @@ def open_study(*, name: str, storage: str, seed: int | None) -> optuna.Study:
             load_if_exists=True,
         )
     except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as exc:
-        raise UserError(f"cannot open study storage {storage!r}: {exc}") from None
+        url = redact_url(storage)
+        raise UserError(f"cannot open study storage {url}: {redact_url(str(exc))}") from None
     if study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
         raise UserError(f"study {name!r} exists with other objectives; use another --storage")
     return study

@@ -6,4 +6,5 @@ VENV=${VENV:-.venv}
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/mypy"
+"$VENV/bin/hadolint" docker/Dockerfile
 "$VENV/bin/pytest" -q "$@"

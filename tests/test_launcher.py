@@ -41,6 +41,19 @@ def test_ready_then_whole_tree_killed(tmp_path: Path, model_dir: Path, fast: Non
     assert text.startswith("$ ") and "--host 127.0.0.1" in text and "GPU KV cache size" in text
 
 
+def test_users_listen_address_does_not_reach_a_trial(
+    tmp_path: Path, model_dir: Path, fast: None
+) -> None:
+    """`-- --host 0.0.0.0 --port 8000` is for serving: a trial still binds its own port."""
+    with launcher.launch(
+        command=shlex.split(FAKE_CMD), model=str(model_dir), args=ARGS, log_path=tmp_path / "t.log",
+        startup_timeout_s=30, extra=["--host", "0.0.0.0", "--port=8000", "--enforce-eager"],
+    ) as (engine, ready):  # fmt: skip
+        assert isinstance(ready, Ready), ready
+        assert "0.0.0.0" not in engine.argv and "--port=8000" not in engine.argv
+        assert "--enforce-eager" in engine.argv
+
+
 def test_early_exit_is_noticed_and_classified(tmp_path: Path, model_dir: Path, fast: None) -> None:
     args = {**ARGS, "max_model_len": 131072, "gpu_memory_utilization": 0.75}
     with launcher.launch(

@@ -92,3 +92,19 @@ def test_parallel_sizes_from_extra_args() -> None:
     assert got == {"tensor_parallel_size": 4, "pipeline_parallel_size": 3}
     with pytest.raises(UserError, match="-tp two: expected an integer"):
         parallel_sizes(["-tp", "two"])
+
+
+def test_secret_flags_are_whole_words() -> None:
+    args = ["--max-num-batched-tokens", "8192", "--ssl-keyfile", "k.pem", "--tokenizer", "t"]
+    assert strip_secrets(args) == args and redact(args) == args
+    assert strip_secrets(["--hf_token", "x", "--api-key=y", "--seed", "1"]) == ["--seed", "1"]
+
+
+def test_listen_flags_are_dropped_from_trials_and_passwords_from_urls() -> None:
+    from autotune.safety import redact_url, without_listen_args
+
+    args = ["--host", "0.0.0.0", "--port=8000", "--enforce-eager", "--uds", "/s"]
+    assert without_listen_args(args) == ["--enforce-eager"]
+    url = "postgresql://autotune:s3cret@db:5432/studies"
+    assert redact_url(url) == "postgresql://autotune:***@db:5432/studies"
+    assert redact_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
