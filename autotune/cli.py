@@ -89,6 +89,36 @@ def trials(model: str | None, storage: str | None, state_dir: Path | None, as_js
     reports.print_trials(model=model, storage=storage, state_dir=state_dir, as_json=as_json)
 
 
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--storage", metavar="URL", help="Optuna storage URL (default: the state dir).")
+@click.option("--study", "study_name", metavar="NAME", help="The study (default: the newest).")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_STATE_DIR]")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+    default="autotune-report.html", show_default=True, help="The HTML file to write.",
+)  # fmt: skip
+@click.option("--png", is_flag=True, help="Also write static PNG images beside it (matplotlib).")
+def report(
+    model: str | None,
+    storage: str | None,
+    study_name: str | None,
+    state_dir: Path | None,
+    output: Path,
+    png: bool,
+) -> None:
+    """Write a self-contained HTML report of a study (of MODEL): trials with their outcomes,
+    throughput against each parameter, history, importances, the Pareto front if any."""
+    from autotune import reports
+
+    written = reports.write_study_report(
+        model=model, storage=storage, study_name=study_name, state_dir=state_dir, out=output,
+        png=png,
+    )  # fmt: skip
+    for path in written:
+        click.echo(str(path))
+
+
 @cli.group()
 def profiles() -> None:
     """Saved profiles."""

@@ -15,7 +15,8 @@ from autotune import paths
 from autotune.errors import UserError
 from autotune.model import resolve_model
 from autotune.profiles import ProfileStore
-from autotune.serve import Match, describe_miss, find_profile
+from autotune.safety import redact_url
+from autotune.serve import Match, describe_miss, find_profile, note
 
 
 def print_trials(
@@ -46,6 +47,37 @@ def print_trials(
     if as_json:
         json.dump(out, sys.stdout, indent=2, default=str)
         print()
+
+
+def write_study_report(
+    *,
+    model: str | None,
+    storage: str | None,
+    study_name: str | None,
+    state_dir: Path | None,
+    out: Path,
+    png: bool,
+) -> list[Path]:
+    """The HTML report (and PNGs) of ``--study NAME``, else of the newest study (of MODEL)."""
+    from autotune import study as st
+    from autotune.report import write_report
+
+    state = paths.state_dir(state_dir)
+    if storage is None and not (state / "studies.db").exists():
+        raise UserError(f"no studies yet in {state}")
+    url = st.storage_url(storage, state_dir=state)
+    names = st.find_studies(url, model=None if model is None else resolve_model(model).name)
+    if study_name is not None:
+        if study_name not in names:
+            have = ", ".join(names[-5:]) or "none"
+            raise UserError(f"no study {study_name!r} in {redact_url(url)} (studies: {have})")
+        names = [study_name]
+    if not names:
+        where = redact_url(url)
+        raise UserError(f"no study for {model} in {where}" if model else f"no studies in {where}")
+    if len(names) > 1:
+        note(f"{len(names)} studies match; reporting the newest, {names[-1]} (choose with --study)")
+    return write_report(study=st.load_study(names[-1], url), out=out, png=png)
 
 
 def print_profiles(*, profiles_dir: Path | None) -> None:
