@@ -5,6 +5,7 @@ multi-objective studies, the Pareto front. Read-only; plotly is imported lazily.
 from __future__ import annotations
 
 import html
+import itertools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +19,11 @@ from autotune import study as st
 from autotune.errors import UserError
 
 MISSING = "autotune report needs plotly and matplotlib: pip install 'vllm-autotune[report]'"
-TPUT = "output throughput (output tokens/s)"
 MIN_FEASIBLE = 3  # fewer feasible trials: no parameter importances
 LOG_SPAN = 20.0  # a parameter whose range spans more than this is drawn on a log axis
-UNITS = {
-    "gpu_memory_utilization": "fraction of GPU memory",
-    "kv_cache_memory_bytes": "bytes",
-    "max_num_seqs": "sequences",
-    "max_num_batched_tokens": "tokens per step",
-    "max_model_len": "tokens",
-    "image_limit": "images per prompt",
-}
+UNITS = {"gpu_memory_utilization": "fraction of GPU memory", "kv_cache_memory_bytes": "bytes",
+         "max_num_seqs": "sequences", "max_num_batched_tokens": "tokens per step",
+         "max_model_len": "tokens", "image_limit": "images per prompt"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -51,11 +46,7 @@ class Param:
     low: float
     high: float
     log: bool
-
-    @property
-    def label(self) -> str:
-        unit = UNITS.get(self.name)
-        return f"{self.name} ({unit})" if unit else self.name
+    label: str  # name (unit)
 
 
 def default_output() -> Path:
@@ -75,16 +66,13 @@ def points(study: optuna.Study) -> list[Point]:
         else:
             kind = "failed" if t.state == TrialState.FAIL else "pending"
         outcome = outcome or ("ok" if kind == "feasible" else t.state.name.lower())
-        tput = (attrs.get("metrics") or {}).get("output_throughput")
-        if tput is None and kind == "feasible" and t.values:
-            tput = t.values[0]
+        tput = (attrs.get("metrics") or {}).get("output_throughput") or (t.values or [None])[0]
+        tput = tput if kind == "feasible" else None
         params = {k: float(v) for k, v in t.params.items() if isinstance(v, (int, float))}
         reason = str(attrs.get("reason") or "")
         if outcome == "kv_too_small" and attrs.get("estimated_max_model_len"):
             reason = f"KV cache fits max_model_len <= {attrs['estimated_max_model_len']}; {reason}"
-        out.append(
-            Point(t.number, kind, outcome, tput if kind == "feasible" else None, params, reason)
-        )
+        out.append(Point(t.number, kind, outcome, tput, params, reason))
     return out
 
 
@@ -97,22 +85,16 @@ def tuned_params(study: optuna.Study) -> list[Param]:
             if isinstance(dist, (IntDistribution, FloatDistribution)):
                 lows[name] = min(lows.get(name, dist.low), dist.low)
                 highs[name] = max(highs.get(name, dist.high), dist.high)
-    return [
-        Param(n, lows[n], highs[n], lows[n] > 0 and highs[n] / lows[n] > LOG_SPAN)
-        for n in lows
-        if highs[n] > lows[n]
-    ]
+    spans = {n: highs[n] / lows[n] if lows[n] > 0 else 0.0 for n in lows if highs[n] > lows[n]}
+    labels = {n: f"{n} ({UNITS[n]})" if n in UNITS else n for n in spans}
+    return [Param(n, lows[n], highs[n], spans[n] > LOG_SPAN, labels[n]) for n in spans]
 
 
 def best_so_far(pts: list[Point], *, maximize: bool = True) -> list[tuple[int, float]]:
     """The best feasible throughput after each feasible trial."""
-    line: list[tuple[int, float]] = []
-    for p in pts:
-        if p.throughput is None:
-            continue
-        best = line[-1][1] if line else p.throughput
-        line.append((p.number, max(best, p.throughput) if maximize else min(best, p.throughput)))
-    return line
+    good = [(p.number, p.throughput) for p in pts if p.throughput is not None]
+    best = itertools.accumulate((v for _, v in good), max if maximize else min)
+    return list(zip((n for n, _ in good), best, strict=True))
 
 
 def importances(study: optuna.Study) -> tuple[dict[str, float], str]:
@@ -124,16 +106,12 @@ def importances(study: optuna.Study) -> tuple[dict[str, float], str]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     only = optuna.create_study(directions=study.directions)
     only.add_trials([study.trials[n] for n in feasible])
-    multi = len(study.directions) > 1
     sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    target = (lambda t: sign * t.values[0]) if len(study.directions) > 1 else None
     try:
         with warnings.catch_warnings():  # PED-ANOVA warns on any target; ours is signed
             warnings.simplefilter("ignore", UserWarning)
-            found = optuna.importance.get_param_importances(
-                only,
-                evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
-                target=(lambda t: sign * t.values[0]) if multi else None,
-            )
+            found = optuna.importance.get_param_importances(only, target=target)  # PED-ANOVA
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
         return {}, f"parameter importances unavailable: {exc}"
     return dict(found), ""
@@ -144,174 +122,150 @@ def chosen(study: optuna.Study) -> int | None:
     return number if isinstance(number, int) else None
 
 
-def short_name(study: optuna.Study) -> str:
-    """model@hardware@workload@objective (without the space hash)."""
-    return "@".join(study.study_name.split("@")[:4])
-
-
-def _plotly() -> Any:
-    try:
-        import plotly.graph_objects as go
-    except ImportError:
-        raise UserError(MISSING) from None
-    return go
-
-
 def _e(value: object) -> str:
     return html.escape(str(value))
 
 
+def tick(value: float, _pos: object = None) -> str:
+    """Tick labels: 512, 1k, 128k, 256M, 8G (powers of two in 1024s), 5000, 15k, 1.5M, 0.85."""
+    binary = value >= 1024 and value % 1024 == 0
+    for power, suffix in ((3, "G"), (2, "M"), (1, "k")):
+        size = (1024 if binary else 1000) ** power
+        if abs(value) >= size and (binary or power > 1 or abs(value) >= 10 * size):
+            return f"{value / size:.4g}{suffix}"
+    return f"{value:g}"
+
+
 def _header(study: optuna.Study, pts: list[Point]) -> str:
-    ua = study.user_attrs
-    model, hw, wl = ua.get("model") or {}, ua.get("hardware") or {}, ua.get("workload") or {}
-    count = {k: sum(p.kind == k for p in pts) for k in ("feasible", "infeasible", "failed")}
-    skipped = sum(p.outcome == "skipped" for p in pts)
-    number = chosen(study)
-    best = next((p for p in pts if p.number == number), None)
-    facts = [
-        ("model", f"{model.get('id', '?')} ({model.get('architecture')}, {model.get('dtype')}, "
-                  f"max_position_embeddings {model.get('max_position_embeddings')})"),
-        ("hardware", f"{hw.get('gpu', '?')} {hw.get('memory_gib', '?')} GiB x{hw.get('count', 1)}"
-                     f" ({hw.get('key', '?')})"),
-        ("workload", f"{wl.get('signature', '?')}: input {wl.get('input_len')}, output "
-                     f"{wl.get('output_len')} tokens, {wl.get('num_prompts')} prompts"),
-        ("search space", ua.get("space", "?")),
-        ("objectives", ", ".join(d.name.lower() for d in study.directions)),
-        ("trials", f"{len(pts)} trials, {st.launches(study)} launches: {count['feasible']} "
-                   f"feasible, {count['infeasible']} infeasible ({skipped} skipped without "
-                   f"launch), {count['failed']} failed"),
-        ("chosen", "none" if best is None else f"trial {best.number}"
-                   + (f", {best.throughput:.1f} output tokens/s" if best.throughput else "")),
-    ]  # fmt: skip
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
+    m, hw, wl = (study.user_attrs.get(k) or {} for k in ("model", "hardware", "workload"))
+    n = {k: sum(p.kind == k for p in pts) for k in ("feasible", "infeasible", "failed")}
+    n["skipped"] = sum(p.outcome == "skipped" for p in pts)
+    best = next((p for p in pts if p.number == chosen(study)), None)
+    tput = f", {best.throughput:.1f} output tokens/s" if best and best.throughput else ""
+    facts = {
+        "model": f"{m.get('id', '?')} ({m.get('architecture')}, {m.get('dtype')}, "
+        f"max_position_embeddings {m.get('max_position_embeddings')})",
+        "hardware": f"{hw.get('gpu', '?')} {hw.get('memory_gib', '?')} GiB "
+        f"x{hw.get('count', 1)} ({hw.get('key', '?')})",
+        "workload": f"{wl.get('signature', '?')}: input {wl.get('input_len')}, output "
+        f"{wl.get('output_len')} tokens, {wl.get('num_prompts')} prompts",
+        "search space": study.user_attrs.get("space", "?"),
+        "objectives": ", ".join(d.name.lower() for d in study.directions),
+        "trials": f"{len(pts)} trials, {st.launches(study)} launches: {n['feasible']} feasible, "
+        f"{n['infeasible']} infeasible ({n['skipped']} not launched), {n['failed']} failed",
+        "chosen": "none" if best is None else f"trial {best.number}{tput}",
+    }
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts.items())
     return f"<h1>autotune study report</h1><h2>{_e(study.study_name)}</h2><table>{rows}</table>"
 
 
 def _table(study: optuna.Study, pts: list[Point]) -> str:
     number = chosen(study)
-    cols = ("#", "state", "outcome", "source", "vLLM args", "output tok/s", "TTFT p95 ms",
-            "TPOT p95 ms", "KV tokens", "reason")  # fmt: skip
-    head = "".join(f"<th>{c}</th>" for c in cols)
+    cols = "# state outcome source vLLM_args output_tok/s TTFT_p95_ms TPOT_p95_ms KV_tokens reason"
+    head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in cols.split())
     body = []
     for row, p in zip(st.trial_rows(study.get_trials(deepcopy=False)), pts, strict=True):
-        args = "<br>".join(f"{_e(k)}={_e(v)}" for k, v in row["args"].items())
         nums = [row["throughput"], row["ttft_p95_ms"], row["tpot_p95_ms"]]
+        reason = p.reason if p.kind != "feasible" else ""
         cells = [
             f"{p.number} &#9733; chosen" if p.number == number else str(p.number),
-            _e(row["state"]),
-            f'<span class="{p.kind}">{_e(p.outcome)}</span>',
-            _e(row["source"]),
-            args,
+            _e(row["state"]), f'<span class="{p.kind}">{_e(p.outcome)}</span>', _e(row["source"]),
+            "<br>".join(f"{_e(k)}={_e(v)}" for k, v in row["args"].items()),
             *("" if v is None else f"{v:.1f}" for v in nums),
             "" if row["kv_cache_tokens"] is None else f"{row['kv_cache_tokens']:,}",
-            ""
-            if p.kind == "feasible"
-            else f'<span title="{_e(p.reason)}">{_e(p.reason[:160])}'
-            f"{'...' if len(p.reason) > 160 else ''}</span>",
-        ]
+            f'<span title="{_e(reason)}">{_e(reason[:160])}{"..." * (len(reason) > 160)}</span>',
+        ]  # fmt: skip
         cls = ' class="chosen"' if p.number == number else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f'<table class="trials"><tr>{head}</tr>{"".join(body)}</table>'
 
 
+def _dots(go: Any, sel: list[Point], x: list[Any], y: list[Any], name: str, **marker: Any) -> Any:
+    """A marker trace; hovering shows the trial, its class and reason."""
+    text = [f"trial {p.number}: {_e(p.outcome)}<br>{_e(p.reason[:120])}" for p in sel]
+    return go.Scatter(x=x, y=y, mode="markers", name=name, legendgroup=name, marker=marker,
+                      text=text, hovertemplate="%{text}<br>x=%{x}<extra></extra>")  # fmt: skip
+
+
+STAR = {"symbol": "star", "color": "gold", "size": 18, "line": {"width": 1, "color": "black"}}
+KINDS = {"infeasible": "#d62728", "failed": "#7f7f7f"}
+CSS = (
+    "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
+    "th,td{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:top;"
+    "text-align:left}tr.chosen{background:#fff3b0;font-weight:bold}.infeasible{color:#c00}"
+    ".failed{color:#777}.feasible{color:#060}.note{color:#555;font-style:italic}"
+)
+
+
 def _params_figure(go: Any, pts: list[Point], params: list[Param], number: int | None) -> Any:
+    """Throughput against each parameter; below each, a band of failure classes."""
     from plotly.subplots import make_subplots
 
     ncols = min(2, len(params))
     nrows = -(-len(params) // ncols)
-    heights = [0.78 / nrows, 0.22 / nrows] * nrows
-    fig = make_subplots(rows=2 * nrows, cols=ncols, row_heights=heights, vertical_spacing=0.02,
-                        horizontal_spacing=0.14)  # fmt: skip
-    bad = [p for p in pts if p.kind in ("infeasible", "failed")]
-    classes = sorted({p.outcome for p in bad}, key=lambda c: -sum(p.outcome == c for p in bad))
+    fig = make_subplots(rows=2 * nrows, cols=ncols, vertical_spacing=0, horizontal_spacing=0.2)
+    bad = [p for p in pts if p.kind in KINDS]
+    classes = sorted({p.outcome for p in bad}, key=lambda c: sum(p.outcome == c for p in bad))
     for i, par in enumerate(params):
         row, col = 2 * (i // ncols) + 1, i % ncols + 1
         have = [p for p in pts if par.name in p.params]
         good = [p for p in have if p.throughput is not None]
-        star = [p for p in good if p.number == number]
-        groups = [("feasible", good, "circle", "#1f77b4", 9, row),
-                  ("chosen trial", star, "star", "gold", 18, row)]  # fmt: skip
-        for kind, colour in (("infeasible", "#d62728"), ("failed", "#7f7f7f")):
-            groups.append((kind, [p for p in have if p.kind == kind], "x", colour, 10, row + 1))
-        for name, sel, symbol, colour, size, r in groups:
-            fig.add_trace(go.Scatter(
-                x=[p.params[par.name] for p in sel],
-                y=[p.throughput if r == row else p.outcome for p in sel],
-                mode="markers", name=name, legendgroup=name, showlegend=i == 0 and bool(sel),
-                marker={"symbol": symbol, "color": colour, "size": size,
-                        "line": {"width": 1, "color": "black"} if symbol == "star" else None},
-                text=[f"trial {p.number}: {p.outcome}<br>{_e(p.reason[:120])}" for p in sel],
-                hovertemplate=f"%{{text}}<br>{par.name}=%{{x}}<extra></extra>",
-            ), row=r, col=col)  # fmt: skip
-        top = fig.get_subplot(row, col)
-        fig.update_xaxes(
-            showticklabels=False, type="log" if par.log else "linear", row=row, col=col
-        )
-        fig.update_xaxes(title_text=par.label, type="log" if par.log else "linear",
-                         matches="x" + top.xaxis.plotly_name[5:], row=row + 1, col=col)  # fmt: skip
-        fig.update_yaxes(title_text="output tokens/s", rangemode="tozero", row=row, col=col)
-        fig.update_yaxes(type="category", categoryorder="array", categoryarray=classes[::-1],
-                         showticklabels=col == 1, row=row + 1, col=col)  # fmt: skip
-    fig.update_layout(title=f"{TPUT} against each tuned parameter; infeasible trials in the "
-                      "band below, by failure class", height=470 * nrows)  # fmt: skip
+        traces = [(row, good, "feasible", {"color": "#1f77b4", "size": 9}),
+                  (row, [p for p in good if p.number == number], "chosen trial", STAR)]  # fmt: skip
+        traces += [(row + 1, [p for p in have if p.kind == k], k, {"symbol": "x", "color": c,
+                   "size": 10}) for k, c in KINDS.items()]  # fmt: skip
+        for r, sel, name, marker in traces:
+            ys = [p.throughput if r == row else p.outcome for p in sel]
+            trace = _dots(go, sel, [p.params[par.name] for p in sel], ys, name, **marker)
+            fig.add_trace(trace.update(showlegend=i == 0 and bool(sel)), row=r, col=col)
+        anchor = "x" + fig.get_subplot(row, col).xaxis.plotly_name[5:]
+        axis: dict[str, Any] = {"type": "linear"}
+        if par.log:  # ticks at powers of two
+            ticks = [2.0**k for k in range(-20, 64) if par.low <= 2.0**k <= par.high]
+            axis = {"type": "log", "tickvals": ticks, "ticktext": [tick(v) for v in ticks]}
+        y0, b = 1 - (i // ncols + 1) / nrows, 1 / nrows  # this row of panels: [y0, y0 + b]
+        fig.update_xaxes(showticklabels=False, row=row, col=col, **axis)
+        fig.update_xaxes(matches=anchor, title_text=par.label, row=row + 1, col=col, **axis)
+        fig.update_yaxes(title_text="output tokens/s", rangemode="tozero", row=row, col=col,
+                         domain=[y0 + 0.42 * b, y0 + 0.95 * b])  # fmt: skip
+        fig.update_yaxes(type="category", categoryorder="array", categoryarray=classes,
+                         range=[-0.6, len(classes) - 0.4], showticklabels=col == 1,
+                         domain=[y0 + 0.17 * b, y0 + 0.4 * b], row=row + 1, col=col)  # fmt: skip
+    fig.update_layout(height=520 * nrows, title="Output tokens/s against each tuned parameter "
+                      "(infeasible trials: the band below)")  # fmt: skip
     return fig
 
 
 def _history_figure(go: Any, study: optuna.Study, pts: list[Point], number: int | None) -> Any:
-    fig = go.Figure()
+    """Throughput per trial (infeasible ones at 0) and the best so far."""
     good = [p for p in pts if p.throughput is not None]
-    bad = [p for p in pts if p.kind in ("infeasible", "failed")]
     line = best_so_far(pts, maximize=study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
-    fig.add_trace(
-        go.Scatter(
-            x=[n for n, _ in line],
-            y=[v for _, v in line],
-            mode="lines",
-            line_shape="hv",
-            name="best so far",
-            line={"color": "#2ca02c"},
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=[p.number for p in good],
-            y=[p.throughput for p in good],
-            mode="markers",
-            name="feasible",
-            marker={"color": "#1f77b4"},
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=[p.number for p in bad],
-            y=[0] * len(bad),
-            mode="markers",
-            name="infeasible / failed (at 0)",
-            text=[p.outcome for p in bad],
-            marker={"symbol": "x", "color": "#d62728", "size": 9},
-        )
-    )
+    best = go.Scatter(x=[n for n, _ in line], y=[v for _, v in line], mode="lines",
+                      line_shape="hv", name="best so far", line_color="#2ca02c")  # fmt: skip
+    fig = go.Figure(best)
     star = [p for p in good if p.number == number]
-    fig.add_trace(
-        go.Scatter(
-            x=[p.number for p in star],
-            y=[p.throughput for p in star],
-            mode="markers",
-            name="chosen trial",
-            marker={"symbol": "star", "color": "gold", "size": 18},
-        )
-    )
-    fig.update_layout(title="Optimization history", height=420, xaxis_title="trial number",
+    fig.add_trace(_dots(go, good, [p.number for p in good], [p.throughput for p in good],
+                        "feasible", color="#1f77b4", size=9))  # fmt: skip
+    for name, colour in KINDS.items():
+        sel = [p for p in pts if p.kind == name]
+        fig.add_trace(_dots(go, sel, [p.number for p in sel], [0] * len(sel), f"{name} (at 0)",
+                            symbol="x", color=colour, size=10))  # fmt: skip
+    fig.add_trace(_dots(go, star, [p.number for p in star], [p.throughput for p in star],
+                        "chosen trial", **STAR))  # fmt: skip
+    fig.update_layout(title="Optimization history", height=440, xaxis_title="trial number",
                       yaxis_title="output tokens/s")  # fmt: skip
     return fig
 
 
 def write_report(*, study: optuna.Study, out: Path, png: bool) -> list[Path]:
     """Write the HTML report (and with ``png`` the static images); the paths written."""
-    go = _plotly()
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        raise UserError(MISSING) from None
     pts, params, number = points(study), tuned_params(study), chosen(study)
+    sections = [_header(study, pts), "<h2>Trials</h2>", _table(study, pts)]
     figures: list[tuple[str, Any]] = []
-    sections: list[str] = [_header(study, pts), "<h2>Trials</h2>", _table(study, pts)]
     if params and pts:
         figures.append(("Throughput against each tuned parameter",
                         _params_figure(go, pts, params, number)))  # fmt: skip
@@ -322,39 +276,25 @@ def write_report(*, study: optuna.Study, out: Path, png: bool) -> list[Path]:
         bars = go.Figure(go.Bar(x=[found[n] for n in names], y=names, orientation="h",
                                 text=[f"{found[n]:.2f}" for n in names]))  # fmt: skip
         bars.update_layout(title="Parameter importances (PED-ANOVA over feasible trials)",
-                           height=140 + 50 * len(names), xaxis_title="importance")  # fmt: skip
+                           height=160 + 50 * len(names), xaxis_title="importance")  # fmt: skip
         figures.append(("Parameter importances", bars))
     if len(study.directions) > 1:
-        front = optuna.visualization.plot_pareto_front(study)  # reads the trials' constraints
-        figures.append(("Pareto front", front))
+        figures.append(("Pareto front", optuna.visualization.plot_pareto_front(study)))
     for i, (title, fig) in enumerate(figures):
-        fig.update_layout(template="plotly_white", margin={"l": 170})
-        height = int(fig.layout.height or 450)
-        div = fig.to_html(full_html=False, include_plotlyjs=i == 0, default_height=f"{height}px",
-                          config={"displaylogo": False})  # fmt: skip
+        fig.update_layout(template="plotly_white")
+        div = fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displaylogo": False},
+                          default_height=f"{int(fig.layout.height or 450)}px")  # fmt: skip
         sections += [f"<h2>{_e(title)}</h2>", div]
-        if title == "Optimization history" and why:
-            sections.append(f"<h2>Parameter importances</h2><p class=note>{_e(why)}</p>")
+    if why:
+        sections.append(f"<h2>Parameter importances</h2><p class=note>{_e(why)}</p>")
     if len(study.directions) == 1:
-        sections.append("<p class=note>single objective: no Pareto front</p>")
+        sections.append("<h2>Trade-offs</h2><p class=note>single objective: no Pareto front</p>")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_page(study.study_name, "\n".join(sections)), encoding="utf-8")
-    written = [out]
-    if png:
-        from autotune.report_png import write_pngs
+    page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(study.study_name)}"
+    page += f"</title><style>{CSS}</style></head><body>\n" + "\n".join(sections)
+    out.write_text(page + "\n</body></html>\n", encoding="utf-8")
+    if not png:
+        return [out]
+    from autotune.report_png import write_pngs  # matplotlib only when asked
 
-        written += write_pngs(study=study, stem=out.with_suffix(""))
-    return written
-
-
-def _page(title: str, body: str) -> str:
-    css = (
-        "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
-        "th,td{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:top;"
-        "text-align:left}tr.chosen{background:#fff3b0;font-weight:bold}.infeasible{color:#c00}"
-        ".failed{color:#777}.feasible{color:#060}.note{color:#555;font-style:italic}"
-    )
-    return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
-        f"<style>{css}</style></head><body>\n{body}\n</body></html>\n"
-    )
+    return [out, *write_pngs(study=study, stem=out.with_suffix(""))]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rich.console import Console
@@ -17,6 +18,9 @@ from autotune.model import resolve_model
 from autotune.profiles import ProfileStore
 from autotune.safety import redact_url
 from autotune.serve import Match, describe_miss, find_profile, note
+
+if TYPE_CHECKING:
+    import optuna
 
 
 def print_trials(
@@ -58,7 +62,8 @@ def write_study_report(
     out: Path,
     png: bool,
 ) -> list[Path]:
-    """The HTML report (and PNGs) of ``--study NAME``, else of the newest study (of MODEL)."""
+    """The HTML report (and PNGs) of ``--study NAME``, else of the study (of MODEL) with the
+    latest trial."""
     from autotune import study as st
     from autotune.report import write_report
 
@@ -75,9 +80,17 @@ def write_study_report(
     if not names:
         where = redact_url(url)
         raise UserError(f"no study for {model} in {where}" if model else f"no studies in {where}")
+    studies = [st.load_study(name, url) for name in reversed(names)]  # newest created first
+
+    def last_start(study: optuna.Study) -> datetime.datetime:
+        starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
+        return max(starts, default=datetime.datetime.min)
+
+    newest = max(studies, key=last_start)  # the one with the latest trial
     if len(names) > 1:
-        note(f"{len(names)} studies match; reporting the newest, {names[-1]} (choose with --study)")
-    return write_report(study=st.load_study(names[-1], url), out=out, png=png)
+        note(f"{len(names)} studies match; reporting {newest.study_name}, the one with the latest "
+             "trial (choose with --study)")  # fmt: skip
+    return write_report(study=newest, out=out, png=png)
 
 
 def print_profiles(*, profiles_dir: Path | None) -> None:
