@@ -16,7 +16,6 @@ from types import FrameType
 
 from autotune import __version__, paths
 from autotune.errors import UserError
-from autotune.feasibility import Prescreen
 from autotune.hardware import Hardware
 from autotune.model import ModelSpec, resolve_model
 from autotune.multimodal import image_count
@@ -58,6 +57,7 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
     """Run (or resume) the study and save the best feasible trial as a profile."""
     from autotune import study as st
     from autotune.objective import TrialRunner
+    from autotune.predict import MemoryKnowledge
     from autotune.progress import LineReporter, LiveReporter, make_console, trials_table
     from autotune.workload import build_requests
 
@@ -99,7 +99,9 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
         default_params=space.default_params(vllm_defaults(hardware, spec)),
         enqueue=tuple(parse_candidate(space, text) for text in options.enqueue),
         timeout_s=options.timeout_s,
-        prescreen=Prescreen(image_tokens=spec.image_tokens),
+        prescreen=MemoryKnowledge.build(
+            spec=spec, hardware=hardware, extra_args=options.extra_args, prescreen=options.prescreen
+        ),
     )
     console = make_console()
     note(f"study {name} ({redact_url(storage)}); space: {space.describe()}")

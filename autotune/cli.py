@@ -245,6 +245,25 @@ def profiles_verify(
     click.echo(f"autotune: the profile holds within {tolerance:.0%}", err=True)
 
 
+@cli.command()
+@click.argument("model")
+@click.option("--gpu", metavar="NAME:MEMORY_GIB[xCOUNT]", help="The GPU, e.g. H100:80 [NVML].")
+@click.option("--device", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="cpu: vLLM's CPU backend, rows by KV cache bytes.")  # fmt: skip
+@click.option("--max-model-len", "request_len", type=click.IntRange(min=1),
+              help="Request length of the concurrency column [the model's maximum].")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def plan(model: str, as_json: bool, extra: tuple[str, ...], **kw: Any) -> None:
+    """Predict memory without launching anything (no GPU needed): weights, KV bytes per token,
+    and per utilization the KV cache tokens, the longest max_model_len and the concurrency.
+
+    Engine flags after `--` count (--tensor-parallel-size, --kv-cache-dtype, --enforce-eager)."""
+    from autotune import plan as planning
+
+    planning.run(model=model, extra_args=extra, as_json=as_json, **kw)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line on stderr and exit 2, never a traceback."""
     try:

@@ -77,7 +77,12 @@ tuning = options(
         help="Tune the KV cache in bytes (K/M/G suffixes) instead of the utilization; "
         "the CPU backend's memory dimension (default 256M:8G, at most a quarter of RAM).",
     ),
-    click.option("--max-num-seqs", metavar="N|LOW:HIGH", help="Fix or re-range (default 8:1024)."),
+    click.option(
+        "--max-num-seqs",
+        metavar="N|LOW:HIGH",
+        help="Fix or re-range (default 8:1024, ending at the workload's requests the KV cache "
+        "can hold, never below vLLM's default).",
+    ),
     click.option(
         "--max-num-batched-tokens",
         metavar="N|LOW:HIGH",
@@ -194,6 +199,12 @@ tuning = options(
         "max_model_len among them wins.",
     ),
     click.option("--quiet", is_flag=True, help="Plain log lines instead of a live display."),
+    click.option(
+        "--no-prescreen",
+        is_flag=True,
+        help="Launch every candidate, even one the calibrated memory model or earlier failures "
+        "say cannot start (predictions are still recorded).",
+    ),
     click.argument("extra", nargs=-1, type=click.UNPROCESSED),
 )
 
@@ -243,4 +254,5 @@ def tune_options(model: str, kw: dict[str, Any]) -> Any:
         min_images=kw.pop("min_images"),
         images_max=kw.pop("images_mode") == "max",
         image_size_hint=kw.pop("image_size"),
+        prescreen=not kw.pop("no_prescreen"),
     )

@@ -1,12 +1,18 @@
 """Learn from failures by their class and skip candidates that are known to fail, without
-launching them.
+launching them (the monotone structure of failures; the calibrated memory model is in
+``autotune.predict``).
 
 Each class has its own direction (never carry one class's rule to another):
-- a profiling OOM (the encoder's dummy images, the dummy forward) at some memory setting means
-  every candidate that profiles at least as many images, with at least as large batches, at the
-  same or lower utilization (or KV bytes) fails too;
-- free memory below the requested utilization means the same or higher utilization fails too.
-CUDA-graph capture OOMs near the top of the range predict nothing about lower utilizations.
+- a profiling OOM, no memory for the KV cache, or a KV cache too small for max_model_len at some
+  memory setting: every candidate that needs at least as much (max_num_batched_tokens,
+  max_num_seqs, dummy images or the image limit, max_model_len all at least as large; for an
+  encoder-profiling OOM the dummy image count alone) at the same or lower utilization (or KV
+  bytes) fails too;
+- free memory below the requested utilization: the same or higher utilization fails too;
+- an OOM capturing CUDA graphs: the same or higher utilization with at least as many capture
+  sizes fails too (before the KV cache was allocated, also with batches at least as large).
+Nothing is said about the other side of a cliff: the best configuration often sits right below
+a capture cliff.
 """
 
 from __future__ import annotations
@@ -15,10 +21,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from autotune.memory_estimates import capture_sizes
 from autotune.multimodal import image_count, profiled_images
 from autotune.outcome import Outcome
 
 _MEMORY = ("gpu_memory_utilization", "kv_cache_memory_bytes")
+_DOWN = (Outcome.OOM_PROFILING, Outcome.NO_KV_CACHE, Outcome.KV_TOO_SMALL)
+_UP = (Outcome.FREE_MEMORY, Outcome.OOM_CUDA_GRAPHS)
+_BATCH = ("max_num_batched_tokens", "max_num_seqs")
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,7 @@ class Known:
     outcome: Outcome
     args: dict[str, Any]
     images: int | None  # dummy images vLLM profiled (from its log, else vLLM's rule)
+    after_kv: bool = False  # the KV cache was sized before it failed (graph capture phase)
 
 
 def _memory(args: Mapping[str, Any]) -> tuple[str, float] | None:
@@ -36,6 +47,22 @@ def _memory(args: Mapping[str, Any]) -> tuple[str, float] | None:
         if name in args:
             return name, float(args[name])
     return None
+
+
+def _at_least(args: Mapping[str, Any], known: Mapping[str, Any], keys: Iterable[str]) -> bool:
+    """Every key both have is at least as large in ``args``; a key only one has fails."""
+    return all(
+        (key in args) == (key in known) and (key not in args or args[key] >= known[key])
+        for key in keys
+    )
+
+
+def graph_count(args: Mapping[str, Any]) -> int | None:
+    """CUDA graph capture sizes a candidate's batch settings give (vllm-facts §2.2)."""
+    if any(key not in args for key in _BATCH):
+        return None
+    seqs, tokens = int(args["max_num_seqs"]), int(args["max_num_batched_tokens"])
+    return len(capture_sizes(max_num_seqs=seqs, max_num_batched_tokens=tokens))
 
 
 class Prescreen:
@@ -60,27 +87,44 @@ class Prescreen:
         )
 
     def learn(
-        self, *, trial: int, outcome: Outcome, args: Mapping[str, Any], images: int | None
+        self,
+        *,
+        trial: int,
+        outcome: Outcome,
+        args: Mapping[str, Any],
+        images: int | None,
+        after_kv: bool = False,
     ) -> None:
-        if outcome in (Outcome.OOM_PROFILING, Outcome.FREE_MEMORY):
+        if outcome in _DOWN or outcome in _UP:
             seen = images if images is not None else self.images_for(args)
-            self.known.append(Known(trial=trial, outcome=outcome, args=dict(args), images=seen))
+            self.known.append(
+                Known(trial=trial, outcome=outcome, args=dict(args), images=seen, after_kv=after_kv)
+            )
 
     def learn_all(self, trials: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
         """Rebuild from a resumed study: (trial number, user attributes) pairs."""
         for number, attrs in trials:
             if attrs.get("launched") and attrs.get("outcome") and attrs.get("vllm_args"):
-                try:
-                    outcome = Outcome(attrs["outcome"])
-                except ValueError:
-                    continue
-                startup = attrs.get("startup") or {}
-                self.learn(
-                    trial=number,
-                    outcome=outcome,
-                    args=attrs["vllm_args"],
-                    images=startup.get("profiled_images"),
-                )
+                self.learn_trial(trial=number, attrs=attrs)
+
+    def learn_trial(self, *, trial: int, attrs: Mapping[str, Any]) -> None:
+        """Learn from one launched trial's user attributes (``TrialResult.attrs``)."""
+        try:
+            outcome = Outcome(attrs.get("outcome"))
+        except ValueError:
+            return
+        startup = attrs.get("startup") or {}
+        self.learn(
+            trial=trial,
+            outcome=outcome,
+            args=attrs.get("vllm_args") or {},
+            images=startup.get("profiled_images"),
+            after_kv=startup.get("kv_cache_tokens") is not None,
+        )
+
+    def predict_kv_tokens(self, args: Mapping[str, Any]) -> int | None:
+        """Class rules predict no capacity (``predict.MemoryKnowledge`` does)."""
+        return None
 
     def check(self, args: Mapping[str, Any]) -> str | None:
         """The reason this candidate is known to fail, or None."""
@@ -92,28 +136,45 @@ class Prescreen:
             known_memory = _memory(k.args)
             if known_memory is None or known_memory[0] != name:
                 continue
+            at = f"{name}={args[name]}"
             if k.outcome is Outcome.FREE_MEMORY and value >= known_memory[1]:
                 return (
-                    f"predicted {k.outcome.value}: {name}={args[name]} is at least the "
+                    f"predicted {k.outcome.value}: {at} is at least the "
                     f"{k.args[name]} that trial {k.trial} could not get"
                 )
-            if k.outcome is Outcome.OOM_PROFILING and value <= known_memory[1]:
-                reason = self._dominates(args, k)
-                if reason:
-                    return (
-                        f"predicted oom_profiling: {reason} at {name}={args[name]} <= "
-                        f"{k.args[name]} (trial {k.trial})"
-                    )
+            up = k.outcome is Outcome.OOM_CUDA_GRAPHS and value >= known_memory[1]
+            if up and (reason := self._more_graphs(args, k)):
+                return f"predicted {k.outcome.value}: {reason} at {at} >= {k.args[name]}"
+            down = k.outcome in _DOWN and value <= known_memory[1]
+            if down and (reason := self._dominates(args, k)):
+                return (
+                    f"predicted {k.outcome.value}: {reason} at {at} <= "
+                    f"{k.args[name]} (trial {k.trial})"
+                )
         return None
 
-    def _dominates(self, args: Mapping[str, Any], k: Known) -> str | None:
-        """Does the candidate need at least as much profiling memory as the failed trial?"""
-        if k.images:  # an encoder-profiling failure: the dummy image count decides
+    def _more_graphs(self, args: Mapping[str, Any], k: Known) -> str | None:
+        mine, theirs = graph_count(args), graph_count(k.args)
+        if mine is None or theirs is None or mine < theirs:
+            return None
+        if not k.after_kv and not self._dominates(args, k, length=False):
+            return None  # the estimate pass also holds the activations: batches must cover too
+        return f"{mine} >= {theirs} CUDA graph sizes (trial {k.trial})"
+
+    def _dominates(self, args: Mapping[str, Any], k: Known, *, length: bool = True) -> str | None:
+        """Does the candidate need at least as much memory as the failed trial?"""
+        keys = ("max_model_len",) if length else ()
+        if k.outcome is Outcome.OOM_PROFILING and k.images:  # the encoder's dummy images decide
             mine = self.images_for(args)
-            if mine is not None and mine >= k.images:
+            if mine is not None and mine >= k.images and _at_least(args, k.args, keys):
                 return f"profiles {mine} >= {k.images} dummy images"
             return None
-        keys = ("max_num_batched_tokens", "max_num_seqs")
-        if all(key in args and key in k.args and args[key] >= k.args[key] for key in keys):
-            return "batches at least as large"
-        return None
+        if not _at_least(args, k.args, (*_BATCH, *keys)):
+            return None
+        mine, theirs = self.images_for(args), k.images
+        if theirs and (mine is None or mine < theirs):
+            return None
+        limit, known_limit = image_count(dict(args)), image_count(k.args)
+        if known_limit is not None and (limit is None or limit < known_limit):
+            return None
+        return "needs at least as much memory" if keys else "batches at least as large"

@@ -173,21 +173,35 @@ def classify_runtime(log: str) -> Classified:
 
 @dataclass(frozen=True)
 class StartupInfo:
-    """vLLM's own numbers from a successful (or partial) startup log."""
+    """vLLM's own numbers from a successful (or partial) startup log (vllm-facts §1.3). The memory
+    breakdown (printed last, so only by a boot that got through graph capture) splits non-KV
+    memory: consumed (weights + non-torch), peak activation and CUDA graphs."""
 
-    kv_cache_gib: float | None = None
+    kv_cache_gib: float | None = None  # "Available KV cache memory" (CPU: "... set (X/Y) GiB")
     kv_cache_tokens: int | None = None
     max_concurrency: float | None = None
     concurrency_len: int | None = None
     weights_gib: float | None = None
     profiled_images: int | None = None  # dummy images of the encoder profile
     vllm_version: str | None = None
+    utilization: float | None = None  # the breakdown's "Desired GPU memory utilization"
+    free_gib: float | None = None  # free device memory at the startup snapshot
+    total_gib: float | None = None
+    consumed_gib: float | None = None  # weights + non-torch (0.11: weight + non-torch summed)
+    non_torch_gib: float | None = None  # 0.11 only
+    peak_activation_gib: float | None = None
+    cuda_graph_gib: float | None = None  # the breakdown, else "Estimated CUDA graph memory"
+    block_size: int | None = None  # "Setting kv cache block size to N"
+    kv_cache_bytes: int | None = None  # exact, from the breakdown's "--kv-cache-memory=N"
 
     def to_dict(self) -> dict[str, float | int | str | None]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-_KV_GIB = re.compile(r"Available KV cache memory: (-?[\d.]+) GiB")
+_KV_GIB = re.compile(
+    r"Available KV cache memory: (-?[\d.]+) GiB|(?:Explicitly|Auto) set \(([\d.]+)/[\d.]+\) GiB "
+    r"for KV cache"
+)
 _KV_TOKENS = re.compile(r"KV cache size: ([\d,]+) tokens")
 _CONCURRENCY = re.compile(r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x")
 _WEIGHTS = re.compile(r"Model loading took ([\d.]+) GiB")
@@ -196,22 +210,47 @@ _ENCODER = re.compile(
     r"(\d+) image items"
 )
 _VERSION = re.compile(r"vLLM API server version (\S+)|Starting vLLM API server.*version (\S+)")
+_FREE_AT_START = re.compile(r"Free memory on device[^(]*\(([\d.]+)/([\d.]+) GiB\) on startup")
+_DESIRED = re.compile(r"Desired GPU memory utilization is \(([\d.]+), [\d.]+ GiB\)")
+_USAGE = re.compile(  # 0.33: consumed, peak, graphs; 0.11 (DEBUG): weight, peak, non-torch, graphs
+    r"Actual usage is ([\d.]+) GiB for (?:consumed memory \(weights \+ non-torch\)|(weight)), "
+    r"([\d.]+) GiB for peak activation, (?:([\d.]+) GiB for non-torch memory, )?and ([\d.]+) GiB "
+    r"for CUDAGraph memory"
+)
+_GRAPH_ESTIMATE = re.compile(r"Estimated CUDA graph memory: ([\d.]+) GiB total")
+_BLOCK_SIZE = re.compile(r"Setting kv cache block size to (\d+)")
+_KV_BYTES = re.compile(r"Replace gpu_memory_utilization config with `--kv-cache-memory=(\d+)`")
+
+
+def _num(pattern: re.Pattern[str], log: str, group: int = 1) -> float | None:
+    m = pattern.search(log)
+    return float(m[group].replace(",", "")) if m and m[group] is not None else None
 
 
 def parse_startup(log: str) -> StartupInfo:
-    """Capacity numbers vLLM prints at startup (0.11 two-line and 0.33 one-line forms)."""
-    kv = _KV_GIB.search(log)
-    tokens = _KV_TOKENS.search(log)
-    conc = _CONCURRENCY.search(log)
-    weights = _WEIGHTS.search(log)
-    version = _VERSION.search(log)
-    encoder = _ENCODER.search(log)
+    """Capacity and memory numbers vLLM prints at startup (0.11 two-line and 0.33 one-line
+    forms; the CPU backend's KV line)."""
+    kv, conc, version = _KV_GIB.search(log), _CONCURRENCY.search(log), _VERSION.search(log)
+    tokens, images, block = _num(_KV_TOKENS, log), _num(_ENCODER, log, 2), _num(_BLOCK_SIZE, log)
+    kv_bytes = _num(_KV_BYTES, log)
+    usage = _USAGE.search(log)
+    non_torch = float(usage[4]) if usage and usage[4] is not None else None
+    consumed = float(usage[1]) + (non_torch or 0.0) if usage else None
     return StartupInfo(
-        profiled_images=int(encoder[2]) if encoder else None,
-        kv_cache_gib=float(kv[1]) if kv else None,
-        kv_cache_tokens=int(tokens[1].replace(",", "")) if tokens else None,
+        profiled_images=int(images) if images is not None else None,
+        kv_cache_gib=float(kv[1] or kv[2]) if kv else None,
+        kv_cache_tokens=int(tokens) if tokens is not None else None,
         max_concurrency=float(conc[2]) if conc else None,
         concurrency_len=int(conc[1].replace(",", "")) if conc else None,
-        weights_gib=float(weights[1]) if weights else None,
+        weights_gib=_num(_WEIGHTS, log) or (float(usage[1]) if usage and usage[2] else None),
         vllm_version=(version[1] or version[2]) if version else None,
+        utilization=_num(_DESIRED, log),
+        free_gib=_num(_FREE_AT_START, log),
+        total_gib=_num(_FREE_AT_START, log, 2),
+        consumed_gib=round(consumed, 4) if consumed is not None else None,
+        non_torch_gib=non_torch,
+        peak_activation_gib=float(usage[3]) if usage else None,
+        cuda_graph_gib=float(usage[5]) if usage else _num(_GRAPH_ESTIMATE, log),
+        block_size=int(block) if block is not None else None,
+        kv_cache_bytes=int(kv_bytes) if kv_bytes is not None else None,
     )

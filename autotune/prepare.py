@@ -14,10 +14,11 @@ from pathlib import Path
 from autotune.errors import UserError
 from autotune.hardware import ENV_GPU, Hardware, choose_device, resolve_hardware
 from autotune.launcher import DEFAULT_VLLM_CMD, ENV_VLLM_CMD, engine_version, resolve_command
+from autotune.memory_setup import base_model, engine_flags, seqs_cap
 from autotune.model import ModelSpec, resolve_model
 from autotune.multimodal import supports_size_hints
 from autotune.serve import note
-from autotune.space import SearchSpace, build_space
+from autotune.space import MEMORY_DIMS, SearchSpace, bound_max_num_seqs, build_space, vllm_defaults
 from autotune.workload import Workload
 
 CPU_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
@@ -49,6 +50,7 @@ class TuneOptions:
     min_images: int | None = None  # the profile must accept at least this many images
     images_max: bool = False  # --images max: find the largest image count that fits
     image_size_hint: tuple[int, int] | None = None  # --image-size: the resolution sent
+    prescreen: bool = True  # --no-prescreen: launch every candidate (predictions still kept)
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class Prepared:
 
 
 def _space(options: TuneOptions, spec: ModelSpec, hardware: Hardware, hints: bool) -> SearchSpace:
-    return build_space(
+    space = build_space(
         spec=spec,
         hardware=hardware,
         overrides=options.ranges,
@@ -73,6 +75,30 @@ def _space(options: TuneOptions, spec: ModelSpec, hardware: Hardware, hints: boo
         images_max=options.images_max,
         image_size_hint=options.image_size_hint if hints else None,
     )
+    return _bound_seqs(space, options, spec, hardware)
+
+
+def _bound_seqs(
+    space: SearchSpace, options: TuneOptions, spec: ModelSpec, hardware: Hardware
+) -> SearchSpace:
+    """A default ``max_num_seqs`` range ends at the requests of the workload (input + output
+    tokens) that the KV cache can hold at the top of the memory range, by the analytic model's
+    upper bound; never below vLLM's default. A range the user gave is kept."""
+    wl = options.workload
+    if options.ranges.get("max_num_seqs") is not None or wl.dataset is not None:
+        return space
+    found = base_model(spec=spec, hardware=hardware, flags=engine_flags(options.extra_args))
+    memory = next((d for d in space.dims if d.name in MEMORY_DIMS), None)
+    if found is None or memory is None or "max_num_seqs" not in space:
+        return space
+    cap = seqs_cap(
+        model=found[0],
+        memory_dim=memory.name,
+        memory_high=float(memory.high),
+        request_tokens=wl.input_len + wl.output_len,
+    )
+    keep = int(vllm_defaults(hardware, spec)["max_num_seqs"])
+    return space if cap is None else bound_max_num_seqs(space, cap=cap, keep=keep)
 
 
 def _image_workload(options: TuneOptions, spec: ModelSpec) -> Workload:

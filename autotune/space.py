@@ -255,3 +255,14 @@ def _check(space: SearchSpace, *, spec: ModelSpec, min_model_len: int | None) ->
             dims = tuple(replace(d, high=tokens.high) if d is seqs else d for d in space.dims)
             space = SearchSpace(dims=dims)
     return space
+
+
+def bound_max_num_seqs(space: SearchSpace, *, cap: int, keep: int) -> SearchSpace:
+    """``max_num_seqs`` up to ``cap`` (the requests the KV cache can hold, see
+    ``memory_setup.seqs_cap``): more sequences than that only add CUDA graphs and sampler memory.
+    Never below ``keep`` (vLLM's default) when the range holds it, nor below the range's low end."""
+    dim = space["max_num_seqs"]
+    floor = keep if dim.low <= keep <= dim.high else dim.low
+    high = min(dim.high, max(cap, floor))
+    dims = tuple(replace(d, high=high) if d is dim else d for d in space.dims)
+    return replace(space, dims=dims)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,7 +14,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.errors import UserError
-from autotune.feasibility import Prescreen
 from autotune.multimodal import image_count
 from autotune.objective import TrialResult, TrialRunner
 from autotune.outcome import Outcome
@@ -26,6 +25,19 @@ MAX_SKIPS_IN_A_ROW = 200
 USABLE_SHARE = 0.5  # --images max: "usable" is at least this share of the best throughput
 CONSTRAINT = "infeasible"  # > 0: the configuration cannot serve (OOM, KV too small, ...)
 INTERRUPTED = "interrupted"
+
+
+class Screen(Protocol):
+    """The study's memory knowledge (``predict.MemoryKnowledge``; ``feasibility.Prescreen`` for
+    the class rules alone): learns from launched trials, predicts and pre-screens candidates."""
+
+    def learn_all(self, trials: Iterable[tuple[int, Mapping[str, Any]]]) -> None: ...
+
+    def learn_trial(self, *, trial: int, attrs: Mapping[str, Any]) -> None: ...
+
+    def check(self, args: Mapping[str, Any]) -> str | None: ...
+
+    def predict_kv_tokens(self, args: Mapping[str, Any]) -> int | None: ...
 
 
 class Reporter(Protocol):
@@ -114,7 +126,7 @@ class StudyPlan:
     default_params: dict[str, Value]
     enqueue: tuple[dict[str, Value], ...] = ()
     timeout_s: float | None = None
-    prescreen: Prescreen | None = None
+    prescreen: Screen | None = None
 
 
 def _enqueue_start(plan: StudyPlan) -> None:
@@ -154,6 +166,9 @@ def run_study(plan: StudyPlan, *, reporter: Reporter) -> None:
         skipped = 0
         trial.set_user_attr("launched", True)
         trial.set_user_attr("vllm_args", dict(args))
+        predicted = prescreen.predict_kv_tokens(args) if prescreen is not None else None
+        if predicted is not None:  # before the launch: compared with vLLM's number afterwards
+            trial.set_user_attr("predicted_kv_cache_tokens", predicted)
         reporter.trial_started(number=trial.number, launch=done + 1, budget=plan.budget, args=args)
         log_path = plan.log_dir / f"trial-{trial.number:04d}.log"
         try:
@@ -173,12 +188,7 @@ def run_study(plan: StudyPlan, *, reporter: Reporter) -> None:
             raise
         tell(plan.study, trial, result)
         if prescreen is not None:
-            prescreen.learn(
-                trial=trial.number,
-                outcome=result.outcome,
-                args=args,
-                images=result.startup.profiled_images,
-            )
+            prescreen.learn_trial(trial=trial.number, attrs=result.attrs())
         reporter.trial_finished(plan.study.trials[trial.number])
 
 
@@ -239,6 +249,7 @@ def trial_rows(trials: Sequence[FrozenTrial]) -> list[dict[str, Any]]:
                 "ttft_p95_ms": metrics.get("ttft_ms_p95"),
                 "tpot_p95_ms": metrics.get("tpot_ms_p95"),
                 "kv_cache_tokens": (attrs.get("startup") or {}).get("kv_cache_tokens"),
+                "predicted_kv_cache_tokens": attrs.get("predicted_kv_cache_tokens"),
                 "reason": attrs.get("reason", ""),
                 "estimated_max_model_len": attrs.get("estimated_max_model_len"),
                 "log": attrs.get("log", ""),

@@ -82,6 +82,8 @@ def test_help_and_dry_run_do_not_import_heavy_modules(tmp_path: Path, model_dir:
     for args in (
         ["--help"],
         ["serve", "--help"],
+        ["plan", "--help"],
+        ["plan", str(model_dir), "--gpu", "H100:80", "--json"],
         ["serve", str(model_dir), "--gpu", "L4:24", "--dry-run", "--vllm-cmd", FAKE_CMD],
     ):
         done = subprocess.run(

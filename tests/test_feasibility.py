@@ -46,6 +46,11 @@ def args(util: float, seqs: int, tokens: int, limit: int, length: int = 4096) ->
     }
 
 
+def text(util: float, seqs: int, tokens: int, length: int) -> dict[str, object]:
+    return {"gpu_memory_utilization": util, "max_num_seqs": seqs,
+            "max_num_batched_tokens": tokens, "max_model_len": length}  # fmt: skip
+
+
 def test_profiling_oom_predicts_more_images_at_same_or_lower_utilization() -> None:
     pre = Prescreen(image_tokens=576)
     failed = args(0.9, 64, 8192, 8)  # 14 dummy images
@@ -64,9 +69,44 @@ def test_free_memory_predicts_higher_utilization_only() -> None:
     assert pre.check(args(0.94, 256, 16384, 16)) is None
 
 
+def test_kv_classes_predict_more_need_at_same_or_lower_memory_only() -> None:
+    for outcome in (Outcome.KV_TOO_SMALL, Outcome.NO_KV_CACHE):
+        pre = Prescreen(image_tokens=None)
+        failed = text(0.9, 64, 8192, 16384)
+        pre.learn(trial=4, outcome=outcome, args=failed, images=None)
+        why = pre.check(text(0.85, 128, 8192, 32768))  # more of everything, less memory
+        assert why is not None and outcome.value in why and "trial 4" in why
+        assert pre.check(failed) is not None
+        assert pre.check(text(0.95, 128, 8192, 32768)) is None  # more memory: not predicted
+        assert pre.check(text(0.85, 128, 8192, 8192)) is None  # shorter context: not predicted
+        assert pre.check(text(0.85, 32, 8192, 32768)) is None  # fewer sequences: not predicted
+    bytes_dim = Prescreen(image_tokens=None)
+    small = {"kv_cache_memory_bytes": 2**20, "max_num_seqs": 8, "max_num_batched_tokens": 512,
+             "max_model_len": 2048}  # fmt: skip
+    bytes_dim.learn(trial=1, outcome=Outcome.KV_TOO_SMALL, args=small, images=None)
+    assert bytes_dim.check({**small, "kv_cache_memory_bytes": 2**19}) is not None
+    assert bytes_dim.check({**small, "kv_cache_memory_bytes": 2**21}) is None
+
+
+def test_graph_capture_oom_predicts_more_graphs_at_same_or_higher_utilization_only() -> None:
+    pre = Prescreen(image_tokens=None)
+    pre.learn(trial=2, outcome=Outcome.OOM_CUDA_GRAPHS, args=text(0.95, 128, 2048, 4096),
+              images=None, after_kv=True)  # fmt: skip
+    why = pre.check(text(0.97, 256, 1024, 2048))  # more capture sizes, higher utilization
+    assert why is not None and "oom_cuda_graphs" in why and "CUDA graph sizes" in why
+    assert pre.check(text(0.9, 256, 16384, 4096)) is None  # right below the cliff: never
+    assert pre.check(text(0.97, 64, 2048, 4096)) is None  # fewer capture sizes
+    # before the KV cache was allocated (the estimate pass), the batches must cover too
+    early = Prescreen(image_tokens=None)
+    early.learn(trial=2, outcome=Outcome.OOM_CUDA_GRAPHS, args=text(0.95, 128, 2048, 4096),
+                images=None)  # fmt: skip
+    assert early.check(text(0.97, 256, 1024, 2048)) is None
+    assert early.check(text(0.97, 256, 4096, 2048)) is not None
+
+
 def test_other_classes_predict_nothing() -> None:
     pre = Prescreen(image_tokens=576)
-    for outcome in (Outcome.OOM_CUDA_GRAPHS, Outcome.KV_TOO_SMALL, Outcome.CRASH_UNDER_LOAD):
+    for outcome in (Outcome.CRASH_UNDER_LOAD, Outcome.OOM_STARTUP, Outcome.STARTUP_CRASH):
         pre.learn(trial=1, outcome=outcome, args=args(0.9, 64, 8192, 8), images=14)
     assert pre.known == []
     assert pre.check(args(0.5, 1024, 16384, 16)) is None
@@ -86,3 +126,6 @@ def test_learn_all_from_a_resumed_study() -> None:
              "startup": {"profiled_images": 14}}  # fmt: skip
     pre.learn_all([(0, attrs), (1, {"outcome": "skipped"}), (2, {**attrs, "outcome": "bogus"})])
     assert len(pre.known) == 1 and pre.known[0].images == 14
+    graphs = {**attrs, "outcome": "oom_cuda_graphs", "startup": {"kv_cache_tokens": 4096}}
+    pre.learn_all([(3, graphs)])  # failed capturing graphs after the KV cache was sized
+    assert pre.known[-1].after_kv and pre.predict_kv_tokens(args(0.9, 64, 8192, 8)) is None

