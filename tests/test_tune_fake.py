@@ -168,6 +168,10 @@ def engines_of(marker: str) -> list[psutil.Process]:
     return found
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_leaves_no_engine_and_resumes(
     model_dir: Path, env: dict[str, str], sig: int
@@ -175,7 +179,11 @@ def test_interrupt_leaves_no_engine_and_resumes(
     slow = {**env, "AUTOTUNE_FAKE_STARTUP_S": "3"}
     cmd = [sys.executable, "-m", "autotune", "tune", str(model_dir), "--vllm-cmd", FAKE_CMD,
            "--trials", "3", "--max-model-len", "8192", *ARGS]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=slow, stderr=subprocess.PIPE, text=True)
+    # A shell's background job starts with SIGINT ignored, and Python keeps it so: give the
+    # child the default disposition, as a terminal's Ctrl-C would find it.
+    proc = subprocess.Popen(
+        cmd, env=slow, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint
+    )
     deadline = time.monotonic() + 60
     while len(engines_of(str(model_dir))) < 2:  # the fake and its EngineCore-like child
         assert time.monotonic() < deadline and proc.poll() is None
