@@ -1,0 +1,480 @@
+"""The fake engine's ground truth, in-process: what a configuration gives without launching it.
+
+For tuning benchmarks (``benchmarks/tuning_quality.py``): whether a configuration boots, with the
+log lines the fake would print, and the throughput it would serve for a list of requests.
+Nothing is modelled here: the fake's own pieces decide.
+
+- flags → ``ServeConfig``: the fake's parser and ``resolve_config``;
+- startup: ``plan_boot``, its phases rendered as the fake prints them, then autotune's own
+  ``classify_startup`` / ``parse_startup`` on that text (what a real launch is judged by);
+- requests: the HTTP handler's prompt accounting (``prompt_parts``, ``image_tokens``);
+- serving: the fake's ``BatchEngine`` loop itself, on a virtual clock instead of ``time.sleep``,
+  with requests fed as the scheduler can take them (the same schedule, no waiting);
+- the benchmark's verdict: ``metrics.aggregate`` and ``TrialRunner._judge``.
+
+``LandscapeRunner`` is a ``TrialRunner`` that returns this truth as a ``TrialResult``, so
+autotune's real study loop can run on it in milliseconds per trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from queue import Queue
+from typing import Any, cast
+from unittest import mock
+
+from autotune import loadgen
+from autotune.launcher import ArgValue, vllm_flags
+from autotune.metrics import RequestRecord, aggregate
+from autotune.objective import TrialResult, TrialRunner
+from autotune.outcome import (
+    Classified,
+    Outcome,
+    StartupInfo,
+    classify_runtime,
+    classify_startup,
+    parse_startup,
+)
+from autotune.testing import _fake_batch
+from autotune.testing._fake_batch import BatchEngine
+from autotune.testing._fake_boot import CONTEXT_GIB, Boot, oom_text, plan_boot
+from autotune.testing._fake_cli import ConfigError, build_parser, resolve_config
+from autotune.testing._fake_log import CORE_FAILED, ENGINE_DEAD, VERSION, Out
+from autotune.testing._fake_model import FakeEnv, ModelInfo, ServeConfig
+from autotune.testing._fake_prompt import PromptError, image_tokens, prompt_parts
+from autotune.workload import Request
+
+__all__ = ["FakeTruth", "Job", "LandscapeRunner", "Served", "serve_jobs"]
+
+Job = tuple[int, int, int]  # (prompt tokens, tokens to generate, max_tokens) as the engine gets it
+_API, _CORE = "APIServer pid=1", "EngineCore pid=2"
+_STAMP = "01-01 00:00:00"
+
+
+# --- serving: the fake's BatchEngine on a virtual clock ---------------------------------------
+
+
+class _Drained(Exception):
+    """The engine loop went idle: every request is done."""
+
+
+class _NoWait(threading.Condition):
+    """The engine's condition variable; going idle ends the run instead of blocking."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        raise _Drained
+
+
+class _Clock:
+    """Stands in for the ``time`` module of ``_fake_batch``: a step's sleep advances the clock,
+    and lets the caller submit more requests before the next step is scheduled."""
+
+    def __init__(self, between_steps: Callable[[], None]) -> None:
+        self.now = 0.0
+        self._between_steps = between_steps
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self._between_steps()
+
+
+class _Tokens(Queue[int | str | None]):
+    """A request's output queue that keeps the virtual time of each token and the final item."""
+
+    def __init__(self, clock: _Clock) -> None:  # no Queue.__init__: nothing waits on it
+        self.clock = clock
+        self.times: list[float] = []
+        self.end: str | None = None
+
+    def put(self, item: int | str | None, block: bool = True, timeout: float | None = None) -> None:
+        if isinstance(item, int):
+            self.times.append(self.clock.now)
+        else:
+            self.end = item  # "stop" / "length", or None: the engine died
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the engine did with the jobs, on the virtual clock (seconds from the first send)."""
+
+    token_times: tuple[tuple[float, ...], ...]  # per job, the time each token was emitted
+    finished: tuple[bool, ...]  # per job: got its finish reason (False: the engine died first)
+    crashed: str | None  # the BatchEngine's death reason ("load", "requests"), if it died
+
+
+_SIM_LOCK = threading.Lock()  # the clock replaces a module global of _fake_batch
+
+
+def serve_jobs(
+    jobs: Sequence[Job],
+    *,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    capacity: int,
+    time_scale: float,
+    crash_under_load: bool = False,
+    crash_after: int | None = None,
+    lazy: bool = True,
+) -> Served:
+    """Run the fake's scheduling loop over ``jobs``, all sent at once at time 0.
+
+    ``lazy``: requests enter the engine's waiting queue as the loop can take them (never fewer
+    waiting than ``max_num_seqs``). Admission only ever looks at the head of the queue, so the
+    schedule is the one of submitting everything first (``lazy=False``), without the engine's
+    per-step scan of thousands of waiting requests.
+    """
+    death: list[str] = []
+    engine = BatchEngine(
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        capacity=capacity,
+        time_scale=time_scale,
+        crash_under_load=crash_under_load,
+        crash_after=crash_after,
+        on_death=death.append,
+    )
+    engine._cond = _NoWait()
+    pending: Iterator[Job] = iter(jobs)
+    outs: list[_Tokens] = []
+
+    def feed() -> None:
+        while (not lazy or len(engine.waiting) <= max_num_seqs) and not (engine.dead or death):
+            job = next(pending, None)
+            if job is None:
+                return
+            req = engine.submit(*job)
+            req.out = out = _Tokens(clock)
+            outs.append(out)
+
+    clock = _Clock(feed)
+    with _SIM_LOCK, mock.patch.object(_fake_batch, "time", clock):
+        feed()
+        if outs:
+            with contextlib.suppress(_Drained):
+                engine._loop()
+    times = [tuple(o.times) for o in outs]
+    done = [o.end in ("stop", "length") for o in outs]
+    missing = len(jobs) - len(outs)  # never submitted: the engine had died
+    return Served(
+        token_times=(*times, *([()] * missing)),
+        finished=(*done, *([False] * missing)),
+        crashed=death[0] if death else None,
+    )
+
+
+# --- one configuration ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Startup:
+    """A configuration's startup: the resolved settings and boot (None when the flags are
+    rejected), the log the fake would print, and how autotune classifies it."""
+
+    cfg: ServeConfig | None
+    boot: Boot | None
+    log: str
+    failure: Classified | None  # None: the engine came up
+    startup: StartupInfo
+    startup_s: float
+
+
+def _lines(proc: str, level: str, src: str, msg: str) -> list[str]:
+    return [f"({proc}) {level} {_STAMP} [{src}] {line}" for line in msg.splitlines()]
+
+
+def _raw(proc: str, text: str) -> list[str]:
+    return [f"({proc}) {line}" for line in text.splitlines()]
+
+
+def _fail_text(exc: str) -> str:
+    tb = "Traceback (most recent call last):\n"
+    return tb + '  File "/fake/bin/vllm", line 10, in <module>\n    sys.exit(main())\n' + exc
+
+
+class FakeTruth:
+    """The fake engine's answer for any configuration of one model, GPU and request list.
+
+    ``env`` holds the ``AUTOTUNE_FAKE_*`` knobs, as a launched fake would read them.
+    Results are cached per configuration (and simulations per distinct schedule).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Mapping[str, Any],
+        env: Mapping[str, str],
+        requests: Sequence[Request],
+        model_tag: str = "model",
+    ) -> None:
+        self.model = ModelInfo.from_config(config)
+        self.env = FakeEnv.from_environ(env)
+        self.requests = tuple(requests)
+        self.model_tag = model_tag
+        self._parser = build_parser()
+        self._out = Out()
+        self._startups: dict[tuple[tuple[str, ArgValue], ...], _Startup] = {}
+        self._results: dict[tuple[tuple[str, ArgValue], ...], TrialResult] = {}
+        self._prompts: dict[int, list[tuple[int, str | None]]] = {}
+        self._served: dict[tuple[Any, ...], Served] = {}
+
+    # startup
+
+    def startup(self, args: Mapping[str, ArgValue]) -> _Startup:
+        key = tuple(sorted(args.items()))
+        if key not in self._startups:
+            self._startups[key] = self._start(args)
+        return self._startups[key]
+
+    def _start(self, args: Mapping[str, ArgValue]) -> _Startup:
+        log = _lines(_API, "INFO", "api_server.py:1956", f"vLLM API server version {VERSION}")
+        usage = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(usage):
+                ns = self._parser.parse_args([self.model_tag, *vllm_flags(args)])
+        except SystemExit:  # argparse's usage error, as the fake prints it before exiting 2
+            return self._judged(None, None, [*log, *usage.getvalue().splitlines()])
+        try:
+            cfg = resolve_config(ns, self.model, self.env.total)
+        except ConfigError as exc:
+            log += _raw(_API, _fail_text(str(exc)))
+            return self._judged(None, None, log)
+        init = f"Initializing a V1 LLM engine (v{VERSION}) with config: model='{self.model_tag}'"
+        log += _lines(_CORE, "INFO", "core.py:98", init)
+        boot = plan_boot(cfg, self.model, self.env)
+        for phase in boot.phases:  # printed as FakeServer._run prints them
+            for level, pairs in (
+                ("WARNING", phase.warnings),
+                ("INFO", phase.lines),
+                ("ERROR", phase.before_error),
+            ):
+                for src, msg in pairs:
+                    log += _lines(_CORE, level, src, msg)
+            if phase.error:
+                tb = self._out.traceback(phase.where, phase.error, phase.frames)
+                log += _lines(_CORE, "ERROR", "core.py:1081", "EngineCore failed to start.\n" + tb)
+                log += _raw(_API, _fail_text(CORE_FAILED))
+                return self._judged(cfg, boot, log)
+        log += _lines(_CORE, "INFO", "gpu_worker.py:460", boot.breakdown)
+        return self._judged(cfg, boot, log)
+
+    def _judged(self, cfg: ServeConfig | None, boot: Boot | None, lines: list[str]) -> _Startup:
+        log = "\n".join(lines) + "\n"
+        up = boot is not None and not any(p.error for p in boot.phases)
+        failure = None if up else classify_startup(log, returncode=1)
+        took = sum(p.share for p in boot.phases) * self.env.startup_s if boot else 0.0
+        return _Startup(cfg, boot, log, failure, parse_startup(log), took)
+
+    # requests
+
+    def _prompts_for(self, cfg: ServeConfig) -> list[tuple[int, str | None]]:
+        """(prompt tokens, refusal) per request, as the fake's HTTP handler counts them."""
+        limit = cfg.image_limit if self.model.is_vision else 999
+        if limit not in self._prompts:
+            rows: list[tuple[int, str | None]] = []
+            for r in self.requests:
+                chat = r.messages is not None
+                body = {"messages": r.messages} if chat else {"prompt": r.prompt}
+                text, images = prompt_parts(body, chat)
+                try:
+                    rows.append(
+                        (text + image_tokens(images, self.model, limit, self.model_tag), None)
+                    )
+                except PromptError as exc:
+                    rows.append((0, f"{exc.code} {exc.message}"))
+            self._prompts[limit] = rows
+        return self._prompts[limit]
+
+    def jobs(self, cfg: ServeConfig, length: int) -> tuple[list[Job | str], int]:
+        """Per request: the job the engine gets, or the error the client gets; and how many
+        jobs. Follows ``_fake_http._generate`` (context length, ``max_tokens``, ``ignore_eos``)."""
+        out: list[Job | str] = []
+        for (prompt, refused), r in zip(self._prompts_for(cfg), self.requests, strict=True):
+            if refused is not None:
+                out.append(refused)
+            elif prompt >= length:
+                out.append(f"400 This model's maximum context length is {length} tokens.")
+            elif r.max_tokens is not None and r.max_tokens < 1:
+                out.append(f"400 max_tokens must be at least 1, got {r.max_tokens}.")
+            else:
+                limit_tokens = min(r.max_tokens or length, length - max(prompt, 1))
+                if not r.ignore_eos:
+                    raise ValueError("landscapes need ignore_eos requests (a fixed amount of work)")
+                out.append((max(prompt, 1), limit_tokens, limit_tokens))
+        return out, sum(1 for j in out if not isinstance(j, str))
+
+    # serving
+
+    def serve(self, jobs: Sequence[Job], cfg: ServeConfig, capacity: int) -> Served:
+        """``serve_jobs``, cached; settings past the point where they can bind are merged (a
+        larger batch budget or KV cache than every running request can use changes nothing)."""
+        env = self.env
+        crash_under_load = env.load_oom_util is not None and cfg.util >= env.load_oom_util
+        seqs = min(cfg.max_num_seqs, max(len(jobs), 1))
+        longest = max((j[0] + j[2] for j in jobs), default=1)
+        mbt = min(cfg.max_num_batched_tokens, seqs * (longest + 1))
+        capacity = min(capacity, seqs * longest)
+        key = (tuple(jobs), seqs, mbt, capacity, crash_under_load)
+        if key not in self._served:
+            self._served[key] = serve_jobs(
+                jobs,
+                max_num_seqs=seqs,
+                max_num_batched_tokens=mbt,
+                capacity=capacity,
+                time_scale=env.time_scale,
+                crash_under_load=crash_under_load,
+                crash_after=env.crash_after,
+            )
+        return self._served[key]
+
+    # the whole trial
+
+    def result(self, args: Mapping[str, ArgValue], *, log_path: Path) -> TrialResult:
+        """What ``TrialRunner.run`` would return for these arguments (cached)."""
+        key = tuple(sorted(args.items()))
+        if key not in self._results:
+            self._results[key] = self._result(dict(args), log_path)
+        return self._results[key]
+
+    def throughput(self, args: Mapping[str, ArgValue]) -> float:
+        """Output tokens per second if the configuration serves; 0.0 if it does not."""
+        result = self.result(args, log_path=Path("-"))
+        return result.throughput if result.outcome is Outcome.OK else 0.0
+
+    def _result(self, args: dict[str, ArgValue], log_path: Path) -> TrialResult:
+        st = self.startup(args)
+        if st.failure is not None or st.cfg is None or st.boot is None:
+            failure = st.failure or Classified(Outcome.STARTUP_CRASH, "no boot")
+            return TrialResult(
+                outcome=failure.outcome,
+                reason=failure.reason,
+                args=args,
+                log_path=log_path,
+                startup=st.startup,
+                estimated_max_model_len=failure.estimated_max_model_len,
+                vllm_version=st.startup.vllm_version,
+            )
+        cfg, boot = st.cfg, st.boot
+        planned, _ = self.jobs(cfg, boot.max_model_len)
+        jobs = [j for j in planned if not isinstance(j, str)]
+        served = self.serve(jobs, cfg, boot.num_blocks * cfg.block_size)
+        records: list[RequestRecord] = []
+        done = iter(zip(served.token_times, served.finished, strict=True))
+        for job in planned:
+            if isinstance(job, str):
+                status = int(job.split(" ", 1)[0])
+                records.append(_failed(job, status=status))
+                continue
+            times, finished = next(done)
+            if not finished:
+                records.append(_failed("engine died", status=None))
+                continue
+            itls = tuple(b - a for a, b in itertools.pairwise(times))
+            records.append(
+                RequestRecord(
+                    ok=True,
+                    prompt_tokens=job[0],
+                    output_tokens=len(times),
+                    start=0.0,
+                    ttft_s=times[0],
+                    itls_s=itls,
+                    e2e_s=times[-1],
+                    error=None,
+                    status=200,
+                )
+            )
+        duration = max((r.e2e_s for r in records), default=0.0)
+        bench = loadgen.BenchResult(
+            metrics=aggregate(records, duration_s=duration),
+            errors=loadgen._summarise_errors(records),
+            aborted=None,
+            statuses={},
+            records=tuple(records),
+        )
+        if served.crashed is not None:
+            verdict = classify_runtime(st.log + self._death_log(cfg))
+        else:
+            verdict = _JUDGE._judge(bench, cast(Any, _Alive()))
+        return TrialResult(
+            outcome=verdict.outcome,
+            reason=verdict.reason,
+            args=args,
+            log_path=log_path,
+            metrics=bench.metrics,
+            startup=st.startup,
+            vllm_version=VERSION,
+            startup_s=st.startup_s,
+            errors=bench.errors,
+        )
+
+    def _death_log(self, cfg: ServeConfig) -> str:
+        """The lines ``FakeServer._on_death`` prints when the engine dies under load."""
+        env = self.env
+        left = env.total - env.used - CONTEXT_GIB - cfg.util * env.total
+        exc = oom_text(max(left, 0.0) + 0.25, env.total, left, env.total - env.used - left)
+        tb = self._out.traceback("step", exc)
+        lines = _lines(
+            _CORE, "ERROR", "core.py:1120", "EngineCore encountered a fatal error.\n" + tb
+        )
+        failed = "AsyncLLM output_handler failed.\n" + ENGINE_DEAD
+        lines += _lines(_API, "ERROR", "async_llm.py:540", failed)
+        return "\n".join(lines) + "\n"
+
+
+def _failed(error: str, *, status: int | None) -> RequestRecord:
+    return RequestRecord(
+        ok=False,
+        prompt_tokens=0,
+        output_tokens=0,
+        start=0.0,
+        ttft_s=None,
+        itls_s=(),
+        e2e_s=0.0,
+        error=error,
+        status=status,
+    )
+
+
+class _Alive:
+    """The engine as ``TrialRunner._judge`` sees it after a benchmark it survived."""
+
+    def exited(self) -> int | None:
+        return None
+
+    def log_text(self) -> str:
+        return ""
+
+
+_JUDGE = TrialRunner(command=(), model="-", requests=())
+
+
+@dataclass(frozen=True, kw_only=True)
+class LandscapeRunner(TrialRunner):
+    """A ``TrialRunner`` that answers from ``FakeTruth`` instead of launching the fake engine.
+
+    ``write_logs``: also write the engine log each trial would have left (off: no files)."""
+
+    truth: FakeTruth
+    write_logs: bool = False
+    command: Sequence[str] = ()
+    model: str = "model"
+    requests: Sequence[Request] = field(default=())
+
+    def run(
+        self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
+    ) -> TrialResult:
+        on_phase("starting engine (in-process ground truth)")
+        st = self.truth.startup(args)
+        if st.failure is not None:
+            self._stop_on_user_error(st.failure)  # model not found / the user's invalid flags
+        result = self.truth.result(args, log_path=log_path)
+        if self.write_logs:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.write_text(f"$ {json.dumps(dict(args))}\n{st.log}")
+        return result if result.log_path == log_path else replace(result, log_path=log_path)
