@@ -19,6 +19,7 @@ from autotune.objective import TrialResult, TrialRunner
 from autotune.outcome import Outcome
 from autotune.ranges import Value
 from autotune.safety import redact_url
+from autotune.sampling import make_sampler
 from autotune.space import SearchSpace
 
 MAX_SKIPS_IN_A_ROW = 200
@@ -78,7 +79,7 @@ def open_study(*, name: str, storage: str, seed: int | None) -> optuna.Study:
         study = optuna.create_study(
             study_name=name,
             storage=storage,
-            sampler=optuna.samplers.TPESampler(seed=seed),
+            sampler=make_sampler(seed=seed),
             direction="maximize",
             load_if_exists=True,
         )
