@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,55 @@ def spawn(
         env=dict(env),
         start_new_session=True,
     )
+
+
+_GUARD = """
+import os, signal, sys, time
+pgid = int(sys.argv[1])
+try:
+    said = sys.stdin.buffer.read()
+except BaseException:
+    said = b""
+if said != b"done":  # the worker died without stopping its engine: stop the engine's group
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                sys.exit(0)
+            time.sleep(0.1)
+"""
+
+
+def guard(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    """A watchdog for an engine started with ``spawn``: it waits on a pipe from this process
+    and, should this process die (SIGKILL, a crash) without calling ``release``, kills the
+    engine's process group. Only the group this process started is touched."""
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _GUARD, str(proc.pid)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def release(watchdog: subprocess.Popen[bytes]) -> None:
+    """The engine was stopped here: the watchdog exits without touching anything."""
+    with contextlib.suppress(OSError, ValueError):
+        if watchdog.stdin is not None:
+            watchdog.stdin.write(b"done")
+            watchdog.stdin.close()
+    try:
+        watchdog.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
+        watchdog.wait()
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

@@ -53,33 +53,53 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def tune(options: TuneOptions) -> tuple[Path, Profile]:
-    """Run (or resume) the study and save the best feasible trial as a profile."""
+def tune(options: TuneOptions) -> tuple[Path, Profile] | None:
+    """Run (or resume) the study and save the best feasible trial as a profile. None: another
+    worker of the study finishes it (``--gpus``, or workers sharing ``--storage``)."""
+    from autotune import finalize, from_study, workers
     from autotune import study as st
+    from autotune.guide import for_goal
     from autotune.objective import TrialRunner
     from autotune.predict import MemoryKnowledge
     from autotune.progress import LineReporter, LiveReporter, make_console, trials_table
+    from autotune.tuning import finish_for, goal_for, load_shape, warnings_for
     from autotune.workload import build_requests
 
+    if options.gpus is not None:
+        _tune_on_gpus(options)
+        return None
     prep = prepare(options)
     spec, hardware, space = prep.spec, prep.hardware, prep.space
     wl = prep.workload
+    goal, finish = goal_for(options, hardware), finish_for(options)
+    shape = load_shape(options, goal, wl, vocab_size=spec.vocab_size)
     num_prompts = wl.num_prompts or max(64, 2 * int(space["max_num_seqs"].high))
     requests = build_requests(wl, num_prompts=num_prompts, vocab_size=spec.vocab_size)
     name = st.study_name(
         model=spec.name,
         hardware_key=hardware.key,
         workload=wl.signature(),
-        objective=options.objective,
+        objective=goal.name(),
         space=space,
     )
     state = paths.state_dir(options.state_dir)
     storage = st.storage_url(options.storage, state_dir=state)
-    study = st.open_study(name=name, storage=storage, seed=options.seed)
+    seed = workers.worker_seed(options.seed, shared=options.storage is not None)
+    study = st.open_study(name=name, storage=storage, seed=seed, goal=goal)
+    workers.check_fingerprint(study, hardware.to_dict())
     study.set_user_attr("model", spec.to_dict() | {"name": spec.name})
     study.set_user_attr("hardware", hardware.to_dict())
     study.set_user_attr("workload", wl.to_dict() | {"signature": wl.signature()})
     study.set_user_attr("space", space.describe())
+    study.set_user_attr(
+        from_study.INPUTS,
+        from_study.inputs(
+            extra_args=split_extra(options.extra_args)[0],
+            num_prompts=num_prompts,
+            objective=options.objective,
+            goal=goal,
+        ),
+    )
     fixed = frozenset(d.name for d in space.dims if d.fixed)
     runner = TrialRunner(
         env=prep.env,
@@ -89,19 +109,26 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
         extra_args=options.extra_args,
         fixed_by_user=fixed,
         startup_timeout_s=options.startup_timeout_s,
+        **shape,
+    )
+    knowledge = MemoryKnowledge.build(
+        spec=spec, hardware=hardware, extra_args=options.extra_args, prescreen=options.prescreen
     )
     plan = st.StudyPlan(
         study=study,
         space=space,
         runner=runner,
-        budget=options.trials,
+        budget=options.trials - finalize.reserve(finish, trials=options.trials),
         log_dir=state / "logs" / name.replace("/", "--"),
         default_params=space.default_params(vllm_defaults(hardware, spec)),
         enqueue=tuple(parse_candidate(space, text) for text in options.enqueue),
         timeout_s=options.timeout_s,
-        prescreen=MemoryKnowledge.build(
-            spec=spec, hardware=hardware, extra_args=options.extra_args, prescreen=options.prescreen
-        ),
+        prescreen=knowledge,
+        guide=for_goal(kind=goal.kind, space=space, seed=options.seed, knowledge=knowledge),
+        goal=goal,
+        prune=options.prune,
+        patience=options.patience,
+        min_improvement=options.min_improvement,
     )
     console = make_console()
     note(f"study {name} ({redact_url(storage)}); space: {space.describe()}")
@@ -109,7 +136,22 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
     reporter = LiveReporter(console=console) if live else LineReporter()
     with _sigterm_as_interrupt(), reporter:
         st.run_study(plan, reporter=reporter)
-    best = st.choose_best(study, noise=options.noise, most_images=options.images_max)
+        if (others := workers.finisher(study)) is not None:
+            _leave(others)
+            return None
+        finalize.remeasure(plan, finish, reporter=reporter, budget=options.trials)
+        picked = finalize.choose(
+            plan,
+            finish,
+            workload=wl,
+            vocab_size=spec.vocab_size,
+            reporter=reporter,
+            image_tokens=spec.image_tokens,
+        )
+    main, sections = (
+        finalize.sections(picked, study=study, goal=goal, finish=finish) if picked else (None, {})
+    )
+    best = study.trials[main.chosen.number] if main is not None else None
     if best is not None:
         study.set_user_attr("chosen_trial", best.number)
     rows = st.trial_rows(study.get_trials(deepcopy=False))
@@ -117,8 +159,9 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
     note(f"trial logs: {plan.log_dir}")
     if best is None:
         raise UserError(
-            f"no feasible configuration after {st.launches(study)} launches; "
-            "see `autotune trials` and the logs, or widen the ranges"
+            f"no feasible configuration after {st.launches(study)} launches"
+            + (" (or none survived the soak)" if finish.soak else "")
+            + "; see `autotune trials` and the logs, or widen the ranges"
         )
     kept, dropped = split_extra(options.extra_args)
     if dropped:
@@ -131,6 +174,8 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
         workload=wl.to_dict() | {"signature": wl.signature(), "num_prompts": num_prompts},
         objective=options.objective,
         vllm_args=dict(best.user_attrs["vllm_args"]),
+        warnings=warnings_for(options.extra_args),
+        **sections,
         extra_args=kept,
         metrics=dict(best.user_attrs.get("metrics") or {}),
         startup=dict(best.user_attrs.get("startup") or {}),
@@ -148,8 +193,26 @@ def tune(options: TuneOptions) -> tuple[Path, Profile]:
     if options.images_max:
         most = image_count(profile.vllm_args)
         note(f"largest image count that fits with usable throughput: {most} (trial {best.number})")
-    note(f"best: trial {best.number}, {best.value:.1f} output tok/s; profile saved to {path}")
+    tput = float(profile.metrics.get("output_throughput") or 0.0)
+    note(f"best: trial {best.number}, {tput:.1f} output tok/s; profile saved to {path}")
     return path, profile
+
+
+def _tune_on_gpus(options: TuneOptions) -> None:
+    from autotune import parallel
+
+    tp, extra = parallel.tensor_parallel(options)
+    with _sigterm_as_interrupt():
+        failed = parallel.tune_on_gpus(replace(options, extra_args=extra), tensor_parallel=tp)
+    if failed:
+        raise UserError(f"{failed} worker(s) failed; see their lines above")
+
+
+def _leave(why: str) -> None:
+    note(
+        f"this worker's share of the study is done; {why}: the worker that finishes the study "
+        "saves the profile (or later: autotune profiles save MODEL --from-study)"
+    )
 
 
 def _relative(log: str | None, state: Path) -> str | None:
@@ -218,8 +281,10 @@ def serve(
     no_tune: bool = False,
     workload: str | None = None,
     profile_file: Path | None = None,
+    pick: str | None = None,
 ) -> None:
-    """Exec vLLM with the matching profile; on a miss tune first (unless ``no_tune``)."""
+    """Exec vLLM with the matching profile (``pick``: one of its Pareto variants); on a miss
+    tune first (unless ``no_tune``)."""
     where = lookup(options, workload=workload, strict=not dry_run)
     match = where.find(profile_file=profile_file)
     if match is None:
@@ -234,8 +299,11 @@ def serve(
         if match is None:  # pragma: no cover - tune() raises when it saves nothing
             raise UserError(miss)
     announce(match, hardware=where.hardware)
+    profile = match.profile if pick is None else match.profile.variant(pick)
+    if pick is not None and profile.memory:
+        note(f"--pick {pick}: reserves {profile.memory.get('reserved_gib')} GiB")
     argv = serve_argv(
-        command=where.command, model=options.model, profile=match.profile, extra=options.extra_args
+        command=where.command, model=options.model, profile=profile, extra=options.extra_args
     )
     exec_or_print(argv, dry_run=dry_run, env=engine_env(where.hardware))
 

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from autotune import __version__
-from autotune.cli_options import hardware, tune_options, tuning
+from autotune.cli_options import goals, hardware, tune_options, tuning
 from autotune.errors import UserError
 
 
@@ -28,6 +28,7 @@ def cli() -> None:
 @click.argument("model")
 @hardware
 @tuning
+@goals
 def tune(model: str, **kw: Any) -> None:
     """Run (or resume) an Optuna study over real engine launches; save the best profile.
 
@@ -41,7 +42,13 @@ def tune(model: str, **kw: Any) -> None:
 @click.argument("model")
 @hardware
 @tuning
+@goals
 @click.option("--dry-run", is_flag=True, help="Print the command line instead of running it.")
+@click.option(
+    "--pick",
+    type=click.Choice(["throughput", "memory", "balanced"]),
+    help="A Pareto profile's variant: the fastest, the smallest reservation, or balanced.",
+)
 @click.option("--no-tune", is_flag=True, help="Never tune: a missing profile is an error.")
 @click.option(
     "--workload",
@@ -61,6 +68,7 @@ def serve(
     no_tune: bool,
     workload_sig: str | None,
     profile_file: Path | None,
+    pick: str | None,
     **kw: Any,
 ) -> None:
     """Exec vLLM with the saved profile for this model and hardware; tune first on a miss.
@@ -74,6 +82,7 @@ def serve(
         no_tune=no_tune,
         workload=workload_sig,
         profile_file=profile_file,
+        pick=pick,
     )
 
 
@@ -131,6 +140,35 @@ def profiles_list(profiles_dir: Path | None) -> None:
     from autotune import reports
 
     reports.print_profiles(profiles_dir=profiles_dir)
+
+
+@profiles.command("save")
+@click.argument("model", required=False)
+@click.option("--from-study", is_flag=True, required=True,
+              help="From the best trial of a study (one whose workers stopped early).")  # fmt: skip
+@click.option("--study", "study_name", metavar="NAME", help="The study (default: the newest).")
+@click.option("--storage", metavar="URL", help="Optuna storage URL (default: the state dir).")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_STATE_DIR]")
+@click.option("--profiles-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_PROFILES_DIR]")
+@click.option("--noise", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Results within this share of the best count as equal.")  # fmt: skip
+def profiles_save(
+    model: str | None,
+    from_study: bool,
+    study_name: str | None,
+    storage: str | None,
+    state_dir: Path | None,
+    profiles_dir: Path | None,
+    noise: float,
+) -> None:
+    """Save the profile of a study (of MODEL) that no worker finished."""
+    from autotune.from_study import save_from_study
+
+    path = save_from_study(
+        model=model, storage=storage, study_name=study_name, state_dir=state_dir,
+        profiles_dir=profiles_dir, noise=noise,
+    )  # fmt: skip
+    click.echo(str(path))
 
 
 @profiles.command("show")

@@ -176,7 +176,14 @@ tuning = options(
     click.option(
         "--storage",
         metavar="URL",
-        help="Optuna storage URL (e.g. postgresql://...); default: SQLite in the state directory.",
+        help="Optuna storage URL (e.g. postgresql://...); default: SQLite in the state directory. "
+        "Workers on several machines join one study by giving the same URL.",
+    ),
+    click.option(
+        "--gpus",
+        metavar="all|0,1,2,3",
+        help="Tune on these GPUs at once: one engine per GPU (or per tensor-parallel group), "
+        "one shared study and --trials budget.",
     ),
     click.option(
         "--state-dir",
@@ -206,6 +213,85 @@ tuning = options(
         "say cannot start (predictions are still recorded).",
     ),
     click.argument("extra", nargs=-1, type=click.UNPROCESSED),
+)
+
+goals = options(
+    click.option(
+        "--objective",
+        type=click.Choice(["throughput", "goodput", "memory", "pareto"]),
+        default="throughput",
+        show_default=True,
+        help="throughput: output tok/s; goodput: requests/s meeting the SLOs; memory: the "
+        "smallest reservation above --min-throughput; pareto: throughput against memory.",
+    ),
+    click.option(
+        "--slo",
+        "slos",
+        multiple=True,
+        metavar="NAME=MS",
+        help="Latency limit (repeatable): ttft_p95_ms, tpot_p95_ms, itl_p99_ms, e2e_p99_ms "
+        "(and the p95/p99 of each); a trial that misses one is infeasible.",
+    ),
+    click.option(
+        "--min-throughput", type=float, help="Output tok/s floor (needed by --objective memory)."
+    ),
+    click.option(
+        "--memory-budget",
+        metavar="FRACTION|GIB",
+        help="Never reserve more GPU memory than this (0.6, or 18GiB).",
+    ),
+    click.option(
+        "--concurrency", type=click.IntRange(min=1), help="Requests in flight at most [all]."
+    ),
+    click.option(
+        "--request-rate",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Poisson arrivals per second instead of all at once.",
+    ),
+    click.option(
+        "--warmup",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Requests sent before the measured ones, not measured.",
+    ),
+    click.option(
+        "--repeats",
+        type=click.IntRange(min=1),
+        default=2,
+        show_default=True,
+        help="Measurements of each finalist (1: no re-measurement); count against --trials.",
+    ),
+    click.option(
+        "--finalists",
+        type=click.IntRange(min=1),
+        default=3,
+        show_default=True,
+        help="How many of the best are re-measured.",
+    ),
+    click.option(
+        "--statistic",
+        type=click.Choice(["worst", "median"]),
+        default="worst",
+        show_default=True,
+        help="How repeats are summarised before choosing.",
+    ),
+    click.option("--no-soak", is_flag=True, help="Skip the worst-case load run of the winner."),
+    click.option("--no-prune", is_flag=True, help="Never stop a clearly worse benchmark early."),
+    click.option(
+        "--patience",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Stop after this many launches without improving by --min-improvement (0: never).",
+    ),
+    click.option(
+        "--min-improvement",
+        type=click.FloatRange(0, 1),
+        default=0.01,
+        show_default=True,
+        help="What counts as an improvement for --patience (a share of the best).",
+    ),
 )
 
 
@@ -255,4 +341,19 @@ def tune_options(model: str, kw: dict[str, Any]) -> Any:
         images_max=kw.pop("images_mode") == "max",
         image_size_hint=kw.pop("image_size"),
         prescreen=not kw.pop("no_prescreen"),
+        gpus=kw.pop("gpus", None),
+        objective=kw.pop("objective"),
+        slos=tuple(kw.pop("slos")),
+        min_throughput=kw.pop("min_throughput"),
+        memory_budget=kw.pop("memory_budget"),
+        concurrency=kw.pop("concurrency"),
+        request_rate=kw.pop("request_rate"),
+        warmup=kw.pop("warmup"),
+        repeats=kw.pop("repeats"),
+        finalists=kw.pop("finalists"),
+        statistic=kw.pop("statistic"),
+        soak=not kw.pop("no_soak"),
+        prune=not kw.pop("no_prune"),
+        patience=kw.pop("patience"),
+        min_improvement=kw.pop("min_improvement"),
     )

@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,15 +97,19 @@ def _nvml() -> Any | None:
 
 
 def detect_nvml() -> Hardware | None:
-    """Fingerprint the visible GPUs through NVML; None when NVML finds no GPU."""
+    """Fingerprint the GPUs the engines will use through NVML (those CUDA_VISIBLE_DEVICES
+    names, else all); None when NVML finds no GPU."""
     nvml = _nvml()
     if nvml is None:
         return None
     try:
-        count = nvml.nvmlDeviceGetCount()
-        if count == 0:
+        try:
+            handles = _handles(nvml, visible_devices())  # the GPUs the engines will see
+        except Exception:  # CUDA_VISIBLE_DEVICES names a GPU NVML does not have
             return None
-        handle = nvml.nvmlDeviceGetHandleByIndex(0)
+        if not handles:
+            return None
+        handle, count = handles[0], len(handles)
         name = nvml.nvmlDeviceGetName(handle)
         name = name.decode() if isinstance(name, bytes) else str(name)
         total = nvml.nvmlDeviceGetMemoryInfo(handle).total
@@ -169,24 +174,77 @@ def resolve_hardware(*, gpu: str | None = None, device: str = "gpu") -> Hardware
     return detected
 
 
-def gpu_memory_used_bytes() -> int | None:
-    """Memory in use on all visible GPUs according to NVML, or None without NVML."""
+ENV_FAKE_GPU_DIR = "AUTOTUNE_FAKE_GPU_DIR"  # simulated GPUs (autotune.testing.fake_gpus)
+ENV_RELEASE_TIMEOUT = "AUTOTUNE_GPU_RELEASE_TIMEOUT_S"
+
+
+def visible_devices(env: Mapping[str, str] | None = None) -> list[str] | None:
+    """The GPUs ``CUDA_VISIBLE_DEVICES`` names (indices in PCI bus order, or UUIDs); None
+    when it is unset (every GPU)."""
+    raw = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return None
+    return [d.strip() for d in raw.split(",") if d.strip()]
+
+
+def _handles(nvml: Any, devices: Sequence[str] | None) -> list[Any]:
+    if devices is None:
+        return [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+    return [
+        nvml.nvmlDeviceGetHandleByIndex(int(d)) if d.isdigit()
+        else nvml.nvmlDeviceGetHandleByUUID(d)
+        for d in devices
+    ]  # fmt: skip
+
+
+def device_count() -> int | None:
+    """GPUs on this machine (NVML, or the simulated ones); None without either."""
+    fake = os.environ.get(ENV_FAKE_GPU_DIR)
+    if fake:
+        from autotune.testing import fake_gpus
+
+        return fake_gpus.count(Path(fake))
     nvml = _nvml()
     if nvml is None:
         return None
     try:
-        return sum(
-            int(nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(i)).used)
-            for i in range(nvml.nvmlDeviceGetCount())
-        )
+        return int(nvml.nvmlDeviceGetCount())
     finally:
         nvml.nvmlShutdown()
 
 
+def gpu_memory_used_bytes(devices: Sequence[str] | None = None) -> int | None:
+    """Memory in use on the given GPUs (default: every GPU) according to NVML, or None
+    without NVML. NVML ignores CUDA_VISIBLE_DEVICES: the devices are named here."""
+    fake = os.environ.get(ENV_FAKE_GPU_DIR)
+    if fake:
+        from autotune.testing import fake_gpus
+
+        return fake_gpus.used_bytes(Path(fake), devices)
+    nvml = _nvml()
+    if nvml is None:
+        return None
+    try:
+        return sum(int(nvml.nvmlDeviceGetMemoryInfo(h).used) for h in _handles(nvml, devices))
+    except Exception:  # a device that vanished or a UUID NVML does not know
+        return None
+    finally:
+        nvml.nvmlShutdown()
+
+
+def release_timeout_s(default: float = 60.0) -> float:
+    raw = os.environ.get(ENV_RELEASE_TIMEOUT, "").strip()
+    return float(raw) if raw else default
+
+
 def wait_memory_released(
-    *, baseline_bytes: int | None, timeout_s: float = 60.0, slack_bytes: int = 512 * 2**20
+    *,
+    baseline_bytes: int | None,
+    timeout_s: float = 60.0,
+    slack_bytes: int = 512 * 2**20,
+    devices: Sequence[str] | None = None,
 ) -> bool:
-    """Wait until GPU memory falls back to ``baseline_bytes`` (+ slack); True when it did.
+    """Wait until the GPUs' memory falls back to ``baseline_bytes`` (+ slack); True when it did.
 
     Without NVML (or no baseline) there is nothing to wait for and it returns True at once.
     """
@@ -194,7 +252,7 @@ def wait_memory_released(
         return True
     deadline = time.monotonic() + timeout_s
     while True:
-        used = gpu_memory_used_bytes()
+        used = gpu_memory_used_bytes(devices)
         if used is None or used <= baseline_bytes + slack_bytes:
             return True
         if time.monotonic() >= deadline:

@@ -17,8 +17,13 @@ from pathlib import Path
 import httpx
 
 from autotune import _process
-from autotune.errors import UserError
-from autotune.hardware import gpu_memory_used_bytes, wait_memory_released
+from autotune.errors import StudyStopped, UserError
+from autotune.hardware import (
+    gpu_memory_used_bytes,
+    release_timeout_s,
+    visible_devices,
+    wait_memory_released,
+)
 from autotune.outcome import Classified, Outcome, classify_startup
 from autotune.safety import redact, without_listen_args
 
@@ -142,10 +147,12 @@ class Engine:
         self._log = log_path.open("ab")
         self._log.write(("$ " + shlex.join(redact(self.argv)) + "\n").encode())
         self._log.flush()
-        self._gpu_baseline = gpu_memory_used_bytes()
+        self.devices = visible_devices(env)  # NVML ignores CUDA_VISIBLE_DEVICES: name them
+        self._gpu_baseline = gpu_memory_used_bytes(self.devices)
         self.started = time.monotonic()
         self.memory_released = True
         self.proc: subprocess.Popen[bytes] = _process.spawn(self.argv, log=self._log, env=env)
+        self._watchdog = _process.guard(self.proc)  # kills the engine if this process dies
 
     @property
     def pid(self) -> int:
@@ -158,13 +165,17 @@ class Engine:
         self._log.flush()
         return _process.read_tail(self.log_path)
 
-    def stop(self, *, grace_s: float = 10.0, memory_timeout_s: float = 60.0) -> bool:
-        """Kill the tree; with a GPU, wait until NVML shows its memory released (True if so)."""
+    def stop(self, *, grace_s: float = 10.0, memory_timeout_s: float | None = None) -> bool:
+        """Kill the tree; with a GPU, wait until NVML shows its memory released on the engine's
+        GPUs (True if so)."""
         _process.kill_tree(self.proc, grace_s=grace_s)
+        _process.release(self._watchdog)
         if not self._log.closed:
             self._log.close()
         self.memory_released = wait_memory_released(
-            baseline_bytes=self._gpu_baseline, timeout_s=memory_timeout_s
+            baseline_bytes=self._gpu_baseline,
+            timeout_s=release_timeout_s() if memory_timeout_s is None else memory_timeout_s,
+            devices=self.devices,
         )
         return self.memory_released
 
@@ -190,6 +201,30 @@ class Engine:
                 if time.monotonic() >= deadline:
                     return Classified(Outcome.STARTUP_TIMEOUT, f"not ready after {timeout_s:.0f} s")
                 time.sleep(0.25)
+
+
+_IDLE: dict[tuple[str, ...] | None, int] = {}  # GPU memory in use when this process first looked
+
+
+def _wait_gpus_free(env: Mapping[str, str]) -> None:
+    """Before a launch the engine's GPUs must be back to their idle level (what they held when
+    this worker first launched there): a previous engine's memory still held would make this
+    candidate fail for no fault of its own. Waits, then stops the worker with one line."""
+    devices = visible_devices(env)
+    key = tuple(devices) if devices is not None else None
+    used = gpu_memory_used_bytes(devices)
+    if used is None:
+        return
+    idle = _IDLE.setdefault(key, used)
+    if not wait_memory_released(
+        baseline_bytes=idle, timeout_s=release_timeout_s(), devices=devices
+    ):
+        which = ",".join(devices) if devices is not None else "all"
+        now = (gpu_memory_used_bytes(devices) or 0) / 2**30
+        raise StudyStopped(
+            f"GPU {which}: {now:.1f} GiB in use before the launch, {idle / 2**30:.1f} GiB when "
+            "this worker started; memory of an earlier engine was never released"
+        )
 
 
 def _probe(client: httpx.Client, base_url: str) -> tuple[str, int | None] | None:
@@ -232,6 +267,7 @@ def launch(
     is stopped when the block exits, whatever the reason (exception, Ctrl-C, SIGTERM).
     """
     environment = dict(os.environ if env is None else env)
+    _wait_gpus_free(environment)
     for attempt in range(PORT_RETRIES):
         port = _process.free_port(HOST)
         argv = build_argv(

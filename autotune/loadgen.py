@@ -1,14 +1,16 @@
 """A saturating load generator for an OpenAI-compatible server such as ``vllm serve``.
 
-All requests are sent at once (or ``max_concurrency`` at a time), streamed, and timed on the
-client the way ``vllm bench serve`` times them (see :mod:`autotune.metrics`). Completion prompts go
-to ``/v1/completions``, chat messages to ``/v1/chat/completions``.
+All requests are sent at once (or ``max_concurrency`` at a time, or as Poisson arrivals at
+``request_rate`` per second), streamed, and timed on the client the way ``vllm bench serve``
+times them (see :mod:`autotune.metrics`). Completion prompts go to ``/v1/completions``, chat
+messages to ``/v1/chat/completions``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -51,19 +53,25 @@ async def run_benchmark(
     model: str,
     requests: Sequence[Request],
     max_concurrency: int | None = None,
+    request_rate: float | None = None,
+    seed: int = 0,
     timeout_s: float = 600.0,
     should_abort: Callable[[], str | None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_record: Callable[[RequestRecord], None] | None = None,
 ) -> BenchResult:
     """Send ``requests`` to the server at ``base_url`` and measure them.
 
     ``should_abort`` is polled about every 0.2 s; when it returns a reason, or when the server
     stops accepting connections, or after ``timeout_s``, the outstanding requests are cancelled
-    and counted as failed. ``on_progress(done, total)`` is called after each finished request.
+    and counted as failed. ``on_progress(done, total)`` and ``on_record(record)`` are called after
+    each finished request. ``request_rate``: request ``i`` is sent at the ``i``-th arrival of a
+    Poisson process (seeded, the same times in every run), still at most ``max_concurrency``.
     """
     width = max(1, min(max_concurrency or len(requests), len(requests)))
     slots: list[RequestRecord | None] = [None] * len(requests)
-    state = _RunState(total=len(requests), on_progress=on_progress)
+    state = _RunState(total=len(requests), on_progress=on_progress, on_record=on_record)
+    state.arrivals = _arrivals(len(requests), rate=request_rate, seed=seed)
     semaphore = asyncio.Semaphore(width)
     deadline = time.perf_counter() + timeout_s
     async with httpx.AsyncClient(
@@ -105,9 +113,12 @@ def run(
     model: str,
     requests: Sequence[Request],
     max_concurrency: int | None = None,
+    request_rate: float | None = None,
+    seed: int = 0,
     timeout_s: float = 600.0,
     should_abort: Callable[[], str | None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_record: Callable[[RequestRecord], None] | None = None,
 ) -> BenchResult:
     """Synchronous :func:`run_benchmark` (runs its own event loop)."""
     return asyncio.run(
@@ -119,6 +130,9 @@ def run(
             timeout_s=timeout_s,
             should_abort=should_abort,
             on_progress=on_progress,
+            request_rate=request_rate,
+            seed=seed,
+            on_record=on_record,
         )
     )
 
@@ -126,8 +140,17 @@ def run(
 class _RunState:
     """Progress and connection-error streak shared by the request tasks of one run."""
 
-    def __init__(self, *, total: int, on_progress: Callable[[int, int], None] | None) -> None:
+    def __init__(
+        self,
+        *,
+        total: int,
+        on_progress: Callable[[int, int], None] | None,
+        on_record: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
         self.total = total
+        self.on_record = on_record
+        self.arrivals: list[float] = []
+        self.started = time.perf_counter()
         self.done = 0
         self.on_progress = on_progress
         self.connection_errors = 0
@@ -142,6 +165,8 @@ class _RunState:
                 f"server unreachable: {self.connection_errors} consecutive connection errors"
                 f" ({record.error})"
             )
+        if self.on_record is not None:
+            self.on_record(record)
         if self.on_progress is not None:
             self.on_progress(self.done, self.total)
 
@@ -177,7 +202,9 @@ async def _send(
     slots: list[RequestRecord | None],
     index: int,
 ) -> None:
-    """Send one request when a slot is free and store its record."""
+    """Send one request at its arrival time, when a slot is free, and store its record."""
+    if state.arrivals:
+        await asyncio.sleep(max(0.0, state.started + state.arrivals[index] - time.perf_counter()))
     async with semaphore:
         start = time.perf_counter()
         if state.gone is not None:
@@ -265,6 +292,18 @@ async def _stream(
         error=error,
         status=200,
     )
+
+
+def _arrivals(count: int, *, rate: float | None, seed: int) -> list[float]:
+    """Poisson arrival offsets in seconds (exponential gaps), or none for all at once."""
+    if rate is None or rate <= 0:
+        return []
+    rng = random.Random(seed)
+    now, out = 0.0, []
+    for _ in range(count):
+        out.append(now)
+        now += rng.expovariate(rate)
+    return out
 
 
 def _has_content(event: dict[str, object]) -> bool:

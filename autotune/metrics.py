@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from autotune.errors import UserError
 
-__all__ = ["Metrics", "RequestRecord", "aggregate", "percentile"]
+__all__ = ["Metrics", "RequestRecord", "aggregate", "goodput", "percentile"]
 
 
 @dataclass(frozen=True)
@@ -161,3 +161,32 @@ def _peak_overlap(records: Sequence[RequestRecord]) -> int:
         current += delta
         peak = max(peak, current)
     return peak
+
+
+def goodput(
+    records: Sequence[RequestRecord], *, duration_s: float, slos: Mapping[str, float]
+) -> float:
+    """Requests per second that met every SLO (``{"ttft_ms_p95": 500, ...}``: each limit is
+    applied per request, as ``vllm bench serve --goodput`` does; ITL by the request's own gaps
+    at the same percentile)."""
+    if duration_s <= 0:
+        return 0.0
+    met = sum(1 for r in records if r.ok and _meets(r, slos))
+    return met / duration_s
+
+
+def _meets(r: RequestRecord, slos: Mapping[str, float]) -> bool:
+    for key, limit in slos.items():
+        kind, _, pct = key.partition("_ms_p")
+        if kind == "ttft":
+            value = (r.ttft_s or 0.0) * 1000
+        elif kind == "tpot":
+            tokens = max(r.output_tokens - 1, 1)
+            value = (r.e2e_s - (r.ttft_s or 0.0)) / tokens * 1000
+        elif kind == "itl":
+            value = percentile([g * 1000 for g in r.itls_s], q=float(pct or 99))
+        else:
+            value = r.e2e_s * 1000
+        if value > limit:
+            return False
+    return True

@@ -17,11 +17,17 @@ from typing import Any
 from autotune import launcher, loadgen
 from autotune.errors import StudyStopped
 from autotune.launcher import ArgValue, Ready
-from autotune.metrics import Metrics
+from autotune.metrics import Metrics, RequestRecord, goodput
 from autotune.outcome import Classified, Outcome, StartupInfo, classify_runtime, parse_startup
+from autotune.probes import PeakMemory, preemptions
 from autotune.workload import Request
 
 MAX_FAILED_SHARE = 0.1  # more failed requests than this makes a configuration unusable
+EXIT_GRACE_S = 3.0  # after a cut-off benchmark: how long the engine may take to exit
+REPORT_STEPS = 10  # intermediate values per benchmark (for a pruner)
+PRUNED = "pruned"
+# step, {"throughput": .., "goodput": ..} so far → True to stop the benchmark (pruned)
+Report = Callable[[int, Mapping[str, float]], bool]
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,9 @@ class TrialResult:
     startup_s: float | None = None
     errors: tuple[str, ...] = ()
     memory_released: bool = True
+    goodput: float | None = None  # requests/s meeting the SLOs (when SLOs are given)
+    preemptions: int | None = None  # vllm:num_preemptions_total during the benchmark
+    peak_memory_gib: float | None = None  # GPU memory in use at its peak (NVML), else None
 
     @property
     def throughput(self) -> float:
@@ -57,6 +66,9 @@ class TrialResult:
             "vllm_version": self.vllm_version,
             "startup_s": round(self.startup_s, 2) if self.startup_s is not None else None,
             "errors": list(self.errors),
+            "goodput": self.goodput,
+            "preemptions": self.preemptions,
+            "peak_memory_gib": self.peak_memory_gib,
         }
 
 
@@ -72,6 +84,11 @@ class TrialRunner:
     startup_timeout_s: float = 900.0
     bench_timeout_s: float = 1800.0
     env: Mapping[str, str] | None = None
+    max_concurrency: int | None = None  # --concurrency: at most this many requests in flight
+    request_rate: float | None = None  # --request-rate: Poisson arrivals per second
+    warmup: Sequence[Request] = ()  # sent first, not measured
+    slos: Mapping[str, float] = field(default_factory=dict)  # metric key → limit, for goodput
+    report: Report | None = None  # this trial's pruner: intermediate values (never the warm-up)
 
     def run(
         self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
@@ -123,8 +140,16 @@ class TrialRunner:
                 estimated_max_model_len=ready.estimated_max_model_len,
                 vllm_version=startup.vllm_version,
             )
+        if self.warmup:
+            on_phase(f"warm-up: {len(self.warmup)} requests")
+            self._bench(engine, ready, on_phase, requests=self.warmup)
         on_phase(f"benchmark: {len(self.requests)} requests")
-        result = self._bench(engine, ready, on_phase)
+        before = preemptions(ready.base_url)
+        with PeakMemory() as peak:
+            result = self._bench(
+                engine, ready, on_phase, requests=self.requests, report=self.report
+            )
+        after = preemptions(ready.base_url) if engine.exited() is None else None
         startup = parse_startup(engine.log_text())
         bench_outcome = self._judge(result, engine)
         return TrialResult(
@@ -137,16 +162,31 @@ class TrialRunner:
             vllm_version=ready.version or startup.vllm_version,
             startup_s=ready.startup_s,
             errors=result.errors,
+            goodput=goodput(result.records, duration_s=result.metrics.duration_s, slos=self.slos)
+            if self.slos
+            else None,
+            preemptions=None if before is None or after is None else after - before,
+            peak_memory_gib=peak.peak_gib,
         )
 
     def _bench(
-        self, engine: launcher.Engine, ready: Ready, on_phase: Callable[[str], None]
+        self,
+        engine: launcher.Engine,
+        ready: Ready,
+        on_phase: Callable[[str], None],
+        *,
+        requests: Sequence[Request],
+        report: Report | None = None,
     ) -> loadgen.BenchResult:
+        pruned: list[str] = []
+
         def died() -> str | None:
             rc = engine.exited()
-            return None if rc is None else f"engine exited with code {rc}"
+            return (
+                pruned[0] if pruned else (None if rc is None else f"engine exited with code {rc}")
+            )
 
-        total = len(self.requests)
+        total = len(requests)
         last = [0.0]
 
         def progress(done: int, _total: int) -> None:
@@ -158,16 +198,49 @@ class TrialRunner:
         return loadgen.run(
             base_url=ready.base_url,
             model=ready.served_model,
-            requests=self.requests,
+            requests=requests,
+            max_concurrency=self.max_concurrency,
+            request_rate=self.request_rate,
             timeout_s=self.bench_timeout_s,
             should_abort=died,
             on_progress=progress,
+            on_record=None if report is None else self._reporter(total, report, pruned),
         )
 
+    def _reporter(
+        self, total: int, report: Report, pruned: list[str]
+    ) -> Callable[[RequestRecord], None]:
+        """Every ``total / REPORT_STEPS`` finished requests: the running throughput and goodput."""
+        done: list[RequestRecord] = []
+        every = max(1, total // REPORT_STEPS)
+
+        def on_record(record: RequestRecord) -> None:
+            done.append(record)
+            if pruned or len(done) % every or len(done) >= total:
+                return
+            first = min(r.start for r in done)
+            elapsed = max(r.start + r.e2e_s for r in done) - first
+            if elapsed <= 0:
+                return
+            tokens = sum(r.output_tokens for r in done if r.ok)
+            values = {"throughput": tokens / elapsed}
+            if self.slos:
+                values["goodput"] = goodput(done, duration_s=elapsed, slos=self.slos)
+            if report(len(done) // every, values):
+                pruned.append(PRUNED)
+
+        return on_record
+
     def _judge(self, result: loadgen.BenchResult, engine: launcher.Engine) -> Classified:
+        if result.aborted and result.aborted != PRUNED:  # a dying engine may still be exiting
+            deadline = time.monotonic() + EXIT_GRACE_S
+            while engine.exited() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
         if engine.exited() is not None:
             time.sleep(0.1)
             return classify_runtime(engine.log_text())
+        if result.aborted == PRUNED:
+            return Classified(Outcome.PRUNED, "pruned: clearly below the median mid-benchmark")
         if result.aborted:
             return Classified(Outcome.HARNESS_ERROR, f"benchmark aborted: {result.aborted}")
         m = result.metrics

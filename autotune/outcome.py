@@ -32,6 +32,7 @@ class Outcome(str, Enum):
     PORT_IN_USE = "port_in_use"
     HARNESS_ERROR = "harness_error"  # autotune's own fault; the configuration is not to blame
     SKIPPED = "skipped"  # predicted to fail from earlier failures; not launched
+    PRUNED = "pruned"  # stopped mid-benchmark by the pruner: clearly worse than the median
 
     @property
     def infeasible(self) -> bool:
@@ -191,6 +192,7 @@ class StartupInfo:
     non_torch_gib: float | None = None  # 0.11 only
     peak_activation_gib: float | None = None
     cuda_graph_gib: float | None = None  # the breakdown, else "Estimated CUDA graph memory"
+    cuda_graph_actual_gib: float | None = None  # the captured pool ("... GiB (actual)")
     block_size: int | None = None  # "Setting kv cache block size to N"
     kv_cache_bytes: int | None = None  # exact, from the breakdown's "--kv-cache-memory=N"
 
@@ -218,6 +220,7 @@ _USAGE = re.compile(  # 0.33: consumed, peak, graphs; 0.11 (DEBUG): weight, peak
     r"for CUDAGraph memory"
 )
 _GRAPH_ESTIMATE = re.compile(r"Estimated CUDA graph memory: ([\d.]+) GiB total")
+_GRAPH_POOL = re.compile(r"CUDA graph pool memory: ([\d.]+) GiB \(actual\)")
 _BLOCK_SIZE = re.compile(r"Setting kv cache block size to (\d+)")
 _KV_BYTES = re.compile(r"Replace gpu_memory_utilization config with `--kv-cache-memory=(\d+)`")
 
@@ -251,6 +254,7 @@ def parse_startup(log: str) -> StartupInfo:
         non_torch_gib=non_torch,
         peak_activation_gib=float(usage[3]) if usage else None,
         cuda_graph_gib=float(usage[5]) if usage else _num(_GRAPH_ESTIMATE, log),
+        cuda_graph_actual_gib=_num(_GRAPH_POOL, log),
         block_size=int(block) if block is not None else None,
         kv_cache_bytes=int(kv_bytes) if kv_bytes is not None else None,
     )

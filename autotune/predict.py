@@ -235,6 +235,25 @@ class MemoryKnowledge:
         budget = math.ceil(float(args[UTIL]) * self.pool.total_bytes)
         return int(budget - non_kv_estimate(point, fit=self.fit))
 
+    def memory_edge(self, args: Mapping[str, Any]) -> float | None:
+        """The highest utilization these batch settings are expected to start at (a guess for
+        the edge climb, never a reason to reject): the free memory at startup, less what CUDA
+        graph capture took beyond vLLM's own estimate in earlier launches (it is outside the
+        budget), scaled to these settings' capture sizes."""
+        free, total = self._latest("free_gib"), self.pool.total_bytes if self.pool else None
+        if free is None or not total:
+            return None
+        per_size, over = 0.0, 0.0
+        for _, attrs in self.launches:
+            s, count = attrs.get("startup") or {}, graph_count(attrs.get("vllm_args") or {})
+            est, actual = _gib(s.get("cuda_graph_gib")), _gib(s.get("cuda_graph_actual_gib"))
+            if est and count:
+                per_size = max(per_size, est / count)
+                if actual:
+                    over = max(over, (actual - est) / est)
+        graphs = 0 if self.flags.eager else graph_count(args) or 0
+        return (free - over * per_size * graphs) / total
+
     def check(self, args: Mapping[str, Any]) -> str | None:
         """Why this candidate cannot start, when that is certain; None otherwise."""
         if not self.prescreen:

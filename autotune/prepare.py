@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from autotune.errors import UserError
+from autotune.goals import apply_budget, goal_from, parse_budget
 from autotune.hardware import ENV_GPU, Hardware, choose_device, resolve_hardware
 from autotune.launcher import DEFAULT_VLLM_CMD, ENV_VLLM_CMD, engine_version, resolve_command
 from autotune.memory_setup import base_model, engine_flags, seqs_cap
@@ -51,6 +52,20 @@ class TuneOptions:
     images_max: bool = False  # --images max: find the largest image count that fits
     image_size_hint: tuple[int, int] | None = None  # --image-size: the resolution sent
     prescreen: bool = True  # --no-prescreen: launch every candidate (predictions still kept)
+    slos: tuple[str, ...] = ()  # --slo NAME=MS
+    min_throughput: float | None = None  # --min-throughput (output tok/s)
+    memory_budget: str | None = None  # --memory-budget FRACTION or GiB
+    concurrency: int | None = None  # --concurrency: requests in flight at most
+    request_rate: float | None = None  # --request-rate: Poisson arrivals per second
+    warmup: int = 0  # --warmup: requests sent first, not measured
+    repeats: int = 2  # --repeats: measurements of each finalist
+    finalists: int = 3  # --finalists: candidates re-measured
+    statistic: str = "worst"  # --statistic worst|median of the repeats
+    soak: bool = True  # --no-soak skips the worst-case load run of the winner
+    prune: bool = True  # --no-prune: never stop a benchmark early
+    patience: int = 0  # --patience K: stop after K launches without improvement
+    min_improvement: float = 0.01  # --min-improvement: what counts as an improvement
+    gpus: str | None = None  # --gpus 0,1,2,3 | all: one worker per GPU (group)
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,9 @@ def _space(options: TuneOptions, spec: ModelSpec, hardware: Hardware, hints: boo
         images_max=options.images_max,
         image_size_hint=options.image_size_hint if hints else None,
     )
+    budget = parse_budget(options.memory_budget, total_gib=hardware.memory_gib)
+    user_range = any(options.ranges.get(name) is not None for name in MEMORY_DIMS)
+    space = apply_budget(space, budget=budget, total_gib=hardware.memory_gib, user_range=user_range)
     return _bound_seqs(space, options, spec, hardware)
 
 
@@ -120,6 +138,13 @@ def prepare(options: TuneOptions) -> Prepared:
     hardware = hardware_for(options.gpu, options.device, options.vllm_cmd)
     command = resolve_command(options.vllm_cmd)
     hints = supports_size_hints(engine_version(command)) if spec.is_vision else False
+    goal_from(  # bad goal input is one line, before any note
+        objective=options.objective,
+        slos=options.slos,
+        min_throughput=options.min_throughput,
+        memory_budget=options.memory_budget,
+        total_gib=hardware.memory_gib,
+    )
     space = _space(options, spec, hardware, hints)
     wl = _image_workload(options, spec)
     wl.validate()

@@ -6,6 +6,9 @@ Schema (version 1, documented in profiles/README.md), every key required:
   objective, vllm_args {flag_name: value}, extra_args [the user's own arguments after --],
   metrics {...}, startup {...}, provenance {study, trial, created, autotune_version},
   parallel {tensor_parallel_size, pipeline_parallel_size}, constraints {name: limit}.
+Version 2 adds, each optional (version 1 files still load): memory {reserved_gib, ..., sources},
+noise {repeats, spread}, soak {passed | skipped, peak, preemptions, errors}, warnings [text],
+variants [{pick, vllm_args, metrics, memory, trial}] (the Pareto front).
 Writes are atomic (temporary file + rename) and locked, so a reader never sees half a
 profile; arguments are checked against known vLLM flags on save and on load (safety.py).
 """
@@ -26,7 +29,10 @@ import yaml
 from autotune.errors import UserError
 from autotune.safety import check_profile_args, strip_secrets
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+ADDED_IN_2 = ("memory", "noise", "soak", "warnings", "variants")
+PICKS = ("throughput", "memory", "balanced")
 SINGLE_DEVICE = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1}
 
 
@@ -47,6 +53,29 @@ class Profile:
     provenance: dict[str, Any]
     parallel: dict[str, int] = field(default_factory=lambda: dict(SINGLE_DEVICE))
     constraints: dict[str, Any] = field(default_factory=dict)  # SLOs, budgets the trial met
+    memory: dict[str, Any] = field(default_factory=dict)  # reservation, peak, their sources
+    noise: dict[str, Any] = field(default_factory=dict)  # repeats and their spread
+    soak: dict[str, Any] = field(default_factory=dict)  # the worst-case load run, or skipped
+    warnings: list[str] = field(default_factory=list)  # e.g. an fp8 KV cache changes outputs
+    variants: list[dict[str, Any]] = field(default_factory=list)  # the Pareto front
+
+    def variant(self, pick: str) -> Profile:
+        """The Pareto variant for ``serve --pick`` (``throughput``: the fastest, ``memory``:
+        the smallest reservation, ``balanced``); the profile itself when it has none."""
+        if pick not in PICKS:
+            raise UserError(f"--pick {pick}: choose one of {', '.join(PICKS)}")
+        if not self.variants:
+            return self
+        found = [v for v in self.variants if pick in v.get("picks", [])]
+        if not found:
+            raise UserError(f"the profile has no variant picked for {pick}")
+        v = found[0]
+        return replace(
+            self,
+            vllm_args=dict(v["vllm_args"]),
+            metrics=dict(v.get("metrics") or {}),
+            memory=dict(v.get("memory") or {}),
+        )
 
     @property
     def model_name(self) -> str:
@@ -74,16 +103,19 @@ class Profile:
             raise UserError(f"{source}: not a profile (expected a mapping)")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
-        missing = sorted(names - set(data))
+        missing = sorted(names - set(data) - set(ADDED_IN_2))
         if unknown:
             raise UserError(f"{source}: unknown keys {', '.join(unknown)}")
         if missing:
             raise UserError(f"{source}: missing keys {', '.join(missing)}")
-        if data["schema_version"] != SCHEMA_VERSION:
+        if data["schema_version"] not in READABLE_VERSIONS:
             raise UserError(
                 f"{source}: schema_version {data['schema_version']} is not supported "
-                f"(this autotune reads {SCHEMA_VERSION})"
+                f"(this autotune reads {', '.join(map(str, READABLE_VERSIONS))})"
             )
+        if data["schema_version"] < 2 and (newer := [k for k in ADDED_IN_2 if k in data]):
+            raise UserError(f"{source}: {', '.join(newer)} need schema_version 2")
+        _check_added(data, source=source)
         mappings = ("model", "hardware", "workload", "vllm_args", "metrics", "provenance")
         for key in (*mappings, "parallel", "constraints"):
             if not isinstance(data[key], Mapping):
@@ -99,7 +131,24 @@ class Profile:
         for key, sub in (("model", "name"), ("hardware", "key"), ("workload", "signature")):
             if sub not in data[key]:
                 raise UserError(f"{source}: {key}.{sub} is missing")
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def _check_added(data: Mapping[str, Any], *, source: str) -> None:
+    """The version-2 sections: their shapes, and every variant's flags checked like the main."""
+    for key in ("memory", "noise", "soak"):
+        if key in data and not isinstance(data[key], Mapping):
+            raise UserError(f"{source}: {key} must be a mapping")
+    warnings = data.get("warnings", [])
+    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+        raise UserError(f"{source}: warnings must be a list of strings")
+    variants = data.get("variants", [])
+    if not isinstance(variants, list):
+        raise UserError(f"{source}: variants must be a list")
+    for i, v in enumerate(variants):
+        if not isinstance(v, Mapping) or not isinstance(v.get("vllm_args"), Mapping):
+            raise UserError(f"{source}: variants[{i}] needs vllm_args")
+        check_profile_args(v["vllm_args"], [], source=f"{source}: variants[{i}]")
 
 
 def _slug(text: str) -> str:

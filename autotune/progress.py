@@ -54,7 +54,10 @@ def _result_text(trial: FrozenTrial) -> str:
     attrs = trial.user_attrs
     outcome = attrs.get("outcome", trial.state.name.lower())
     if outcome == "ok":
-        return f"ok {trial.value:.1f} tok/s"
+        tput = (attrs.get("metrics") or {}).get("output_throughput") or 0.0
+        missed = attrs.get("missed")
+        text = f"ok {tput:.1f} tok/s"
+        return text + (f", infeasible: missed {'; '.join(missed)}" if missed else "")
     reason = str(attrs.get("reason", ""))
     return f"{outcome}: {reason[:120]}"
 
@@ -95,8 +98,9 @@ class LiveReporter:
         self.progress.update(self.task, phase=text)
 
     def trial_finished(self, trial: FrozenTrial) -> None:
-        if trial.user_attrs.get("outcome") == "ok" and trial.value is not None:
-            self.best = max(self.best or 0.0, trial.value)
+        tput = (trial.user_attrs.get("metrics") or {}).get("output_throughput")
+        if trial.user_attrs.get("outcome") == "ok" and tput is not None:
+            self.best = max(self.best or 0.0, float(tput))
         self.progress.advance(self.task)
         style = "green" if trial.user_attrs.get("outcome") == "ok" else "yellow"
         self.console.print(

@@ -60,6 +60,7 @@ import optuna
 
 from autotune import study as st
 from autotune.feasibility import Prescreen
+from autotune.guide import for_goal
 from autotune.objective import TrialResult, TrialRunner
 from autotune.outcome import Outcome
 from autotune.prepare import Prepared, TuneOptions, prepare
@@ -578,6 +579,9 @@ class OracleScreen:
     def learn_all(self, trials: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
         self.inner.learn_all(trials)
 
+    def memory_edge(self, args: Mapping[str, Any]) -> float | None:
+        return getattr(self.inner, "memory_edge", lambda _: None)(args)
+
     def learn_trial(self, *, trial: int, attrs: Mapping[str, Any]) -> None:
         self.inner.learn_trial(trial=trial, attrs=attrs)
 
@@ -605,7 +609,9 @@ def make_screen(problem: Problem, mode: str) -> st.Screen | None:
     return OracleScreen(problem, screen) if mode == "oracle" else screen
 
 
-def run_autotune(key: str, seed: int, budget: int, sampler: str, screen: str = "memory") -> Run:
+def run_autotune(
+    key: str, seed: int, budget: int, sampler: str, screen: str = "memory", guide: bool = True
+) -> Run:
     """autotune's own study loop, built as ``api.tune`` builds it, on the in-process runner."""
     problem = PROBLEMS[key]
     prep = problem.prep
@@ -621,6 +627,7 @@ def run_autotune(key: str, seed: int, budget: int, sampler: str, screen: str = "
     custom = make_sampler(sampler, seed)
     if custom is not None:
         study.sampler = custom
+    knowledge = make_screen(problem, screen)
     plan = st.StudyPlan(
         study=study,
         space=prep.space,
@@ -628,7 +635,10 @@ def run_autotune(key: str, seed: int, budget: int, sampler: str, screen: str = "
         budget=budget,
         log_dir=Path(tempfile.gettempdir()) / "autotune-tuning-quality" / "logs",
         default_params=problem.default_params,
-        prescreen=make_screen(problem, screen),
+        prescreen=knowledge,
+        guide=for_goal(kind="throughput", space=prep.space, seed=seed, knowledge=knowledge)
+        if guide
+        else None,
     )
     st.run_study(plan, reporter=_Quiet())
     launched, skipped = [], 0
@@ -1070,6 +1080,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-baselines", action="store_true", help="autotune only")
     parser.add_argument(
+        "--no-guide",
+        action="store_true",
+        help="autotune without its edge climb, local moves and lift (the sampler alone)",
+    )
+    parser.add_argument(
         "--prescreen",
         choices=PRESCREENS,
         default="memory",
@@ -1117,7 +1132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             verify([k for k in ns.verify.split(",") if k], found, workdir)
         t_tune = time.monotonic()
         seeds = range(ns.seeds)
-        calls = [(k, s, b, ns.sampler, ns.prescreen) for k in keys for s in seeds for b in budgets]
+        calls = [
+            (k, s, b, ns.sampler, ns.prescreen, not ns.no_guide)
+            for k in keys
+            for s in seeds
+            for b in budgets
+        ]
         waits = [pool.map(run_autotune, calls)]
         if not ns.no_baselines:
             waits.append(

@@ -188,3 +188,33 @@ def test_hadolint_clean() -> None:
         check=False,
     )
     assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
+
+
+K8S_JOB = ROOT / "docker" / "k8s" / "tune-job.yaml"
+
+
+def test_k8s_indexed_job_one_gpu_per_pod_shared_postgres() -> None:
+    docs = {d["kind"]: d for d in yaml.safe_load_all(K8S_JOB.read_text())}
+    assert {"Service", "StatefulSet", "PersistentVolumeClaim", "Job"} <= set(docs)
+    job = docs["Job"]["spec"]
+    assert job["completionMode"] == "Indexed"  # JOB_COMPLETION_INDEX: each pod its own seed
+    assert job["parallelism"] == job["completions"] >= 2
+    pod = job["template"]["spec"]
+    (tune,) = pod["containers"]
+    assert tune["command"] == ["autotune"] and tune["args"][0] == "tune"
+    assert tune["resources"]["limits"]["nvidia.com/gpu"] == 1
+    storage = option([str(a) for a in tune["args"]], "--storage")
+    service = docs["Service"]["metadata"]["name"]
+    assert storage is not None and storage.startswith("postgresql://")
+    assert f"@{service}:5432/" in storage and "$(POSTGRES_PASSWORD)" in storage
+    env = {e["name"]: e for e in tune["env"]}
+    assert "secretKeyRef" in env["POSTGRES_PASSWORD"]["valueFrom"]  # no password in the file
+    assert "--seed" not in tune["args"], "pods derive their seeds from their index"
+    mounts = {m["mountPath"] for m in tune["volumeMounts"]}
+    assert "/profiles" in mounts
+    claim = docs["PersistentVolumeClaim"]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]
+    postgres = docs["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    assert is_pinned(postgres["image"]) and postgres["image"].startswith("postgres:")
+    pg_env = {e["name"]: e for e in postgres["env"]}
+    assert "secretKeyRef" in pg_env["POSTGRES_PASSWORD"]["valueFrom"]

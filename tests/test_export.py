@@ -39,7 +39,7 @@ def test_cli_json_and_k8s() -> None:
     assert argv[:3] == ["vllm", "serve", "org/m"] and argv[argv.index("--max-num-seqs") + 1] == "64"
     assert json.loads(argv[argv.index("--limit-mm-per-prompt") + 1]) == {"image": 2}
     data = json.loads(export(profile(), fmt="json", model="m", command=[]))
-    assert data["schema_version"] == 1 and data["vllm_args"]["max_num_seqs"] == 64
+    assert data["schema_version"] == 2 and data["vllm_args"]["max_num_seqs"] == 64
     k8s = yaml.safe_load(export(profile(), fmt="k8s", model="org/m", command=[]))
     assert k8s["kind"] == "Deployment"
     (container,) = k8s["spec"]["template"]["spec"]["containers"]

@@ -179,3 +179,22 @@ def test_cpu_backend_kv_bytes_from_real_vllm_lines(tmp_path: Path) -> None:
     why = know.check({**args, "kv_cache_memory_bytes": 2**20})
     assert why is not None and "kv_too_small" in why and "8 KV cache blocks" in why
     assert know.check({**args, "kv_cache_memory_bytes": 17 * 2**17}) is None
+
+
+def test_one_boot_guesses_the_memory_edge_of_other_batch_settings(tmp_path: Path) -> None:
+    """The climb's guess (never a rejection): free memory at startup less the CUDA graph pool's
+    overshoot of vLLM's estimate, scaled by capture sizes; the fake's truth is within 0.01."""
+    know, _ = setup(tmp_path, LLAMA_8B, {})
+    assert know.memory_edge({"max_num_seqs": 64, "max_num_batched_tokens": 2048}) is None
+    first = {"gpu_memory_utilization": 0.9, "max_num_seqs": 256, "max_num_batched_tokens": 2048,
+             "max_model_len": 2048}  # fmt: skip
+    know.learn_trial(trial=0, attrs=launched_attrs(first, config=LLAMA_8B, env=ENV))
+    for seqs, tokens in ((256, 2048), (32, 1024), (128, 8192)):
+        args = {**first, "max_num_seqs": seqs, "max_num_batched_tokens": tokens}
+        edge = know.memory_edge(args)
+        assert edge is not None
+        highest = max(
+            u / 100 for u in range(70, 100)
+            if boots({**args, "gpu_memory_utilization": u / 100}, config=LLAMA_8B, env=ENV)
+        )  # fmt: skip
+        assert abs(edge - highest) <= 0.011, (seqs, tokens, edge, highest)

@@ -86,8 +86,8 @@ def load(state: Path) -> optuna.Study:
 
 def test_twelve_trial_study_then_serve(model_dir: Path, env: dict[str, str]) -> None:
     done = autotune(  # every candidate launched: the failure regions must be hit and classified
-        "tune", str(model_dir), "--vllm-cmd", FAKE_CMD, "--trials", "12", "--no-prescreen", *ARGS,
-        env=env,
+        "tune", str(model_dir), "--vllm-cmd", FAKE_CMD, "--trials", "12", "--no-prescreen",
+        "--repeats", "1", *ARGS, env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     study = load(Path(env["AUTOTUNE_STATE_DIR"]))
@@ -122,7 +122,7 @@ def test_twelve_trial_study_then_serve(model_dir: Path, env: dict[str, str]) -> 
 
     (profile_path,) = Path(env["AUTOTUNE_PROFILES_DIR"]).rglob("*.yaml")
     profile = yaml.safe_load(profile_path.read_text())
-    assert profile["schema_version"] == 1 and profile["vllm_version"] == "0.33.0+fake"
+    assert profile["schema_version"] == 2 and profile["vllm_version"] == "0.33.0+fake"
     assert profile["provenance"]["trial"] == best.number
     assert profile["vllm_args"] == best.user_attrs["vllm_args"]
     assert profile["metrics"]["output_throughput"] == pytest.approx(best.value)

@@ -52,7 +52,7 @@ def test_min_images_study(tmp_path: Path) -> None:
         "tune", str(LLAVA), "--gpu", "L4:24", "--vllm-cmd", FAKE_CMD, "--trials", "12",
         "--min-images", "4", "--image-size", "336x336", "--gpu-memory-utilization", "0.9",
         "--max-model-len", "4096", "--max-num-seqs", "8:256", "--input-len", "64",
-        "--output-len", "16", "--num-prompts", "32", "--seed", "4", "--quiet",
+        "--output-len", "16", "--num-prompts", "32", "--seed", "4", "--quiet", "--repeats", "1",
         env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

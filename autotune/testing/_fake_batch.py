@@ -51,6 +51,7 @@ class BatchEngine:
         time_scale: float,
         crash_under_load: bool = False,
         crash_after: int | None = None,
+        token_limit: int | None = None,
         on_death: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.max_num_seqs, self.mbt, self.capacity = max_num_seqs, max_num_batched_tokens, capacity
@@ -60,6 +61,7 @@ class BatchEngine:
             crash_after,
         )
         self.on_death = on_death
+        self.token_limit = token_limit  # more tokens in the running batch: OOM under load
         self.dead = self._stop = False
         self.waiting: deque[Request] = deque()
         self.running: dict[Request, None] = {}  # admission order; popitem() = newest
@@ -165,6 +167,8 @@ class BatchEngine:
     def _crash_reason(self) -> str | None:
         if self.crash_under_load and len(self.running) >= 2:
             return "load"
+        if self.token_limit is not None and sum(r.kv for r in self.running) > self.token_limit:
+            return "memory"
         done = self.counters["stop"] + self.counters["length"]
         if self.crash_after is not None and done >= self.crash_after:
             return "requests"

@@ -30,6 +30,7 @@ class FakeEnv:
     load_oom_util: float | None = None
     crash_after: int | None = None
     image_mib: float = 64.0  # encoder-profile memory of one full-size dummy image
+    load_mib_per_ktoken: float | None = None  # unprofiled runtime memory per 1000 batch tokens
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> FakeEnv:
@@ -52,6 +53,7 @@ class FakeEnv:
             load_oom_util=num("LOAD_OOM_UTIL"),
             crash_after=None if crash is None else int(crash),
             image_mib=get("IMAGE_MIB", 64.0),
+            load_mib_per_ktoken=num("LOAD_MIB_PER_KTOKEN"),
         )
 
 

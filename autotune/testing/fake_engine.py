@@ -14,15 +14,18 @@ This module is the entry point: startup orchestration, signals and cleanup. The 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from autotune.testing import fake_gpus
 from autotune.testing._fake_batch import BatchEngine
 from autotune.testing._fake_boot import CONTEXT_GIB, Boot, oom_text, plan_boot
 from autotune.testing._fake_cli import ConfigError, build_parser, resolve_config
@@ -65,6 +68,7 @@ class FakeServer:
         self.cfg: ServeConfig | None = None
         self.model: ModelInfo | None = None
         self.boot = Boot([])
+        self.gpu_file: Path | None = None
         self.crashed = threading.Event()
         self.serving = self.stopping = False
 
@@ -112,7 +116,11 @@ class FakeServer:
         out.engine = eng = f"EngineCore pid={self.child.pid}"
         init = f"Initializing a V1 LLM engine (v{VERSION}) with config: model='{ns.model_tag}'"
         out.log(eng, "INFO", "core.py:98", init)
+        others = fake_gpus.others_gib(os.environ)  # engines on the same simulated GPU
+        self.env = dataclasses.replace(self.env, used=self.env.used + others)
         self.boot = boot = plan_boot(cfg, model, self.env)
+        if boot.phases and boot.phases[0].error is None:
+            self.gpu_file = fake_gpus.hold(os.environ, cfg.util * self.env.total)
         for phase in boot.phases:
             time.sleep(phase.share * self.env.startup_s)
             for src, msg in phase.warnings:
@@ -137,6 +145,7 @@ class FakeServer:
             time_scale=self.env.time_scale,
             crash_under_load=oom_util is not None and cfg.util >= oom_util,
             crash_after=self.env.crash_after,
+            token_limit=self._token_limit(cfg),
             on_death=self._on_death,
         )
         self.engine.start()
@@ -158,6 +167,15 @@ class FakeServer:
         time.sleep(0.5)
         return 1
 
+    def _token_limit(self, cfg: ServeConfig) -> int | None:
+        """LOAD_MIB_PER_KTOKEN: tokens in the running batch whose unprofiled runtime memory
+        fills what the reservation leaves free; more than that is an OOM under load."""
+        per_ktoken, env = self.env.load_mib_per_ktoken, self.env
+        if not per_ktoken:
+            return None
+        left_gib = env.total - env.used - CONTEXT_GIB - cfg.util * env.total
+        return max(0, int(left_gib * 1024 / per_ktoken * 1000))
+
     def _on_death(self, reason: str) -> None:
         env, cfg = self.env, self.cfg
         left = env.total - env.used - CONTEXT_GIB - (cfg.util * env.total if cfg else 0.0)
@@ -169,6 +187,7 @@ class FakeServer:
         self.crashed.set()
 
     def _cleanup(self) -> None:
+        fake_gpus.free(self.gpu_file)
         if self.engine:
             self.engine.stop()
         if self.httpd:

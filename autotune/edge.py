@@ -1,0 +1,165 @@
+"""Climb to the memory edge: the best throughput sits at the highest memory setting that still
+starts and survives its load (more KV cache never slows vLLM down; the cliffs above it are
+free-memory, CUDA-graph and under-load failures). A sampler finds the region but wastes launches
+on the last steps of a one-sided cliff, so the study bisects them itself: the best trial's
+configuration, one memory setting between its own and the lowest one known to fail above it.
+
+Pure: no Optuna. ``study.py`` turns trials into ``Tried`` and enqueues what ``next_climb``
+proposes (source ``edge``), so the climb is visible in ``autotune trials``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from autotune.outcome import Outcome
+from autotune.ranges import Value
+from autotune.space import MEMORY_DIMS, UTIL_STEP, Dim, SearchSpace
+
+# Failures that a higher memory setting with at least as large batches cannot escape.
+_ABOVE = {
+    Outcome.FREE_MEMORY.value,
+    Outcome.OOM_CUDA_GRAPHS.value,
+    Outcome.CRASH_UNDER_LOAD.value,
+}
+# ... and those the climb treats as a ceiling for every configuration: the free memory is the
+# device's; a crash under load depends on the load as much as on the batch settings.
+_ANYWHERE = {Outcome.FREE_MEMORY.value, Outcome.CRASH_UNDER_LOAD.value}
+LOG_RESOLUTION = 1.125  # a byte-sized memory dimension is bisected down to this ratio
+
+
+@dataclass(frozen=True)
+class Tried:
+    """A trial as the climb sees it: its sampled parameters, how it ended, its value."""
+
+    params: Mapping[str, Value]
+    outcome: str  # Outcome value; a pre-screened candidate: the class it was predicted to hit
+    value: float | None = None
+
+
+@dataclass(frozen=True)
+class Climb:
+    params: dict[str, Value]
+    why: str
+
+
+def memory_dim(space: SearchSpace) -> Dim | None:
+    """The tuned memory dimension (utilization on GPUs, KV bytes on CPUs), if any."""
+    return next((d for d in space.tuned if d.name in MEMORY_DIMS), None)
+
+
+def _covers(failed: Mapping[str, Value], best: Mapping[str, Value], *, memory: str) -> bool:
+    """The best configuration needs at least what the failed one needed, memory aside."""
+    return all(best.get(k, v) >= v for k, v in failed.items() if k != memory)
+
+
+def _between(dim: Dim, low: Value, high: Value) -> Value | None:
+    """A point strictly between ``low`` (works) and ``high`` (fails), or None if none is left."""
+    if dim.is_float:
+        steps = round((float(high) - float(low)) / UTIL_STEP)
+        if steps <= 1:
+            return None
+        return round(float(low) + (steps // 2) * UTIL_STEP, 2)
+    if high / low <= LOG_RESOLUTION:
+        return None
+    return int(math.sqrt(float(low) * float(high)))
+
+
+def next_climb(
+    *,
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    expected: Callable[[Mapping[str, Value]], float | None] | None = None,
+) -> Climb | None:
+    """The next point on the way to the best configuration's memory edge, or None when the
+    edge is known to the dimension's resolution (or there is nothing to climb). ``expected``:
+    the memory model's guess of the edge for a configuration; the climb aims there first and
+    bisects when the guess is outside what the launches left open."""
+    dim = memory_dim(space)
+    ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
+    if dim is None or not ok:
+        return None
+    best = max(ok, key=lambda t: t.value or 0.0)
+    here = best.params.get(dim.name)
+    if here is None or here >= dim.high:
+        return None
+    fails = [
+        t.params[dim.name]
+        for t in tried
+        if t.outcome in _ABOVE
+        and dim.name in t.params
+        and t.params[dim.name] > here
+        and (t.outcome in _ANYWHERE or _covers(t.params, best.params, memory=dim.name))
+    ]
+    ceiling: Value = min(fails, default=None) or _beyond(dim)
+    target = _between(dim, here, ceiling)
+    if target is None:
+        return None
+    guess = expected(best.params) if expected is not None and dim.is_float else None
+    if guess is not None:
+        aim = math.floor(round(guess / UTIL_STEP, 6)) * UTIL_STEP
+        target = round(min(max(aim, float(here) + UTIL_STEP), float(ceiling) - UTIL_STEP), 2)
+    target = min(target, dim.high)
+    params = dict(best.params) | {dim.name: target}
+    if any(dict(t.params) == params for t in tried):
+        return None  # already tried (or pre-screened): the sampler takes over
+    above = f"{ceiling} fails" if fails else f"up to {dim.high}"
+    return Climb(params=params, why=f"edge: {dim.name} {here} works, {above}")
+
+
+def _beyond(dim: Dim) -> Value:
+    """One resolution step above the range: the top of the range itself is a candidate."""
+    if dim.is_float:
+        return round(float(dim.high) + UTIL_STEP, 2)
+    return int(float(dim.high) * LOG_RESOLUTION) + 1
+
+
+def lift(
+    *, space: SearchSpace, tried: Sequence[Tried], params: Mapping[str, Value]
+) -> dict[str, Value]:
+    """``params`` with the memory setting raised to the highest one a configuration needing at
+    least as much (memory aside) has served at: known to work, and never slower."""
+    dim = memory_dim(space)
+    out = dict(params)
+    if dim is None or dim.name not in out:
+        return out
+    served = [
+        t.params[dim.name]
+        for t in tried
+        if t.outcome == Outcome.OK.value
+        and dim.name in t.params
+        and _covers(params, t.params, memory=dim.name)
+    ]
+    if served and max(served) > out[dim.name]:
+        out[dim.name] = max(served)
+    return out
+
+
+def local_move(
+    *, space: SearchSpace, tried: Sequence[Tried], rng: random.Random, sigma: float = 0.35
+) -> Climb | None:
+    """The best configuration with one batch dimension moved by a log-normal step (memory kept):
+    the sampler finds the region, these moves refine the batch settings at the edge."""
+    dim = memory_dim(space)
+    ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
+    dims = [d for d in space.tuned if d is not dim and not d.is_float]
+    if not ok or not dims:
+        return None
+    best = max(ok, key=lambda t: t.value or 0.0)
+    for _ in range(8):
+        d = rng.choice(dims)
+        x = best.params.get(d.name)
+        if x is None:
+            continue
+        y = d.clamp(round(float(x) * math.exp(rng.gauss(0.0, sigma))))
+        params = dict(best.params) | {d.name: y}
+        if "max_num_seqs" in params and "max_num_batched_tokens" in params:
+            params["max_num_batched_tokens"] = max(
+                params["max_num_batched_tokens"], params["max_num_seqs"]
+            )
+        if all(dict(t.params) != params for t in tried):
+            return Climb(params=params, why=f"local: {d.name} {x} -> {y} from the best")
+    return None

@@ -1,0 +1,273 @@
+"""Many workers on one study: heartbeat storage, identity and seed, the shared launch budget,
+the hardware fingerprint, and which worker finishes the study.
+
+Optuna is the distributed engine: RDB storage (SQLite on one node, PostgreSQL across nodes)
+with heartbeats; a worker that dies has its running trial failed by the next worker's check
+and re-run with the same parameters. Nothing here schedules: each worker asks Optuna.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.errors import UserError
+from autotune.safety import redact_url
+
+ENV_HEARTBEAT = "AUTOTUNE_HEARTBEAT_S"  # seconds between heartbeats (grace: three of them)
+ENV_WORKER_INDEX = "AUTOTUNE_WORKER_INDEX"  # set by `--gpus`; Kubernetes: JOB_COMPLETION_INDEX
+DEFAULT_HEARTBEAT_S = 20
+MAX_RETRIES = 2
+NOT_COUNTED = frozenset({"interrupted", "over_budget", "gpu_busy"})  # re-run, not a launch
+FINGERPRINT = ("gpu", "memory_gib", "count", "driver", "device")
+
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_index() -> int | None:
+    raw = os.environ.get(ENV_WORKER_INDEX) or os.environ.get("JOB_COMPLETION_INDEX")
+    return int(raw) if raw and raw.isdigit() else None
+
+
+def worker_seed(seed: int | None, *, shared: bool) -> int | None:
+    """Workers of one study must not propose the same candidates: each derives its own seed
+    from ``--seed`` and its index (``--gpus``, an indexed Job) or, on a shared ``--storage``,
+    its host and process. A lone worker on its own storage keeps ``--seed`` as given."""
+    index = worker_index()
+    if seed is None or (index is None and not shared):
+        return seed
+    tag = f"{index}" if index is not None else WORKER_ID
+    return int(hashlib.sha256(f"{seed}:{tag}".encode()).hexdigest()[:8], 16)
+
+
+def heartbeat_s() -> int:
+    raw = os.environ.get(ENV_HEARTBEAT, "").strip()
+    return max(1, int(float(raw))) if raw else DEFAULT_HEARTBEAT_S
+
+
+def _retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Heartbeat-stale (its worker died): queue the same parameters again, a few times."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > MAX_RETRIES or not trial.user_attrs.get("launched"):
+        return
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={"source": f"retry of {trial.number} (its worker stopped)"},
+            system_attrs={"failed_trial": history[0], "retry_history": history},
+        )
+    )
+
+
+def driver_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is here."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url
+    try:
+        import psycopg  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except ImportError:
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
+def rdb_storage(url: str) -> optuna.storages.BaseStorage | str:
+    """An RDB URL becomes heartbeat-enabled storage (schema creation retried: several workers
+    may create it at once); other URLs are returned as they are."""
+    if "://" not in url or url.startswith(("journal", "grpc")):
+        return url
+    beat = heartbeat_s()
+    engine: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        engine = {"connect_args": {"timeout": 60}}
+    last: Exception | None = None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                driver_url(url),
+                engine_kwargs=engine,
+                heartbeat_interval=beat,
+                grace_period=3 * beat,
+                heartbeat_stale_trial_callback=_retry_stale,
+            )
+        except ImportError:
+            raise UserError(
+                f"cannot open study storage {redact_url(url)}: its database driver is not "
+                "installed (pip install 'vllm-autotune[postgres]')"
+            ) from None
+        except Exception as exc:  # a concurrent schema creation, a server still starting
+            last = exc
+            time.sleep(0.5 + random.random() * (attempt + 1))
+    raise UserError(f"cannot open study storage {redact_url(url)}: {redact_url(str(last))}")
+
+
+def heartbeat_enabled(study: optuna.Study) -> bool:
+    return is_heartbeat_enabled(study._storage)
+
+
+@contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Record the trial's heartbeat now and every interval until the block ends."""
+    storage = study._storage
+    if not isinstance(storage, BaseHeartbeat) or not heartbeat_enabled(study):
+        yield
+        return
+    interval = storage.get_heartbeat_interval() or DEFAULT_HEARTBEAT_S
+    stop = threading.Event()
+    storage.record_heartbeat(trial._trial_id)
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception:  # storage briefly unreachable: the next beat tries again
+                continue
+
+    thread = threading.Thread(target=beat, name="autotune-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """The study's launch budget as every worker sees it."""
+
+    done: int  # finished launches (interrupted and stale trials excluded: they are re-run)
+    running: int  # launched trials still running (reserved budget), this worker's included
+    mine: int  # of them, this worker's
+
+
+def counts(study: optuna.Study, *, exclude: int | None = None) -> Counts:
+    done = running = mine = 0
+    for t in study.get_trials(deepcopy=False):
+        if not t.user_attrs.get("launched") or t.number == exclude:
+            continue
+        if t.state == TrialState.RUNNING:
+            if not t.user_attrs.get("worker"):
+                continue  # from a run before heartbeats: nobody holds it
+            running += 1
+            mine += t.user_attrs.get("worker") == WORKER_ID
+        elif t.user_attrs.get("outcome") and t.user_attrs["outcome"] not in NOT_COUNTED:
+            done += 1
+    return Counts(done=done, running=running, mine=mine)
+
+
+def over_budget(study: optuna.Study, trial: optuna.Trial, *, budget: int) -> bool:
+    """After ``ask`` and marking the trial launched: would it overshoot the shared budget?
+    Without heartbeats (one process) nothing else runs."""
+    if not heartbeat_enabled(study):
+        return False
+    seen = counts(study, exclude=trial.number)
+    return seen.done + seen.running >= budget
+
+
+def check_fingerprint(study: optuna.Study, hardware: Mapping[str, Any]) -> None:
+    """A study runs on one kind of hardware: a worker whose GPUs differ refuses to join."""
+    mine = {k: hardware.get(k) for k in FINGERPRINT}
+    theirs = study.user_attrs.get("fingerprint")
+    if theirs is None:
+        study.set_user_attr("fingerprint", mine)
+        return
+    differ = [k for k in FINGERPRINT if theirs.get(k) != mine[k]]
+    if differ:
+        said = ", ".join(f"{k} {mine[k]!r} (study: {theirs.get(k)!r})" for k in differ)
+        raise UserError(
+            f"this worker's hardware differs from study {study.study_name!r}: {said}; "
+            "workers of one study need the same GPUs: run a separate study (another --storage) "
+            "per kind of hardware"
+        )
+
+
+def finisher(study: optuna.Study) -> str | None:
+    """None when this worker should finish the study (choose and save); otherwise why not.
+    The worker whose trial completed last finishes; one that ran nothing finishes when no
+    other worker is running."""
+    if not heartbeat_enabled(study):
+        return None
+    seen = counts(study)
+    if seen.running - seen.mine > 0:
+        return f"{seen.running - seen.mine} trial(s) of other workers still running"
+    finished = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("launched") and t.datetime_complete is not None
+    ]
+    told = any(t.user_attrs.get("worker") == WORKER_ID for t in finished)
+    if not told or not finished:
+        return None
+    last = max(finished, key=lambda t: (t.datetime_complete, t.number))
+    worker = last.user_attrs.get("worker")
+    if worker not in (None, WORKER_ID):
+        return f"worker {worker} finished the study last"
+    return None
+
+
+CREATED_BY = "created_by"
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """``study.ask`` with a first heartbeat at once: a worker that dies right away still leaves
+    a trial that the others fail and re-run. (Optuna warns that heartbeats are meant for
+    ``optimize``; autotune's ask/tell loop beats itself.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        trial = study.ask()
+    storage = study._storage
+    if isinstance(storage, BaseHeartbeat) and heartbeat_enabled(study):
+        storage.record_heartbeat(trial._trial_id)
+    return trial
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the trials whose worker stopped beating; ``_retry_stale`` queues them again."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def mark(trial: optuna.Trial) -> None:
+    """Who launches the trial, and on which GPUs (``CUDA_VISIBLE_DEVICES``)."""
+    trial.set_user_attr("worker", WORKER_ID)
+    if (gpus := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        trial.set_user_attr("gpus", gpus)
+
+
+def pause() -> None:
+    """Between checks of the other workers' trials (jittered: workers do not move in step)."""
+    time.sleep(min(heartbeat_s(), 5) * (0.5 + random.random()))
+
+
+def give_back(study: optuna.Study, trial: optuna.Trial, params: Mapping[str, Any]) -> None:
+    """The trial would overshoot the shared budget: not launched; a queued candidate (vLLM's
+    defaults, a retry) goes back into the queue."""
+    frozen = study.trials[trial.number]
+    trial.set_user_attr("launched", False)
+    trial.set_user_attr("outcome", "over_budget")
+    study.tell(trial, state=TrialState.FAIL)
+    if "fixed_params" in frozen.system_attrs or "failed_trial" in frozen.system_attrs:
+        source = str(frozen.user_attrs.get("source") or f"given back by trial {trial.number}")
+        study.enqueue_trial(dict(params), user_attrs={"source": source})
+    pause()
+
+
+def is_retry(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """The trial re-runs one whose worker stopped (``_retry_stale``)."""
+    return "failed_trial" in study.trials[trial.number].system_attrs

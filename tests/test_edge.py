@@ -1,0 +1,98 @@
+"""The memory-edge climb, the local moves and the lift (autotune/edge.py): pure functions."""
+
+from __future__ import annotations
+
+import random
+
+from autotune.edge import Tried, lift, local_move, next_climb
+from autotune.space import Dim, SearchSpace
+
+SPACE = SearchSpace(
+    dims=(
+        Dim("gpu_memory_utilization", 0.70, 0.98, is_float=True),
+        Dim("max_num_seqs", 8, 256, log=True),
+        Dim("max_num_batched_tokens", 512, 8192, log=True),
+    )
+)
+
+
+def ok(util: float, seqs: int, tokens: int, value: float) -> Tried:
+    p = {"gpu_memory_utilization": util, "max_num_seqs": seqs, "max_num_batched_tokens": tokens}
+    return Tried(params=p, outcome="ok", value=value)
+
+
+def failed(util: float, seqs: int, tokens: int, outcome: str) -> Tried:
+    p = {"gpu_memory_utilization": util, "max_num_seqs": seqs, "max_num_batched_tokens": tokens}
+    return Tried(params=p, outcome=outcome)
+
+
+def test_climb_bisects_between_the_best_and_the_top_of_the_range() -> None:
+    move = next_climb(space=SPACE, tried=[ok(0.90, 64, 2048, 100.0), ok(0.95, 8, 512, 50.0)])
+    assert move is not None
+    assert move.params == {
+        "gpu_memory_utilization": 0.94,
+        "max_num_seqs": 64,
+        "max_num_batched_tokens": 2048,
+    }
+    assert "up to 0.98" in move.why
+
+
+def test_climb_stops_below_a_covering_failure_and_at_the_resolution() -> None:
+    best = ok(0.94, 64, 2048, 100.0)
+    graphs = failed(0.97, 32, 1024, "oom_cuda_graphs")  # smaller batches failed: so would ours
+    move = next_climb(space=SPACE, tried=[best, graphs])
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.95
+    assert "0.97 fails" in move.why
+    done = [best, graphs, ok(0.95, 64, 2048, 101.0), failed(0.96, 64, 2048, "oom_cuda_graphs")]
+    assert next_climb(space=SPACE, tried=done) is None
+
+
+def test_a_larger_configuration_failing_above_is_no_ceiling_but_free_memory_is() -> None:
+    best = ok(0.90, 64, 2048, 100.0)
+    bigger = failed(0.92, 128, 4096, "oom_cuda_graphs")  # needs more: says nothing about ours
+    move = next_climb(space=SPACE, tried=[best, bigger])
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.94
+    free = failed(0.92, 256, 8192, "insufficient_free_memory")  # the device's own limit
+    move = next_climb(space=SPACE, tried=[best, free])
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.91
+
+
+def test_the_memory_model_guess_is_tried_first_inside_the_open_interval() -> None:
+    best = ok(0.90, 64, 2048, 100.0)
+    move = next_climb(space=SPACE, tried=[best], expected=lambda params: 0.9671)
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.96
+    below = next_climb(space=SPACE, tried=[best], expected=lambda params: 0.85)
+    assert below is not None and below.params["gpu_memory_utilization"] == 0.91  # one step up
+
+
+def test_no_climb_without_a_served_trial_or_a_tuned_memory_dimension() -> None:
+    assert next_climb(space=SPACE, tried=[failed(0.9, 64, 2048, "oom_cuda_graphs")]) is None
+    fixed = SearchSpace(dims=(Dim("gpu_memory_utilization", 0.9, 0.9, is_float=True),))
+    p = {"gpu_memory_utilization": 0.9}
+    assert next_climb(space=fixed, tried=[Tried(params=p, outcome="ok", value=1.0)]) is None
+
+
+def test_lift_only_to_what_a_configuration_needing_as_much_served_at() -> None:
+    seen = [ok(0.95, 128, 4096, 100.0), ok(0.97, 8, 512, 10.0)]
+    proposal = {"gpu_memory_utilization": 0.80, "max_num_seqs": 64, "max_num_batched_tokens": 2048}
+    assert lift(space=SPACE, tried=seen, params=proposal)["gpu_memory_utilization"] == 0.95
+    larger = proposal | {"max_num_seqs": 200}
+    assert lift(space=SPACE, tried=seen, params=larger) == larger  # nothing as large served
+    high = proposal | {"gpu_memory_utilization": 0.96}
+    assert lift(space=SPACE, tried=seen, params=high) == high  # never lowered
+
+
+def test_local_move_changes_one_batch_dimension_of_the_best() -> None:
+    seen = [ok(0.95, 64, 2048, 100.0), ok(0.90, 8, 512, 10.0)]
+    rng = random.Random(3)
+    for _ in range(20):
+        move = local_move(space=SPACE, tried=seen, rng=rng)
+        assert move is not None
+        p = move.params
+        assert p["gpu_memory_utilization"] == 0.95
+        changed = [
+            k for k in ("max_num_seqs", "max_num_batched_tokens") if p[k] != seen[0].params[k]
+        ]
+        assert len(changed) <= 1 or p["max_num_batched_tokens"] == p["max_num_seqs"]
+        assert p["max_num_batched_tokens"] >= p["max_num_seqs"]
+        assert 8 <= int(p["max_num_seqs"]) <= 256
