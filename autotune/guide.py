@@ -64,7 +64,7 @@ class Guide:
         if move is None and self.rng.random() < LOCAL_SHARE:
             move = edge.local_move(space=self.space, tried=seen, rng=self.rng)
         if move is not None:
-            study.enqueue_trial(move.params, user_attrs={"source": move.why})
+            study.enqueue_trial(move.params, user_attrs={"source": move.why}, skip_if_exists=True)
 
     def lift(self, study: optuna.Study, params: Mapping[str, Value]) -> dict[str, Value]:
         return edge.lift(space=self.space, tried=tried(study), params=params)

@@ -262,7 +262,7 @@ def run_study(plan: StudyPlan, *, reporter: Reporter) -> None:
     started = time.monotonic()
     skipped = 0
     while (done := _free_slot(plan, started=started, reporter=reporter)) is not None:
-        if plan.guide is not None:
+        if plan.guide is not None and workers.leads(plan.study):
             plan.guide.before_ask(plan.study)
         trial = workers.ask(plan.study)
         params = plan.space.sample(trial)

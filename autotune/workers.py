@@ -223,6 +223,16 @@ def finisher(study: optuna.Study) -> str | None:
 CREATED_BY = "created_by"
 
 
+def leads(study: optuna.Study) -> bool:
+    """Is this worker the one that makes the study's own moves (the edge climb)? Worker 0 of
+    ``--gpus`` or an indexed Job, else the worker that created the study: one per study, so
+    two workers never enqueue the same move."""
+    index = worker_index()
+    if index is not None:
+        return index == 0
+    return study.user_attrs.get(CREATED_BY) in (None, WORKER_ID)
+
+
 def ask(study: optuna.Study) -> optuna.Trial:
     """``study.ask`` with a first heartbeat at once: a worker that dies right away still leaves
     a trial that the others fail and re-run. (Optuna warns that heartbeats are meant for
