@@ -29,6 +29,9 @@ _ABOVE = {
 # device's; a crash under load depends on the load as much as on the batch settings.
 _ANYWHERE = {Outcome.FREE_MEMORY.value, Outcome.CRASH_UNDER_LOAD.value}
 LOG_RESOLUTION = 1.125  # a byte-sized memory dimension is bisected down to this ratio
+BATCH_DIMS = ("max_num_seqs", "max_num_batched_tokens")
+NOISE = 0.02  # a slower result with more memory beyond this share breaks monotonicity
+COMPASS = (2.0, 2.0**0.5, 2.0**0.25, 2.0**0.125)  # local move factors, boldest first
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,21 @@ def _covers(failed: Mapping[str, Value], best: Mapping[str, Value], *, memory: s
     return all(best.get(k, v) >= v for k, v in failed.items() if k != memory)
 
 
+def more_memory_helps(tried: Sequence[Tried], *, memory: str) -> bool:
+    """False once a configuration served slower with more memory (beyond ``NOISE``) than with
+    less: the landscape is not monotone here, so neither climb nor lift."""
+    ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
+    for a in ok:
+        for b in ok:
+            same = {k: v for k, v in a.params.items() if k != memory} == {
+                k: v for k, v in b.params.items() if k != memory
+            }
+            more = a.params.get(memory, 0) > b.params.get(memory, 0)
+            if same and more and (a.value or 0.0) < (b.value or 0.0) * (1.0 - NOISE):
+                return False
+    return True
+
+
 def _between(dim: Dim, low: Value, high: Value) -> Value | None:
     """A point strictly between ``low`` (works) and ``high`` (fails), or None if none is left."""
     if dim.is_float:
@@ -80,7 +98,7 @@ def next_climb(
     bisects when the guess is outside what the launches left open."""
     dim = memory_dim(space)
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
-    if dim is None or not ok:
+    if dim is None or not ok or not more_memory_helps(tried, memory=dim.name):
         return None
     best = max(ok, key=lambda t: t.value or 0.0)
     here = best.params.get(dim.name)
@@ -124,7 +142,7 @@ def lift(
     least as much (memory aside) has served at: known to work, and never slower."""
     dim = memory_dim(space)
     out = dict(params)
-    if dim is None or dim.name not in out:
+    if dim is None or dim.name not in out or not more_memory_helps(tried, memory=dim.name):
         return out
     served = [
         t.params[dim.name]
@@ -138,28 +156,34 @@ def lift(
     return out
 
 
-def local_move(
-    *, space: SearchSpace, tried: Sequence[Tried], rng: random.Random, sigma: float = 0.35
-) -> Climb | None:
-    """The best configuration with one batch dimension moved by a log-normal step (memory kept):
-    the sampler finds the region, these moves refine the batch settings at the edge."""
-    dim = memory_dim(space)
+def local_move(*, space: SearchSpace, tried: Sequence[Tried], rng: random.Random) -> Climb | None:
+    """A compass search on the best configuration's batch settings (memory kept): multiply or
+    divide one of them by the largest factor whose neighbours are not all tried yet. The
+    sampler finds the region; these moves refine the batch settings at the edge."""
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
-    dims = [d for d in space.tuned if d is not dim and not d.is_float]
+    dims = [d for d in space.tuned if d.name in BATCH_DIMS]
     if not ok or not dims:
         return None
     best = max(ok, key=lambda t: t.value or 0.0)
-    for _ in range(8):
-        d = rng.choice(dims)
-        x = best.params.get(d.name)
-        if x is None:
-            continue
-        y = d.clamp(round(float(x) * math.exp(rng.gauss(0.0, sigma))))
-        params = dict(best.params) | {d.name: y}
-        if "max_num_seqs" in params and "max_num_batched_tokens" in params:
-            params["max_num_batched_tokens"] = max(
-                params["max_num_batched_tokens"], params["max_num_seqs"]
-            )
-        if all(dict(t.params) != params for t in tried):
-            return Climb(params=params, why=f"local: {d.name} {x} -> {y} from the best")
+    seen = [dict(t.params) for t in tried]
+    for factor in COMPASS:
+        moves = []
+        for d in dims:
+            x = best.params.get(d.name)
+            for scale in (factor, 1.0 / factor):
+                if x is None or (y := d.clamp(round(float(x) * scale))) == x:
+                    continue
+                params = _valid(dict(best.params) | {d.name: y})
+                if params not in seen and params != dict(best.params):
+                    moves.append(Climb(params=params, why=f"local: {d.name} {x} -> {y}"))
+        if moves:
+            return rng.choice(moves)
     return None
+
+
+def _valid(params: dict[str, Value]) -> dict[str, Value]:
+    if "max_num_seqs" in params and "max_num_batched_tokens" in params:
+        params["max_num_batched_tokens"] = max(
+            params["max_num_batched_tokens"], params["max_num_seqs"]
+        )
+    return params

@@ -82,17 +82,24 @@ def test_lift_only_to_what_a_configuration_needing_as_much_served_at() -> None:
     assert lift(space=SPACE, tried=seen, params=high) == high  # never lowered
 
 
-def test_local_move_changes_one_batch_dimension_of_the_best() -> None:
-    seen = [ok(0.95, 64, 2048, 100.0), ok(0.90, 8, 512, 10.0)]
+def test_local_moves_are_a_compass_search_on_the_batch_settings() -> None:
+    best = ok(0.95, 64, 2048, 100.0)
+    seen = [best, ok(0.90, 8, 512, 10.0)]
     rng = random.Random(3)
-    for _ in range(20):
+    first = {"max_num_seqs": {32, 128}, "max_num_batched_tokens": {1024, 4096}}
+    for _ in range(4):  # the four neighbours at factor 2, then the finer ones
         move = local_move(space=SPACE, tried=seen, rng=rng)
-        assert move is not None
-        p = move.params
-        assert p["gpu_memory_utilization"] == 0.95
-        changed = [
-            k for k in ("max_num_seqs", "max_num_batched_tokens") if p[k] != seen[0].params[k]
-        ]
-        assert len(changed) <= 1 or p["max_num_batched_tokens"] == p["max_num_seqs"]
-        assert p["max_num_batched_tokens"] >= p["max_num_seqs"]
-        assert 8 <= int(p["max_num_seqs"]) <= 256
+        assert move is not None and move.params["gpu_memory_utilization"] == 0.95
+        changed = [k for k in first if move.params[k] != best.params[k]]
+        assert len(changed) == 1 and move.params[changed[0]] in first[changed[0]]
+        seen.append(Tried(params=move.params, outcome="ok", value=50.0))
+    finer = local_move(space=SPACE, tried=seen, rng=rng)
+    assert finer is not None and finer.params["max_num_seqs"] in (45, 64, 91)
+    assert finer.params["max_num_batched_tokens"] >= finer.params["max_num_seqs"]
+
+
+def test_no_climb_or_lift_once_more_memory_served_slower() -> None:
+    seen = [ok(0.85, 64, 2048, 100.0), ok(0.90, 64, 2048, 80.0)]
+    assert next_climb(space=SPACE, tried=seen) is None
+    proposal = {"gpu_memory_utilization": 0.75, "max_num_seqs": 32, "max_num_batched_tokens": 1024}
+    assert lift(space=SPACE, tried=seen, params=proposal) == proposal
