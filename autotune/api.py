@@ -6,51 +6,22 @@
 from __future__ import annotations
 
 import datetime as _dt
-import shlex
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 
-from autotune import __version__, paths
+from autotune import paths
 from autotune.errors import UserError
-from autotune.hardware import Hardware
-from autotune.model import ModelSpec, resolve_model
-from autotune.multimodal import image_count
-from autotune.prepare import TuneOptions, command_and_version, engine_env, hardware_for, prepare
-from autotune.profiles import SCHEMA_VERSION, SINGLE_DEVICE, Profile, ProfileStore
+from autotune.interrupt import sigterm_as_interrupt
+from autotune.lookup import ProfileLookup, lookup
+from autotune.prepare import TuneOptions, engine_env, prepare
+from autotune.profiles import Profile
 from autotune.ranges import parse_candidate
-from autotune.safety import parallel_sizes, redact, redact_url, split_extra
-from autotune.serve import (
-    Match,
-    announce,
-    combined_extra,
-    describe_miss,
-    exec_or_print,
-    find_profile,
-    note,
-    serve_argv,
-)
+from autotune.safety import redact_url, split_extra
+from autotune.serve import announce, combined_extra, exec_or_print, note, serve_argv
 from autotune.space import vllm_defaults
 from autotune.verify import Verification, drift_table, measure, workload_of
 
-__all__ = ["TuneOptions", "lookup", "serve", "tune", "verify"]
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so every engine is killed on the way out."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+__all__ = ["ProfileLookup", "TuneOptions", "lookup", "serve", "tune", "verify"]
 
 
 def tune(options: TuneOptions) -> tuple[Path, Profile] | None:
@@ -59,10 +30,11 @@ def tune(options: TuneOptions) -> tuple[Path, Profile] | None:
     from autotune import finalize, from_study, workers
     from autotune import study as st
     from autotune.guide import for_goal
+    from autotune.knowledge import Knowledge
     from autotune.objective import TrialRunner
-    from autotune.predict import MemoryKnowledge
     from autotune.progress import LineReporter, LiveReporter, make_console, trials_table
-    from autotune.tuning import finish_for, goal_for, load_shape, warnings_for
+    from autotune.saving import Chosen, save_profile
+    from autotune.tuning import finish_for, goal_for, load_shape
     from autotune.workload import build_requests
 
     if options.gpus is not None:
@@ -111,8 +83,12 @@ def tune(options: TuneOptions) -> tuple[Path, Profile] | None:
         startup_timeout_s=options.startup_timeout_s,
         **shape,
     )
-    knowledge = MemoryKnowledge.build(
-        spec=spec, hardware=hardware, extra_args=options.extra_args, prescreen=options.prescreen
+    knowledge = Knowledge.build(
+        spec=spec,
+        hardware=hardware,
+        space=space,
+        extra_args=options.extra_args,
+        prescreen=options.prescreen,
     )
     plan = st.StudyPlan(
         study=study,
@@ -124,7 +100,9 @@ def tune(options: TuneOptions) -> tuple[Path, Profile] | None:
         enqueue=tuple(parse_candidate(space, text) for text in options.enqueue),
         timeout_s=options.timeout_s,
         prescreen=knowledge,
-        guide=for_goal(kind=goal.kind, space=space, seed=options.seed, knowledge=knowledge),
+        guide=for_goal(kind=goal.kind, space=space, seed=options.seed, knowledge=knowledge)
+        if options.guide
+        else None,
         goal=goal,
         prune=options.prune,
         patience=options.patience,
@@ -134,7 +112,7 @@ def tune(options: TuneOptions) -> tuple[Path, Profile] | None:
     note(f"study {name} ({redact_url(storage)}); space: {space.describe()}")
     live = not options.quiet and console.is_terminal
     reporter = LiveReporter(console=console) if live else LineReporter()
-    with _sigterm_as_interrupt(), reporter:
+    with sigterm_as_interrupt(), reporter:
         st.run_study(plan, reporter=reporter)
         if (others := workers.finisher(study)) is not None:
             _leave(others)
@@ -163,46 +141,23 @@ def tune(options: TuneOptions) -> tuple[Path, Profile] | None:
             + (" (or none survived the soak)" if finish.soak else "")
             + "; see `autotune trials` and the logs, or widen the ranges"
         )
-    kept, dropped = split_extra(options.extra_args)
-    if dropped:
-        note(f"not saved in the profile: {shlex.join(redact(dropped))} (pass it after -- to serve)")
-    profile = Profile(
-        schema_version=SCHEMA_VERSION,
-        model=spec.to_dict() | {"name": spec.name},
-        hardware=hardware.to_dict(),
-        vllm_version=best.user_attrs.get("vllm_version"),
-        workload=wl.to_dict() | {"signature": wl.signature(), "num_prompts": num_prompts},
-        objective=options.objective,
-        vllm_args=dict(best.user_attrs["vllm_args"]),
-        warnings=warnings_for(options.extra_args),
-        **sections,
-        extra_args=kept,
-        metrics=dict(best.user_attrs.get("metrics") or {}),
-        startup=dict(best.user_attrs.get("startup") or {}),
-        parallel=SINGLE_DEVICE | parallel_sizes(kept),
-        provenance={
-            "study": name,
-            "storage": "default (state directory)" if options.storage is None else "--storage",
-            "trial": best.number,
-            "log": _relative(best.user_attrs.get("log"), state),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "autotune_version": __version__,
-        },
+    chosen = Chosen(
+        number=best.number,
+        user_attrs=dict(best.user_attrs),
+        sections=sections,
+        study=name,
+        num_prompts=num_prompts,
     )
-    path = ProfileStore(paths.profiles_dir(options.profiles_dir)).save(profile)
-    if options.images_max:
-        most = image_count(profile.vllm_args)
-        note(f"largest image count that fits with usable throughput: {most} (trial {best.number})")
-    tput = float(profile.metrics.get("output_throughput") or 0.0)
-    note(f"best: trial {best.number}, {tput:.1f} output tok/s; profile saved to {path}")
-    return path, profile
+    return save_profile(
+        options, spec=spec, hardware=hardware, workload=wl, chosen=chosen, state=state
+    )
 
 
 def _tune_on_gpus(options: TuneOptions) -> None:
     from autotune import parallel
 
     tp, extra = parallel.tensor_parallel(options)
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         failed = parallel.tune_on_gpus(replace(options, extra_args=extra), tensor_parallel=tp)
     if failed:
         raise UserError(f"{failed} worker(s) failed; see their lines above")
@@ -212,65 +167,6 @@ def _leave(why: str) -> None:
     note(
         f"this worker's share of the study is done; {why}: the worker that finishes the study "
         "saves the profile (or later: autotune profiles save MODEL --from-study)"
-    )
-
-
-def _relative(log: str | None, state: Path) -> str | None:
-    """A trial log's path inside the state directory (no machine-specific prefix in profiles)."""
-    if log is None:
-        return None
-    try:
-        return str(Path(log).resolve().relative_to(state.resolve()))
-    except ValueError:
-        return Path(log).name
-
-
-@dataclass(frozen=True)
-class ProfileLookup:
-    """What ``serve``, ``profiles verify/show/export`` look for, and where."""
-
-    store: ProfileStore
-    spec: ModelSpec
-    hardware: Hardware
-    command: list[str]
-    version: str | None
-    workload: str | None
-    parallel: dict[str, int]
-
-    def find(self, *, profile_file: Path | None = None) -> Match | None:
-        return find_profile(
-            store=self.store,
-            spec=self.spec,
-            hardware=self.hardware,
-            workload=self.workload,
-            parallel=self.parallel,
-            vllm_version=self.version,
-            profile_file=profile_file,
-        )
-
-    def miss(self) -> str:
-        return describe_miss(
-            store=self.store,
-            spec=self.spec,
-            hardware=self.hardware,
-            workload=self.workload,
-            vllm_version=self.version,
-            parallel=self.parallel,
-        )
-
-
-def lookup(options: TuneOptions, *, workload: str | None, strict: bool) -> ProfileLookup:
-    """Resolve model, engine command and version, and hardware as ``serve`` does."""
-    spec = resolve_model(options.model)
-    command, version = command_and_version(options.vllm_cmd, strict=strict)
-    return ProfileLookup(
-        store=ProfileStore(paths.profiles_dir(options.profiles_dir)),
-        spec=spec,
-        hardware=hardware_for(options.gpu, options.device, options.vllm_cmd),
-        command=command,
-        version=version,
-        workload=workload,
-        parallel=parallel_sizes(options.extra_args),
     )
 
 
@@ -294,7 +190,7 @@ def serve(
         if dry_run:
             raise UserError(miss + "; without --dry-run autotune would tune first")
         note(miss + "; tuning first")
-        tune(replace(options, device=where.hardware.device))
+        tune(replace(options, device=where.hardware.device, extra_args=where.extra_args))
         match = where.find()
         if match is None:  # pragma: no cover - tune() raises when it saves nothing
             raise UserError(miss)
@@ -343,7 +239,7 @@ def verify(
     )
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     log_dir = paths.state_dir(options.state_dir) / "logs" / "verify" / f"{match.path.stem}-{stamp}"
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         result = measure(
             profile=profile,
             runner=runner,

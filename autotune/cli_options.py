@@ -102,6 +102,14 @@ tuning = options(
         "--min-images..16; passed to vLLM as JSON).",
     ),
     click.option(
+        "--tune",
+        "opt_in",
+        multiple=True,
+        metavar="NAME",
+        help="Also search an opt-in vLLM setting (repeatable): kv-cache-dtype (auto|fp8; fp8 "
+        "changes outputs), prefix-caching, chunked-prefill (on|off).",
+    ),
+    click.option(
         "--min-images",
         type=click.IntRange(min=0),
         help="Vision models: the profile must accept at least this many images per prompt.",
@@ -211,6 +219,11 @@ tuning = options(
         is_flag=True,
         help="Launch every candidate, even one the calibrated memory model or earlier failures "
         "say cannot start (predictions are still recorded).",
+    ),
+    click.option(
+        "--no-guide",
+        is_flag=True,
+        help="The sampler alone: no climb to the memory edge, local moves or lift.",
     ),
     click.argument("extra", nargs=-1, type=click.UNPROCESSED),
 )
@@ -341,7 +354,9 @@ def tune_options(model: str, kw: dict[str, Any]) -> Any:
         images_max=kw.pop("images_mode") == "max",
         image_size_hint=kw.pop("image_size"),
         prescreen=not kw.pop("no_prescreen"),
+        guide=not kw.pop("no_guide"),
         gpus=kw.pop("gpus", None),
+        tune=tuple(kw.pop("opt_in", ())),
         objective=kw.pop("objective"),
         slos=tuple(kw.pop("slos")),
         min_throughput=kw.pop("min_throughput"),

@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from autotune.multimodal import IMAGE_DIM
 from autotune.outcome import Outcome
 from autotune.ranges import Value
 from autotune.space import MEMORY_DIMS, UTIL_STEP, Dim, SearchSpace
@@ -30,6 +31,7 @@ _ABOVE = {
 _ANYWHERE = {Outcome.FREE_MEMORY.value, Outcome.CRASH_UNDER_LOAD.value}
 LOG_RESOLUTION = 1.125  # a byte-sized memory dimension is bisected down to this ratio
 BATCH_DIMS = ("max_num_seqs", "max_num_batched_tokens")
+SIZES = (*BATCH_DIMS, "max_model_len", IMAGE_DIM)  # more of these needs more memory
 NOISE = 0.02  # a slower result with more memory beyond this share breaks monotonicity
 COMPASS = (2.0, 2.0**0.5, 2.0**0.25, 2.0**0.125)  # local move factors, boldest first
 
@@ -41,6 +43,7 @@ class Tried:
     params: Mapping[str, Value]
     outcome: str  # Outcome value; a pre-screened candidate: the class it was predicted to hit
     value: float | None = None
+    estimated_max_model_len: int | None = None  # a KV-too-small failure's own estimate
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,13 @@ def memory_dim(space: SearchSpace) -> Dim | None:
 
 
 def _covers(failed: Mapping[str, Value], best: Mapping[str, Value], *, memory: str) -> bool:
-    """The best configuration needs at least what the failed one needed, memory aside."""
-    return all(best.get(k, v) >= v for k, v in failed.items() if k != memory)
+    """The best configuration needs at least what the failed one needed, memory aside (sizes at
+    least as large; any other setting, such as an opt-in switch, the same)."""
+    return all(
+        best.get(k, v) >= v if k in SIZES else best.get(k, v) == v
+        for k, v in failed.items()
+        if k != memory
+    )
 
 
 def more_memory_helps(tried: Sequence[Tried], *, memory: str) -> bool:
@@ -187,3 +195,25 @@ def _valid(params: dict[str, Value]) -> dict[str, Value]:
             params["max_num_batched_tokens"], params["max_num_seqs"]
         )
     return params
+
+
+def repair(*, space: SearchSpace, tried: Sequence[Tried]) -> Climb | None:
+    """Before anything has served: a KV-too-small failure again, with ``max_model_len`` at the
+    length vLLM estimated would fit (when the range allows it)."""
+    if "max_model_len" not in space or space["max_model_len"].fixed:
+        return None
+    if any(t.outcome == Outcome.OK.value for t in tried):
+        return None
+    dim = space["max_model_len"]
+    seen = [dict(t.params) for t in tried]
+    for t in reversed(tried):
+        est = t.estimated_max_model_len
+        if t.outcome != Outcome.KV_TOO_SMALL.value or not est or "max_model_len" not in t.params:
+            continue
+        length = int(est) // 16 * 16
+        if length < int(dim.low) or length >= int(t.params["max_model_len"]):
+            continue
+        params = dict(t.params) | {"max_model_len": min(length, int(dim.high))}
+        if params not in seen:
+            return Climb(params=params, why=f"repair: max_model_len {length} (vLLM's estimate)")
+    return None

@@ -35,7 +35,11 @@ def _extra_pairs(extra: Sequence[str]) -> dict[str, Any]:
 
 def vllm_config(profile: Profile) -> dict[str, Any]:
     """The profile's arguments as ``vllm serve --config`` keys (the model stays on the CLI)."""
-    config: dict[str, Any] = {k.replace("_", "-"): v for k, v in profile.vllm_args.items()}
+    config: dict[str, Any] = {
+        # a tuned switch that is off: its --no- flag (a false value would be dropped)
+        (f"no-{k}" if v is False else k).replace("_", "-"): True if v is False else v
+        for k, v in profile.vllm_args.items()
+    }
     config.update(_extra_pairs(profile.extra_args))
     return config
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from autotune import choice
+from autotune import best, choice
 from autotune import study as st
 from autotune.choice import Candidate
 from autotune.goals import Goal
@@ -46,7 +46,7 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
     left = budget - st.launches(study)
     if finish.repeats < 2 or left <= 0:
         return 0
-    cands = st.ranked(study, goal=plan.goal, noise=finish.noise, most_images=finish.most_images)
+    cands = best.ranked(study, goal=plan.goal, noise=finish.noise, most_images=finish.most_images)
     wanted = 0
     for cand in cands[: finish.finalists]:
         for _ in range(min(finish.repeats - len(cand.trials), left - wanted)):
@@ -78,7 +78,7 @@ def choose(
     for _ in range(64):  # each round drops at least one candidate that failed its soak
         cands = [
             c
-            for c in st.ranked(
+            for c in best.ranked(
                 study,
                 goal=goal,
                 noise=finish.noise,

@@ -10,12 +10,14 @@ from typing import Any
 
 from autotune import __version__, paths
 from autotune import study as st
+from autotune.best import choose_best
 from autotune.errors import UserError
 from autotune.goals import Goal
 from autotune.model import resolve_model
 from autotune.profiles import SCHEMA_VERSION, SINGLE_DEVICE, Profile, ProfileStore
 from autotune.safety import parallel_sizes, redact_url
 from autotune.serve import note
+from autotune.tuning import warnings_for
 from autotune.workers import counts
 
 INPUTS = "profile_inputs"  # the study attribute ``tune`` writes for this
@@ -72,7 +74,8 @@ def save_from_study(
     seen = counts(study)
     if seen.running:
         note(f"{seen.running} trial(s) still running in study {name}: saving the best so far")
-    best = st.choose_best(study, noise=noise, goal=_goal(saved["goal"]))
+    goal = _goal(saved["goal"])
+    best = choose_best(study, noise=noise, goal=goal)
     if best is None:
         raise UserError(f"no feasible trial in study {name!r} ({seen.done} launches)")
     extra = list(saved["extra_args"])
@@ -85,6 +88,8 @@ def save_from_study(
         objective=saved["objective"],
         vllm_args=dict(best.user_attrs["vllm_args"]),
         extra_args=extra,
+        warnings=warnings_for(extra, vllm_args=[best.user_attrs["vllm_args"]]),
+        constraints=goal.describe_limits(),
         metrics=dict(best.user_attrs.get("metrics") or {}),
         startup=dict(best.user_attrs.get("startup") or {}),
         parallel=SINGLE_DEVICE | parallel_sizes(extra),

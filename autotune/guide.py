@@ -36,7 +36,9 @@ def tried(study: optuna.Study) -> list[edge.Tried]:
         elif outcome == Outcome.OK.value and any(v > 0 for v in t.constraints.values()):
             outcome = "missed constraints"
         value = t.values[0] if t.values else None
-        out.append(edge.Tried(params=attrs.get(PARAMS) or t.params, outcome=outcome, value=value))
+        est = attrs.get("estimated_max_model_len")
+        params = attrs.get(PARAMS) or t.params
+        out.append(edge.Tried(params, outcome, value, int(est) if est else None))
     return out
 
 
@@ -61,6 +63,8 @@ class Guide:
         expected = self.expected
         guess = None if expected is None else (lambda p: expected(self.space.args(p)))
         move = edge.next_climb(space=self.space, tried=seen, expected=guess)
+        if move is None:
+            move = edge.repair(space=self.space, tried=seen)
         if move is None and self.rng.random() < LOCAL_SHARE:
             move = edge.local_move(space=self.space, tried=seen, rng=self.rng)
         if move is not None:

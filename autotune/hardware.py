@@ -7,7 +7,7 @@ import platform
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,16 @@ def parse_gpu_spec(spec: str, *, source: str) -> Hardware:
     if memory <= 0 or count < 1:
         raise UserError(f"invalid GPU spec {spec!r}: memory and count must be positive")
     return Hardware(gpu_name=m["name"].strip(), memory_gib=memory, count=count, source=source)
+
+
+def engine_hardware(hardware: Hardware, *, sizes: Mapping[str, int]) -> Hardware:
+    """What one engine runs on, and what its profile and study are keyed by: tensor × pipeline
+    parallel GPUs (``sizes``; 1 each when not given) of the machine's kind, however many GPUs
+    the machine has. The CPU backend is the machine."""
+    if hardware.is_cpu:
+        return hardware
+    group = sizes.get("tensor_parallel_size", 1) * sizes.get("pipeline_parallel_size", 1)
+    return replace(hardware, count=max(1, group))
 
 
 def _nvml() -> Any | None:

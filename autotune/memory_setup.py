@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from autotune.calibration import GIB, MIB, Prior
 from autotune.hardware import Hardware
@@ -15,6 +15,7 @@ from autotune.memory import MemoryModel, architecture_from_config, estimate_memo
 from autotune.memory_arch import Architecture, UnsupportedArchitecture
 from autotune.memory_estimates import default_activation_bytes, encoder_profile_bytes
 from autotune.model import ModelSpec
+from autotune.space import SearchSpace
 
 CPU_BLOCK_SIZE = 128  # vLLM's CPU backend (observed: its KV cache is whole 128-token blocks)
 
@@ -116,3 +117,14 @@ def seqs_cap(
         kv = math.ceil(memory_high * model.total_bytes) - int(0.9 * model.weights_bytes)
     per_request = model.blocks_per_request(request_tokens) * model.bytes_per_block
     return kv // per_request if kv > 0 and per_request > 0 and kv >= per_request else None
+
+
+def bound_max_num_seqs(space: SearchSpace, *, cap: int, keep: int) -> SearchSpace:
+    """``max_num_seqs`` up to ``cap`` (the requests the KV cache can hold, see
+    ``memory_setup.seqs_cap``): more sequences than that only add CUDA graphs and sampler memory.
+    Never below ``keep`` (vLLM's default) when the range holds it, nor below the range's low end."""
+    dim = space["max_num_seqs"]
+    floor = keep if dim.low <= keep <= dim.high else dim.low
+    high = min(dim.high, max(cap, floor))
+    dims = tuple(replace(d, high=high) if d is dim else d for d in space.dims)
+    return replace(space, dims=dims)

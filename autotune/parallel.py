@@ -22,10 +22,11 @@ from multiprocessing.process import BaseProcess
 
 from autotune import paths
 from autotune.errors import UserError
-from autotune.hardware import ENV_GPU, Hardware, device_count, parse_gpu_spec
+from autotune.hardware import ENV_GPU, Hardware, device_count, engine_hardware, parse_gpu_spec
+from autotune.model import ModelSpec
 from autotune.prepare import TuneOptions
+from autotune.safety import parallel_sizes
 from autotune.serve import note
-from autotune.workers import ENV_WORKER_INDEX
 
 STOP_GRACE_S = 60.0
 
@@ -76,6 +77,8 @@ def worker_options(options: TuneOptions, *, group: tuple[int, ...], storage: str
 
 
 def worker_env(group: tuple[int, ...], index: int) -> dict[str, str]:
+    from autotune.workers import ENV_WORKER_INDEX  # Optuna: not on the serve path
+
     return {
         "CUDA_VISIBLE_DEVICES": ",".join(map(str, group)),
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
@@ -150,15 +153,9 @@ FIT_SHARE = 0.8  # weights may take this share of a GPU; the rest is activations
 
 
 def tensor_parallel(options: TuneOptions) -> tuple[int, tuple[str, ...]]:
-    """GPUs per engine and the extra arguments that say so: the user's ``-tp``, else 1 when the
-    memory model says the weights fit one GPU, else the smallest power of two that fits them
-    (a fixed setting of the study, added after ``--``)."""
-    from dataclasses import replace as _replace
-
-    from autotune.memory_setup import base_model, engine_flags
+    """GPUs per engine and the extra arguments that say so (see ``engine_args``)."""
     from autotune.model import resolve_model
     from autotune.prepare import hardware_for
-    from autotune.safety import parallel_sizes
 
     given = parallel_sizes(options.extra_args).get("tensor_parallel_size")
     if given:
@@ -168,18 +165,42 @@ def tensor_parallel(options: TuneOptions) -> tuple[int, tuple[str, ...]]:
         hardware = hardware_for(options.gpu, options.device, options.vllm_cmd)
     except UserError:
         return 1, options.extra_args  # the workers say what is wrong, one line each
-    one = _replace(hardware, count=1)
-    found = base_model(spec=spec, hardware=one, flags=engine_flags(options.extra_args))
-    if found is None or hardware.is_cpu:
-        return 1, options.extra_args
+    extra = engine_args(spec=spec, hardware=hardware, extra_args=options.extra_args)
+    return parallel_sizes(extra).get("tensor_parallel_size", 1), extra
+
+
+def engine_args(
+    *, spec: ModelSpec, hardware: Hardware, extra_args: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The extra arguments with the tensor parallel size one engine runs with: the user's
+    ``-tp``, else none when the memory model says the weights fit one GPU (or cannot say),
+    else the smallest power of two that fits them (a fixed setting, added after ``--``).
+    ``tune --gpus`` and ``serve`` both ask here, so they agree on the engine's GPUs."""
+    from autotune.memory_setup import base_model, engine_flags
+
+    if "tensor_parallel_size" in parallel_sizes(extra_args) or hardware.is_cpu:
+        return extra_args
+    one = replace(hardware, count=1)
+    found = base_model(spec=spec, hardware=one, flags=engine_flags(extra_args))
+    if found is None:
+        return extra_args
     weights, fits = found[0].weights_bytes, FIT_SHARE * one.memory_gib * 2**30
     tp = 1
     while weights / tp > fits and tp < 64:
         tp *= 2
-    if tp > 1:
-        note(
-            f"the weights ({weights / 2**30:.1f} GiB) do not fit one {one.gpu_name}: "
-            f"--tensor-parallel-size {tp}, {tp} GPUs per engine"
-        )
-        return tp, (*options.extra_args, "--tensor-parallel-size", str(tp))
-    return 1, options.extra_args
+    if tp == 1:
+        return extra_args
+    note(
+        f"the weights ({weights / 2**30:.1f} GiB) do not fit one {one.gpu_name}: "
+        f"--tensor-parallel-size {tp}, {tp} GPUs per engine"
+    )
+    return (*extra_args, "--tensor-parallel-size", str(tp))
+
+
+def engine_lookup(
+    *, spec: ModelSpec, hardware: Hardware, extra_args: tuple[str, ...]
+) -> tuple[Hardware, tuple[str, ...]]:
+    """What ``serve`` looks a profile up with: the GPUs one engine will run on (its tensor ×
+    pipeline parallel group, as ``tune`` keys it) and the extra arguments that say so."""
+    extra = engine_args(spec=spec, hardware=hardware, extra_args=extra_args)
+    return engine_hardware(hardware, sizes=parallel_sizes(extra)), extra

@@ -13,13 +13,15 @@ from pathlib import Path
 
 from autotune.errors import UserError
 from autotune.goals import apply_budget, goal_from, parse_budget
-from autotune.hardware import ENV_GPU, Hardware, choose_device, resolve_hardware
+from autotune.hardware import ENV_GPU, Hardware, choose_device, engine_hardware, resolve_hardware
 from autotune.launcher import DEFAULT_VLLM_CMD, ENV_VLLM_CMD, engine_version, resolve_command
-from autotune.memory_setup import base_model, engine_flags, seqs_cap
+from autotune.memory_setup import base_model, bound_max_num_seqs, engine_flags, seqs_cap
 from autotune.model import ModelSpec, resolve_model
 from autotune.multimodal import supports_size_hints
+from autotune.opt_in import widest_kv_flags, with_opt_in
+from autotune.safety import parallel_sizes
 from autotune.serve import note
-from autotune.space import MEMORY_DIMS, SearchSpace, bound_max_num_seqs, build_space, vllm_defaults
+from autotune.space import MEMORY_DIMS, SearchSpace, build_space, vllm_defaults
 from autotune.workload import Workload
 
 CPU_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
@@ -52,6 +54,7 @@ class TuneOptions:
     images_max: bool = False  # --images max: find the largest image count that fits
     image_size_hint: tuple[int, int] | None = None  # --image-size: the resolution sent
     prescreen: bool = True  # --no-prescreen: launch every candidate (predictions still kept)
+    guide: bool = True  # --no-guide: the sampler alone (no edge climb, local moves, lift)
     slos: tuple[str, ...] = ()  # --slo NAME=MS
     min_throughput: float | None = None  # --min-throughput (output tok/s)
     memory_budget: str | None = None  # --memory-budget FRACTION or GiB
@@ -66,6 +69,7 @@ class TuneOptions:
     patience: int = 0  # --patience K: stop after K launches without improvement
     min_improvement: float = 0.01  # --min-improvement: what counts as an improvement
     gpus: str | None = None  # --gpus 0,1,2,3 | all: one worker per GPU (group)
+    tune: tuple[str, ...] = ()  # --tune NAME: opt-in dimensions (opt_in.py)
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ def _space(options: TuneOptions, spec: ModelSpec, hardware: Hardware, hints: boo
         images_max=options.images_max,
         image_size_hint=options.image_size_hint if hints else None,
     )
+    space = with_opt_in(space, options.tune, extra_args=options.extra_args)
     budget = parse_budget(options.memory_budget, total_gib=hardware.memory_gib)
     user_range = any(options.ranges.get(name) is not None for name in MEMORY_DIMS)
     space = apply_budget(space, budget=budget, total_gib=hardware.memory_gib, user_range=user_range)
@@ -105,7 +110,8 @@ def _bound_seqs(
     wl = options.workload
     if options.ranges.get("max_num_seqs") is not None or wl.dataset is not None:
         return space
-    found = base_model(spec=spec, hardware=hardware, flags=engine_flags(options.extra_args))
+    flags = engine_flags([*options.extra_args, *widest_kv_flags(space)])
+    found = base_model(spec=spec, hardware=hardware, flags=flags)
     memory = next((d for d in space.dims if d.name in MEMORY_DIMS), None)
     if found is None or memory is None or "max_num_seqs" not in space:
         return space
@@ -135,7 +141,8 @@ def prepare(options: TuneOptions) -> Prepared:
     if options.trials < 1:
         raise UserError(f"--trials {options.trials}: at least one launch is needed")
     spec = resolve_model(options.model)
-    hardware = hardware_for(options.gpu, options.device, options.vllm_cmd)
+    machine = hardware_for(options.gpu, options.device, options.vllm_cmd)
+    hardware = engine_hardware(machine, sizes=parallel_sizes(options.extra_args))  # the key
     command = resolve_command(options.vllm_cmd)
     hints = supports_size_hints(engine_version(command)) if spec.is_vision else False
     goal_from(  # bad goal input is one line, before any note

@@ -16,6 +16,8 @@ profile; arguments are checked against known vLLM flags on save and on load (saf
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
 import re
 import tempfile
@@ -34,6 +36,7 @@ READABLE_VERSIONS = (1, 2)
 ADDED_IN_2 = ("memory", "noise", "soak", "warnings", "variants")
 PICKS = ("throughput", "memory", "balanced")
 SINGLE_DEVICE = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1}
+DERIVED_LIMIT = "memory_budget_gib"  # the budget share times this GPU's memory: not a key
 
 
 @dataclass(frozen=True)
@@ -155,8 +158,23 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unknown"
 
 
+def limits_key(constraints: Mapping[str, Any]) -> dict[str, Any]:
+    """The limits a profile was tuned under, as given (SLOs, throughput floor, budget share)."""
+    return {k: v for k, v in constraints.items() if k != DERIVED_LIMIT}
+
+
+def _limits_tag(constraints: Mapping[str, Any]) -> str:
+    """``--limits-<hash>`` for a profile held to limits (none: no tag, the older names)."""
+    key = limits_key(constraints)
+    if not key:
+        return ""
+    text = json.dumps(key, sort_keys=True, default=str)
+    return "--limits-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 class ProfileStore:
-    """Profiles under ``root/<model>/<hardware>/<workload>--<objective>--vllm-<version>.yaml``."""
+    """Profiles under ``root/<model>/<hardware>/<workload>--<objective>[--limits-<hash>]
+    --vllm-<version>.yaml``: studies held to other SLOs or budgets never overwrite each other."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -164,6 +182,7 @@ class ProfileStore:
     def path_for(self, profile: Profile) -> Path:
         name = (
             f"{_slug(profile.workload_signature)}--{_slug(profile.objective)}"
+            f"{_limits_tag(profile.constraints)}"
             f"--vllm-{_slug(profile.vllm_version or 'unknown')}.yaml"
         )
         return self.root / _slug(profile.model_name) / _slug(profile.hardware_key) / name

@@ -70,6 +70,12 @@ def parse_candidate(space: SearchSpace, text: str) -> dict[str, Value]:
             tuned = ", ".join(d.name for d in space.tuned)
             raise UserError(f"--enqueue {text!r}: expected NAME=VALUE with NAME one of {tuned}")
         dim = space[name]
+        if dim.choices:  # a categorical dimension: the index of the named choice
+            named = [str(c).lower() for c in dim.choices]
+            if value.strip().lower() not in named:
+                raise UserError(f"--enqueue {text!r}: {name} is one of {dim.describe()}")
+            params[name] = named.index(value.strip().lower())
+            continue
         try:
             number = _number(name, value.strip())
         except ValueError:

@@ -121,12 +121,14 @@ def _lookup(
     *, model: str, gpu: str | None, device: str, vllm_cmd: str | None, profiles_dir: Path | None
 ) -> tuple[Match, list[str]]:
     """The profile ``serve`` would use (same matching), and the engine command."""
+    from autotune.parallel import engine_lookup
     from autotune.prepare import command_and_version, hardware_for
 
     store = ProfileStore(paths.profiles_dir(profiles_dir))
     spec = resolve_model(model)
     command, version = command_and_version(vllm_cmd, strict=False)
-    hardware = hardware_for(gpu, device, vllm_cmd)
+    machine = hardware_for(gpu, device, vllm_cmd)
+    hardware, _ = engine_lookup(spec=spec, hardware=machine, extra_args=())  # as serve does
     match = find_profile(store=store, spec=spec, hardware=hardware, vllm_version=version)
     if match is None:
         raise UserError(

@@ -24,7 +24,11 @@ TUNED_ARGS: dict[str, str] = {
     "max_num_batched_tokens": _POSITIVE_INT,
     "max_model_len": _POSITIVE_INT,
     "limit_mm_per_prompt": "image limit",
+    "kv_cache_dtype": "kv cache dtype",  # opt-in (--tune)
+    "enable_prefix_caching": "boolean",
+    "enable_chunked_prefill": "boolean",
 }
+KV_CACHE_DTYPES = frozenset({"auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc"})
 # Flags that may be saved among a profile's extra arguments (performance and numerics only).
 EXTRA_FLAGS = frozenset(
     {
@@ -54,6 +58,12 @@ def _check_value(name: str, kind: str, value: Any, source: str) -> None:
     elif kind == _POSITIVE_INT:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UserError(bad + " (an integer >= 1)")
+    elif kind == "boolean":
+        if not isinstance(value, bool):
+            raise UserError(bad + " (true or false)")
+    elif kind == "kv cache dtype":
+        if value not in KV_CACHE_DTYPES:
+            raise UserError(bad + f" ({', '.join(sorted(KV_CACHE_DTYPES))})")
     else:
         try:
             image = json.loads(str(value))["image"]

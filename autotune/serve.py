@@ -11,13 +11,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from autotune.errors import UserError
 from autotune.hardware import Hardware
 from autotune.launcher import build_argv
 from autotune.model import ModelSpec
-from autotune.profiles import Profile, ProfileStore
+from autotune.profiles import Profile, ProfileStore, limits_key
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,13 @@ def find_profile(
     profile_file: Path | None = None,
     vllm_version: str | None = None,
     parallel: Mapping[str, int] | None = None,
+    limits: Mapping[str, Any] | None = None,
 ) -> Match | None:
     """``--profile FILE`` wins; else the newest profile for this model (same ``config.json``),
     hardware, parallel sizes the user set (and workload): tuned on this vLLM release (exact), else
     on another patch release of the same minor (compatible), else none. Without a known vLLM
-    version, the version is not matched."""
+    version, the version is not matched. ``limits`` (SLOs, floor, budget given to serve): only
+    a profile tuned under exactly these."""
     if profile_file is not None:
         return Match(path=profile_file, profile=store.load(profile_file), others=0)
     found = [
@@ -56,7 +58,9 @@ def find_profile(
         for path, prof in store.find(
             model_name=spec.name, hardware_key=hardware.key, workload=workload
         )
-        if _same_config(prof, spec) and _same_parallel(prof, parallel or {})
+        if _same_config(prof, spec)
+        and _same_parallel(prof, parallel or {})
+        and (limits is None or limits_key(prof.constraints) == dict(limits))
     ]
     if vllm_version is None:
         how = "unversioned"
@@ -108,9 +112,11 @@ def describe_miss(
     workload: str | None,
     vllm_version: str | None = None,
     parallel: Mapping[str, int] | None = None,
+    limits: Mapping[str, Any] | None = None,
 ) -> str:
     """What was looked for, and which profiles exist instead."""
     wanted = f"model {spec.name} on {hardware.key}" + (f", workload {workload}" if workload else "")
+    wanted += "".join(f", {name} {limit}" for name, limit in (limits or {}).items())
     wanted += "".join(f", {name} {size}" for name, size in (parallel or {}).items())
     if vllm_version:
         wanted += f", vLLM {_minor(vllm_version)}.x"

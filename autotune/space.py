@@ -2,14 +2,15 @@
 
 Pure: no Optuna import. ``SearchSpace.sample`` takes anything with Optuna's ``suggest_int`` /
 ``suggest_float`` methods, so candidates are valid by construction
-(``max_num_batched_tokens >= max_num_seqs``).
+(``max_num_batched_tokens >= max_num_seqs``). A categorical dimension (``--tune``, see
+``opt_in``) is sampled as the index of its choice, so every parameter stays a number.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from autotune.errors import UserError
 from autotune.hardware import Hardware
@@ -32,9 +33,20 @@ class Suggester(Protocol):
     ) -> float: ...
 
 
+@runtime_checkable
+class Categorical(Protocol):
+    """Optuna's ``suggest_categorical`` (a suggester without it draws an index as an integer)."""
+
+    def suggest_categorical(self, name: str, choices: Sequence[int]) -> int: ...
+
+
+Choice = str | bool  # a categorical dimension's vLLM value
+
+
 @dataclass(frozen=True)
 class Dim:
-    """One vLLM argument: fixed to a value or searched between ``low`` and ``high``."""
+    """One vLLM argument: fixed to a value or searched between ``low`` and ``high``; a
+    categorical one between the indexes of its ``choices`` (vLLM's default first)."""
 
     name: str
     low: Value
@@ -42,6 +54,7 @@ class Dim:
     is_float: bool = False
     log: bool = False
     arg: str | None = None  # vLLM's argument when it differs from the name
+    choices: tuple[Choice, ...] = ()
 
     @property
     def fixed(self) -> bool:
@@ -56,7 +69,15 @@ class Dim:
         v = min(max(value, self.low), self.high)
         return round(v, 2) if self.is_float else int(v)
 
+    def value(self, index: Value) -> Choice:
+        """A categorical dimension's vLLM value for a sampled index."""
+        return self.choices[int(index)]
+
     def describe(self) -> str:
+        if self.choices:
+            return "|".join(
+                str(self.value(i)).lower() for i in range(int(self.low), int(self.high) + 1)
+            )
         return f"{self.low}" if self.fixed else f"{self.low}..{self.high}"
 
 
@@ -136,7 +157,14 @@ class SearchSpace:
             if dim.name == "max_num_batched_tokens" and "max_num_seqs" in self:
                 seqs = params.get("max_num_seqs", self["max_num_seqs"].low)
                 low = max(low, seqs)
-            if dim.is_float:
+            if dim.choices:
+                indexes = list(range(int(low), int(high) + 1))
+                params[dim.name] = (
+                    trial.suggest_categorical(dim.name, indexes)
+                    if isinstance(trial, Categorical)
+                    else trial.suggest_int(dim.name, int(low), int(high))
+                )
+            elif dim.is_float:
                 params[dim.name] = round(
                     trial.suggest_float(dim.name, float(low), float(high), step=UTIL_STEP), 2
                 )
@@ -145,17 +173,24 @@ class SearchSpace:
         return params
 
     def args(self, params: Mapping[str, Value]) -> dict[str, Value | str]:
-        """Every vLLM argument a candidate runs with: fixed values plus the sampled ones."""
+        """Every vLLM argument a candidate runs with: fixed values plus the sampled ones
+        (categorical ones as their vLLM value: ``"fp8"``, ``True``)."""
         out: dict[str, Value] = {d.name: d.low for d in self.dims if d.fixed}
         out.update(params)
-        args: dict[str, Value | str] = {d.name: out[d.name] for d in self.dims if d.name in out}
+        args: dict[str, Value | str] = {
+            d.name: d.value(out[d.name]) if d.choices else out[d.name]
+            for d in self.dims
+            if d.name in out
+        }
         if IMAGE_DIM in args:
             args[LIMIT_ARG] = limit_arg(int(args.pop(IMAGE_DIM)), size=self.image_size)
         return args
 
     def default_params(self, defaults: Mapping[str, Value]) -> dict[str, Value]:
-        """vLLM's defaults clamped into the space (for the first, enqueued trial)."""
+        """vLLM's defaults clamped into the space (for the first, enqueued trial); a
+        categorical dimension's default is its first choice."""
         params = {d.name: d.clamp(defaults[d.name]) for d in self.tuned if d.name in defaults}
+        params |= {d.name: d.low for d in self.tuned if d.choices}
         if "max_num_batched_tokens" in params:
             seqs = params.get("max_num_seqs", self["max_num_seqs"].low)
             params["max_num_batched_tokens"] = max(params["max_num_batched_tokens"], seqs)
@@ -253,16 +288,5 @@ def _check(space: SearchSpace, *, spec: ModelSpec, min_model_len: int | None) ->
             )
         if seqs.high > tokens.high:  # keep every candidate valid
             dims = tuple(replace(d, high=tokens.high) if d is seqs else d for d in space.dims)
-            space = SearchSpace(dims=dims)
+            space = replace(space, dims=dims)
     return space
-
-
-def bound_max_num_seqs(space: SearchSpace, *, cap: int, keep: int) -> SearchSpace:
-    """``max_num_seqs`` up to ``cap`` (the requests the KV cache can hold, see
-    ``memory_setup.seqs_cap``): more sequences than that only add CUDA graphs and sampler memory.
-    Never below ``keep`` (vLLM's default) when the range holds it, nor below the range's low end."""
-    dim = space["max_num_seqs"]
-    floor = keep if dim.low <= keep <= dim.high else dim.low
-    high = min(dim.high, max(cap, floor))
-    dims = tuple(replace(d, high=high) if d is dim else d for d in space.dims)
-    return replace(space, dims=dims)

@@ -1,5 +1,5 @@
-"""Study: the Optuna side of tuning. Names, storage, resume, the ask/tell loop and the choice
-of the best trial. The only module (with ``api``) that imports Optuna."""
+"""Study: the Optuna side of tuning. Names, storage, resume and the ask/launch/tell loop; what a
+result tells Optuna is in ``tell``, the choice of the best in ``best``."""
 
 from __future__ import annotations
 
@@ -13,16 +13,17 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune import choice, workers
+from autotune import workers
 from autotune.errors import UserError
-from autotune.goals import Goal, reserved_gib
+from autotune.goals import Goal
 from autotune.guide import PARAMS, Guide
-from autotune.objective import Report, TrialResult, TrialRunner
+from autotune.objective import TrialRunner
 from autotune.outcome import Outcome
 from autotune.ranges import Value
 from autotune.safety import redact_url
 from autotune.sampling import make_sampler
 from autotune.space import SearchSpace
+from autotune.tell import pruner_for, pruning_report, stagnated, tell, tell_infeasible
 
 MAX_SKIPS_IN_A_ROW = 200
 CONSTRAINT = "infeasible"  # > 0: the configuration cannot serve (OOM, KV too small, ...)
@@ -93,12 +94,12 @@ def open_study(
                 storage=where,
                 sampler=sampler,
                 directions=list(goal.directions),
-                pruner=_pruner(goal),
+                pruner=pruner_for(goal),
             )
             study.set_user_attr(workers.CREATED_BY, workers.WORKER_ID)
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(
-                study_name=name, storage=where, sampler=sampler, pruner=_pruner(goal)
+                study_name=name, storage=where, sampler=sampler, pruner=pruner_for(goal)
             )
     except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as exc:
         url = redact_url(str(storage))
@@ -112,115 +113,6 @@ def launches(study: optuna.Study) -> int:
     """Finished engine starts of all workers (interrupted trials, and those of a worker that
     died, do not count: they are re-run)."""
     return workers.counts(study).done
-
-
-def _pruner(goal: Goal) -> optuna.pruners.BasePruner:
-    """Throughput and goodput studies stop a clearly worse benchmark: below the median at the
-    same step by more than a quarter (after 5 trials and 2 steps); others never prune."""
-    if goal.kind in ("throughput", "goodput"):
-        return MarginPruner(margin=0.25, n_startup_trials=5, n_warmup_steps=2)
-    return optuna.pruners.NopPruner()
-
-
-class MarginPruner(optuna.pruners.BasePruner):
-    """Prune when the trial's latest value is worse than the median of the completed trials'
-    values at the same step by more than ``margin`` (in the study's direction)."""
-
-    def __init__(self, *, margin: float, n_startup_trials: int, n_warmup_steps: int) -> None:
-        self.margin, self.startup, self.warmup = margin, n_startup_trials, n_warmup_steps
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        step = trial.last_step
-        if step is None or step < self.warmup:
-            return False
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        seen = sorted(t.intermediate_values[step] for t in done if step in t.intermediate_values)
-        if len(seen) < self.startup:
-            return False
-        median = seen[len(seen) // 2]
-        value = trial.intermediate_values[step]
-        if study.direction == optuna.study.StudyDirection.MAXIMIZE:
-            return value < median * (1 - self.margin)
-        return value > median * (1 + self.margin)
-
-
-def tell(
-    study: optuna.Study, trial: optuna.Trial, result: TrialResult, *, goal: Goal | None = None
-) -> None:
-    """Map an outcome to Optuna: infeasible, or a missed SLO or floor → COMPLETE + violated
-    constraint (worst values when it did not serve); pruned → PRUNED; harness errors → FAIL
-    (see optuna5.md). Every trial sets the same constraint keys."""
-    goal = goal or Goal()
-    attrs = result.attrs()
-    reserved, source = reserved_gib(result.args, attrs["startup"], total_gib=goal.total_gib)
-    attrs |= {"reserved_gib": reserved, "reserved_source": source}
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
-    if result.outcome is Outcome.OK and result.metrics is not None:
-        metrics = result.metrics.to_dict()
-        for key, value in goal.constraints(metrics, ok=True).items():
-            trial.set_constraint(key, value)
-        if missed := goal.missed(metrics):
-            trial.set_user_attr("missed", missed)
-        values = goal.values(
-            throughput=result.throughput, goodput=result.goodput, reserved_gib=reserved
-        )
-        study.tell(trial, values)
-    elif result.outcome is Outcome.PRUNED:
-        study.tell(trial, state=TrialState.PRUNED)
-    elif result.outcome.infeasible:
-        tell_infeasible(study, trial, goal=goal)
-    else:
-        study.tell(trial, state=TrialState.FAIL)
-
-
-def tell_infeasible(study: optuna.Study, trial: optuna.Trial, *, goal: Goal) -> None:
-    """Every constraint violated, the goal's worst values (never inf)."""
-    for key in goal.constraint_keys:
-        trial.set_constraint(key, 1.0)
-    study.tell(trial, goal.worst())
-
-
-def pruning_report(trial: optuna.Trial, goal: Goal) -> Report | None:
-    """Intermediate values for the pruner, in the objective's own direction (single-objective
-    throughput or goodput only; the warm-up is never reported)."""
-    if goal.kind not in ("throughput", "goodput"):
-        return None
-
-    def report(step: int, values: Mapping[str, float]) -> bool:
-        trial.report(values.get(goal.kind, 0.0), step)
-        return trial.should_prune()
-
-    return report
-
-
-def stagnated(study: optuna.Study, *, patience: int, threshold: float) -> bool:
-    """No launched trial improved the best value by more than ``threshold`` (a share) in the
-    last ``patience`` launches (single-objective studies)."""
-    if patience < 1 or len(study.directions) > 1:
-        return False
-    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-    done = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("launched") and t.value is not None
-    ]
-    if len(done) <= patience:
-        return False
-    feasible = [
-        sign * float(t.value or 0.0)
-        for t in done[:-patience]
-        if all(v <= 0 for v in t.constraints.values())
-    ]
-    before = max(feasible, default=None)
-    recent = [
-        sign * float(t.value or 0.0)
-        for t in done[-patience:]
-        if all(v <= 0 for v in t.constraints.values())
-    ]
-    if before is None:
-        return False
-    return not any(v > before + abs(before) * threshold for v in recent)
 
 
 @dataclass(frozen=True)
@@ -342,41 +234,6 @@ def _free_slot(plan: StudyPlan, *, started: float, reporter: Reporter) -> int | 
             reporter.phase(f"waiting: other workers run the last {seen.running} launch(es)")
             waiting = True
         workers.pause()
-
-
-def feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed trials that served and met every constraint (SLOs, throughput floor)."""
-    return [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("outcome") == Outcome.OK.value
-        and t.values is not None
-        and all(v <= 0 for v in t.constraints.values())
-    ]
-
-
-def ranked(
-    study: optuna.Study,
-    *,
-    goal: Goal,
-    noise: float,
-    statistic: str = "worst",
-    repeats: int = 1,
-    most_images: bool = False,
-) -> list[choice.Candidate]:
-    """Feasible configurations, best first (repeats grouped, see ``choice.rank``)."""
-    cands = choice.candidates(study.get_trials(deepcopy=False), goal=goal, statistic=statistic)
-    return choice.rank(cands, goal=goal, noise=noise, repeats=repeats, most_images=most_images)
-
-
-def choose_best(
-    study: optuna.Study, *, noise: float, most_images: bool = False, goal: Goal | None = None
-) -> FrozenTrial | None:
-    """The best feasible trial; among results within ``noise`` of the best value, the one with
-    the longest ``max_model_len`` (the context the application can use), then the best.
-    ``most_images``: the largest image limit with a usable throughput (half the best or more)."""
-    best = ranked(study, goal=goal or Goal(), noise=noise, most_images=most_images)
-    return study.trials[best[0].chosen.number] if best else None
 
 
 def find_studies(storage: str, *, model: str | None) -> list[str]:

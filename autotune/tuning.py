@@ -4,6 +4,7 @@ shape of the load its trials send (concurrency, Poisson rate, warm-up)."""
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -11,6 +12,7 @@ from autotune.errors import UserError
 from autotune.finalize import Finish
 from autotune.goals import SLO_METRICS, Goal, goal_from
 from autotune.hardware import Hardware
+from autotune.opt_in import FP8_WARNING, output_warnings
 from autotune.prepare import TuneOptions
 from autotune.workload import Workload, build_requests
 
@@ -61,9 +63,12 @@ def load_shape(
     }
 
 
-def warnings_for(extra_args: tuple[str, ...]) -> list[str]:
-    """Settings that change outputs, said in the profile."""
+def warnings_for(
+    extra_args: Sequence[str], *, vllm_args: Iterable[Mapping[str, Any]] = ()
+) -> list[str]:
+    """Settings that change outputs, said in the profile: given after ``--`` or tuned
+    (``vllm_args``: the winner's and its variants')."""
     text = shlex.join(extra_args)
     if "--kv-cache-dtype" in text and "fp8" in text:
-        return ["fp8 KV cache: outputs can differ from the model's own dtype; check quality"]
-    return []
+        return [FP8_WARNING]
+    return output_warnings(vllm_args)

@@ -63,13 +63,28 @@ def _retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(history) > MAX_RETRIES or not trial.user_attrs.get("launched"):
         return
+    if any(
+        t.system_attrs.get("retry_history") == history for t in study.get_trials(deepcopy=False)
+    ):
+        return  # another worker failed it at the same moment and queued the retry already
+    _requeue(
+        study,
+        trial,
+        source=f"retry of {trial.number} (its worker stopped)",
+        system_attrs={"failed_trial": history[0], "retry_history": history},
+    )
+
+
+def _requeue(
+    study: optuna.Study, trial: FrozenTrial, *, source: str, system_attrs: dict[str, Any]
+) -> None:
     study.add_trial(
         optuna.trial.create_trial(
             state=TrialState.WAITING,
             params=trial.params,
             distributions=trial.distributions,
-            user_attrs={"source": f"retry of {trial.number} (its worker stopped)"},
-            system_attrs={"failed_trial": history[0], "retry_history": history},
+            user_attrs={"source": source},
+            system_attrs=system_attrs,
         )
     )
 
@@ -272,8 +287,11 @@ def give_back(study: optuna.Study, trial: optuna.Trial, params: Mapping[str, Any
     trial.set_user_attr("launched", False)
     trial.set_user_attr("outcome", "over_budget")
     study.tell(trial, state=TrialState.FAIL)
-    if "fixed_params" in frozen.system_attrs or "failed_trial" in frozen.system_attrs:
-        source = str(frozen.user_attrs.get("source") or f"given back by trial {trial.number}")
+    source = str(frozen.user_attrs.get("source") or f"given back by trial {trial.number}")
+    if "failed_trial" in frozen.system_attrs:  # a retry stays one: its history caps the retries
+        kept = {k: frozen.system_attrs[k] for k in ("failed_trial", "retry_history")}
+        _requeue(study, frozen, source=source, system_attrs=kept)
+    elif "fixed_params" in frozen.system_attrs:
         study.enqueue_trial(dict(params), user_attrs={"source": source})
     pause()
 

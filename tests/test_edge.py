@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from autotune.edge import Tried, lift, local_move, next_climb
+from autotune.edge import Tried, lift, local_move, next_climb, repair
 from autotune.space import Dim, SearchSpace
 
 SPACE = SearchSpace(
@@ -103,3 +103,29 @@ def test_no_climb_or_lift_once_more_memory_served_slower() -> None:
     assert next_climb(space=SPACE, tried=seen) is None
     proposal = {"gpu_memory_utilization": 0.75, "max_num_seqs": 32, "max_num_batched_tokens": 1024}
     assert lift(space=SPACE, tried=seen, params=proposal) == proposal
+
+
+def test_repair_retries_a_kv_too_small_failure_at_the_length_vllm_estimated() -> None:
+    space = SearchSpace(dims=(*SPACE.dims, Dim("max_model_len", 32768, 131072)))
+    p = {"gpu_memory_utilization": 0.9, "max_num_seqs": 256, "max_num_batched_tokens": 2048,
+         "max_model_len": 131072}  # fmt: skip
+    failed = Tried(params=p, outcome="kv_too_small", estimated_max_model_len=40007)
+    move = repair(space=space, tried=[failed])
+    assert move is not None and move.params == p | {"max_model_len": 40000}
+    short = Tried(params=p, outcome="kv_too_small", estimated_max_model_len=20000)
+    assert repair(space=space, tried=[short]) is None  # below the range: nothing to repair
+    served = Tried(params=p | {"max_model_len": 40000}, outcome="ok", value=1.0)
+    assert repair(space=space, tried=[failed, served]) is None
+
+
+def test_an_opt_in_switch_must_match_to_lift_or_to_be_a_ceiling() -> None:
+    switch = {"enable_prefix_caching": 1}
+    seen = [
+        Tried(params=dict(ok(0.95, 128, 4096, 100.0).params) | switch, outcome="ok", value=100.0)
+    ]
+    proposal = {"gpu_memory_utilization": 0.80, "max_num_seqs": 64, "max_num_batched_tokens": 2048}
+    assert lift(space=SPACE, tried=seen, params=proposal | {"enable_prefix_caching": 0}) == (
+        proposal | {"enable_prefix_caching": 0}
+    )
+    lifted = lift(space=SPACE, tried=seen, params=proposal | switch)
+    assert lifted["gpu_memory_utilization"] == 0.95

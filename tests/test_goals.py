@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 import pytest
 
-from autotune import study as st
+from autotune import tell
 from autotune.choice import balanced, candidates, pareto_front, rank
 from autotune.errors import UserError
 from autotune.goals import Goal, apply_budget, parse_budget, parse_slos, reserved_gib
@@ -177,9 +177,9 @@ def test_stagnation_and_margin_pruner() -> None:
         trial.set_constraint("infeasible", -1.0)
         trial.report(value, 2)
         study.tell(trial, value)
-    assert st.stagnated(study, patience=3, threshold=0.02)
-    assert not st.stagnated(study, patience=3, threshold=0.0)
-    pruner = st.MarginPruner(margin=0.25, n_startup_trials=5, n_warmup_steps=2)
+    assert tell.stagnated(study, patience=3, threshold=0.02)
+    assert not tell.stagnated(study, patience=3, threshold=0.0)
+    pruner = tell.MarginPruner(margin=0.25, n_startup_trials=5, n_warmup_steps=2)
     slow = study.ask()
     slow.report(80.0, 2)
     assert pruner.prune(study, study.trials[slow.number])

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from autotune.errors import UserError
@@ -28,6 +30,11 @@ ARGS = [
     "--min-model-len", "2048", "--input-len", "128", "--output-len", "16", "--num-prompts", "32",
     "--quiet", "--vllm-cmd", FAKE_CMD,
 ]  # fmt: skip
+FAST = {
+    "AUTOTUNE_FAKE_STARTUP_S": "1.5",
+    "AUTOTUNE_FAKE_TIME_SCALE": "0.05",
+    "AUTOTUNE_HEARTBEAT_S": "1",
+}
 
 
 def tune(model: Path, gpus: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -114,3 +121,95 @@ def test_memory_never_released_fails_the_trial(model_dir: Path, tmp_path: Path) 
     first = study.trials[0]
     assert first.state == TrialState.FAIL and first.user_attrs["outcome"] == "harness_error"
     assert "not released" in first.user_attrs["reason"]
+
+
+def served_engine(tmp_path: Path) -> Path:
+    """An engine command that is the fake for trials (and ``--version``) and, when ``serve``
+    execs it with the profile, prints the command line and exits."""
+    engine = tmp_path / "bin" / "engine"
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    engine.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" --port "*|*" --version "*)\n'
+        f'  exec {shlex.quote(sys.executable)} -m autotune.testing.fake_engine "$@";;\n'
+        'esac\necho "served: $*"\n'
+    )
+    engine.chmod(0o755)
+    return engine
+
+
+def autotune(*args: str, gpus: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "AUTOTUNE_FAKE_GPU_DIR": str(gpus), **FAST, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "autotune", *args],
+        env=environ, capture_output=True, text=True, timeout=170, check=False,
+    )  # fmt: skip
+
+
+def test_serve_on_a_miss_tunes_per_gpu_and_finds_that_profile(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """The profile is keyed by one engine's GPUs (x1), and serve looks it up the same way, on a
+    machine of four (``--gpu L4:24x4``) as with ``--gpus``."""
+    gpus = fake_gpus.create(tmp_path / "gpus", 4)
+    engine = served_engine(tmp_path)
+    args = [*ARGS[: ARGS.index("--vllm-cmd")], "--vllm-cmd", f"{engine} serve"]
+    args[args.index("L4:24")] = "L4:24x4"
+    done = autotune("serve", str(model_dir), *args, "--gpus", "all", "--trials", "4", gpus=gpus)
+    assert done.returncode == 0, done.stderr
+    assert "no profile for" in done.stderr and "tuning first" in done.stderr
+    assert done.stdout.startswith(f"served: serve {model_dir} "), done.stdout
+    (saved,) = Path(os.environ["AUTOTUNE_PROFILES_DIR"]).rglob("*.yaml")
+    assert yaml.safe_load(saved.read_text())["hardware"]["key"] == "l4-24gib-x1"
+    for where in ([], ["--gpus", "0,1,2,3"]):
+        again = autotune("serve", str(model_dir), *args, *where, "--dry-run", gpus=gpus)
+        assert again.returncode == 0, again.stderr
+        assert f"using profile {saved}" in again.stderr
+        assert again.stdout.startswith(f"{engine} serve {model_dir} ")
+
+
+def test_weights_too_big_for_one_gpu_give_tensor_parallel_pairs(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """16 GiB of weights, 12 GiB GPUs: two engines at a time, each on two GPUs with
+    --tensor-parallel-size 2; serve finds the profile (x2) without being told the size."""
+    gpus = fake_gpus.create(tmp_path / "gpus", 4)
+    args = [*ARGS, "--gpu-memory-utilization", "0.85:0.95", "--max-num-seqs", "8:64"]
+    args[args.index("L4:24")] = "L4:12"
+    env = {"AUTOTUNE_FAKE_GPU_MEMORY_GIB": "12"}
+    done = autotune("tune", str(model_dir), *args, "--gpus", "0,1,2,3", "--trials", "4",
+                    gpus=gpus, **env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "--tensor-parallel-size 2, 2 GPUs per engine" in done.stderr
+    assert "2 workers on GPUs 0,1, 2,3" in done.stderr
+    study = study_of(Path(os.environ["AUTOTUNE_STATE_DIR"]))
+    trials = [t for t in study.trials if t.user_attrs.get("launched")]
+    assert len(trials) == 4 and {t.user_attrs["gpus"] for t in trials} == {"0,1", "2,3"}
+    outcomes = [(t.user_attrs["outcome"], str(t.user_attrs.get("reason"))) for t in trials]
+    assert sum(o == "ok" for o, _ in outcomes) >= 2, outcomes  # vLLM's defaults may not fit
+    assert not [r for _, r in outcomes if "World size" in r or "load model" in r], outcomes
+    for t in trials:
+        assert "--tensor-parallel-size 2" in Path(t.user_attrs["log"]).read_text().splitlines()[0]
+    first = sorted(trials, key=lambda t: t.datetime_start or 0)[:2]  # two engines at once
+    assert first[0].datetime_complete and first[1].datetime_start
+    assert first[0].datetime_complete > first[1].datetime_start
+    assert {t.user_attrs["gpus"] for t in first} == {"0,1", "2,3"}
+    assert study.user_attrs["hardware"]["key"] == "l4-12gib-x2"
+    assert fake_gpus.used_bytes(gpus, None) == 0
+    served = autotune("serve", str(model_dir), "--gpu", "L4:12", "--vllm-cmd", FAKE_CMD,
+                      "--dry-run", gpus=gpus, **env)  # fmt: skip
+    assert served.returncode == 0, served.stderr
+    assert "--tensor-parallel-size 2" in served.stdout
+    assert "l4-12gib-x2" in served.stderr or "2 x L4" in served.stderr
+
+
+def test_the_fake_engine_needs_as_many_gpus_as_tensor_parallel_ranks(tmp_path: Path) -> None:
+    gpus = fake_gpus.create(tmp_path / "gpus", 2)
+    env = {"AUTOTUNE_FAKE_GPU_DIR": str(gpus), "CUDA_VISIBLE_DEVICES": "1"}
+    assert "World size (2)" in (fake_gpus.too_few(env, 2) or "")
+    assert fake_gpus.too_few(env | {"CUDA_VISIBLE_DEVICES": "0,1"}, 2) is None
+    held = fake_gpus.hold(env | {"CUDA_VISIBLE_DEVICES": "1,0"}, 2.0, devices=2)
+    assert sorted(p.parent.name for p in held) == ["0", "1"]
+    assert fake_gpus.used_bytes(gpus, ["0"]) == fake_gpus.used_bytes(gpus, ["1"]) == 2 * 2**30
+    fake_gpus.free(held)
+    assert fake_gpus.used_bytes(gpus, None) == 0

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from autotune import study as st
+from autotune import tell
 from autotune.errors import UserError
 from autotune.metrics import Metrics
 from autotune.objective import TrialResult
@@ -58,7 +59,7 @@ def recorded_study(storage: str, tmp_path: Path) -> optuna.Study:
             log_path=tmp_path / f"trial-{trial.number}.log",
             metrics=metrics(tput) if tput else None,
         )
-        st.tell(study, trial, result)
+        tell.tell(study, trial, result)
     study.set_user_attr("chosen_trial", 4)
     return study
 

@@ -87,7 +87,7 @@ def load(state: Path) -> optuna.Study:
 def test_twelve_trial_study_then_serve(model_dir: Path, env: dict[str, str]) -> None:
     done = autotune(  # every candidate launched: the failure regions must be hit and classified
         "tune", str(model_dir), "--vllm-cmd", FAKE_CMD, "--trials", "12", "--no-prescreen",
-        "--repeats", "1", *ARGS, env=env,
+        "--no-guide", "--repeats", "1", *ARGS, env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     study = load(Path(env["AUTOTUNE_STATE_DIR"]))

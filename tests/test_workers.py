@@ -51,7 +51,10 @@ def heartbeat_study(tmp_path: Path) -> optuna.Study:
     return optuna.create_study(storage=storage, study_name="s")
 
 
-def test_a_launch_beyond_the_shared_budget_is_given_back(tmp_path: Path) -> None:
+def test_a_launch_beyond_the_shared_budget_is_given_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(workers.ENV_HEARTBEAT, "1")  # a short pause after giving back
     study = heartbeat_study(tmp_path)
     dist: dict[str, BaseDistribution] = {"x": IntDistribution(0, 10)}
     study.add_trial(
@@ -113,3 +116,28 @@ def test_refusal_from_the_command_line_and_save_from_study(model_dir: Path) -> N
     assert again_saved["provenance"]["trial"] == tuned["provenance"]["trial"]
     missing = autotune("profiles", "save", "--from-study", "--study", "nope")
     assert missing.returncode == 2 and "no study nope" in missing.stderr
+
+
+def test_a_stale_trial_is_retried_once_and_a_given_back_retry_stays_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(workers.ENV_HEARTBEAT, "1")  # a short pause after giving back
+    study = heartbeat_study(tmp_path)
+    dist: dict[str, BaseDistribution] = {"x": IntDistribution(0, 10)}
+    dead = workers.ask(study)
+    dead.suggest_int("x", 0, 10)
+    dead.set_user_attr("launched", True)
+    frozen = study.trials[dead.number]
+    workers._retry_stale(study, frozen)
+    workers._retry_stale(study, frozen)  # two workers fail it at the same moment
+    (queued,) = study.get_trials(states=(TrialState.WAITING,))
+    assert queued.system_attrs["retry_history"] == [dead.number]
+    study.tell(dead, state=TrialState.FAIL)
+    retry = workers.ask(study)
+    assert retry.number == queued.number and workers.is_retry(study, retry)
+    assert retry.suggest_int("x", 0, 10) == frozen.params["x"]
+    retry.set_user_attr("launched", True)
+    workers.give_back(study, retry, {"x": frozen.params["x"]})  # over budget: not launched
+    (again,) = study.get_trials(states=(TrialState.WAITING,))
+    assert again.params == frozen.params and again.distributions == dist
+    assert again.system_attrs["retry_history"] == [dead.number]  # still capped by its history

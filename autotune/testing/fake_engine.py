@@ -68,7 +68,7 @@ class FakeServer:
         self.cfg: ServeConfig | None = None
         self.model: ModelInfo | None = None
         self.boot = Boot([])
-        self.gpu_file: Path | None = None
+        self.gpu_files: list[Path] = []
         self.crashed = threading.Event()
         self.serving = self.stopping = False
 
@@ -112,6 +112,8 @@ class FakeServer:
             return self._fail(str(exc))
         except ConfigError as exc:
             return self._fail(str(exc))
+        if (too_few := fake_gpus.too_few(os.environ, cfg.tp)) is not None:
+            return self._fail(too_few)
         self.child = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.DEVNULL)
         out.engine = eng = f"EngineCore pid={self.child.pid}"
         init = f"Initializing a V1 LLM engine (v{VERSION}) with config: model='{ns.model_tag}'"
@@ -120,7 +122,7 @@ class FakeServer:
         self.env = dataclasses.replace(self.env, used=self.env.used + others)
         self.boot = boot = plan_boot(cfg, model, self.env)
         if boot.phases and boot.phases[0].error is None:
-            self.gpu_file = fake_gpus.hold(os.environ, cfg.util * self.env.total)
+            self.gpu_files = fake_gpus.hold(os.environ, cfg.util * self.env.total, devices=cfg.tp)
         for phase in boot.phases:
             time.sleep(phase.share * self.env.startup_s)
             for src, msg in phase.warnings:
@@ -187,7 +189,7 @@ class FakeServer:
         self.crashed.set()
 
     def _cleanup(self) -> None:
-        fake_gpus.free(self.gpu_file)
+        fake_gpus.free(self.gpu_files)
         if self.engine:
             self.engine.stop()
         if self.httpd:

@@ -2,11 +2,12 @@
 ``--gpus`` can be tested without a GPU. A test double, not a driver.
 
 ``AUTOTUNE_FAKE_GPU_DIR=DIR`` holds one sub-directory per device (``0``, ``1``, ...). A fake
-engine takes the first device ``CUDA_VISIBLE_DEVICES`` names (default ``0``), counts the memory
-other live engines hold there as used, and while it runs writes ``DIR/<device>/<pid>`` with the
-bytes it holds. autotune's memory check reads the same files (``hardware.gpu_memory_used_bytes``).
-A file whose process is gone no longer counts (the driver freed it), unless its name ends in
-``.leak`` (``AUTOTUNE_FAKE_GPU_LEAK=1``: memory a dead engine never gives back).
+engine takes the first ``--tensor-parallel-size`` devices ``CUDA_VISIBLE_DEVICES`` names (default
+``0``; fewer than that is vLLM's error), counts the memory other live engines hold on the first
+as used, and while it runs writes ``DIR/<device>/<pid>`` on each with the bytes it holds there.
+autotune's memory check reads the same files (``hardware.gpu_memory_used_bytes``). A file whose
+process is gone no longer counts (the driver freed it), unless its name ends in ``.leak``
+(``AUTOTUNE_FAKE_GPU_LEAK=1``: memory a dead engine never gives back).
 """
 
 from __future__ import annotations
@@ -61,9 +62,25 @@ def used_bytes(directory: Path, devices: Sequence[str] | None) -> int:
     return sum(_held(directory / name) for name in names)
 
 
+def devices_of(env: Mapping[str, str]) -> list[str]:
+    """The devices ``CUDA_VISIBLE_DEVICES`` names (default ``0``), in order."""
+    visible = [d.strip() for d in env.get("CUDA_VISIBLE_DEVICES", "0").split(",") if d.strip()]
+    return visible or ["0"]
+
+
 def device_of(env: Mapping[str, str]) -> str:
-    visible = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")
-    return visible[0].strip() or "0"
+    return devices_of(env)[0]
+
+
+def too_few(env: Mapping[str, str], tp: int) -> str | None:
+    """vLLM's error when tensor parallelism needs more GPUs than the engine sees (only with
+    simulated GPUs: without the directory the fake does not count devices)."""
+    if not env.get("AUTOTUNE_FAKE_GPU_DIR") or tp <= len(devices_of(env)):
+        return None
+    return (
+        f"ValueError: World size ({tp}) is larger than the number of available GPUs "
+        f"({len(devices_of(env))}) in this node."
+    )
 
 
 def others_gib(env: Mapping[str, str]) -> float:
@@ -74,18 +91,23 @@ def others_gib(env: Mapping[str, str]) -> float:
     return _held(Path(directory) / device_of(env), skip=os.getpid()) / GIB
 
 
-def hold(env: Mapping[str, str], gib: float) -> Path | None:
-    """Record this engine's memory on its device; returns the file (removed by ``free``)."""
+def hold(env: Mapping[str, str], gib: float, *, devices: int = 1) -> list[Path]:
+    """Record this engine's memory on each device it uses (the first ``devices`` it sees, one
+    per tensor-parallel rank); returns the files (removed by ``free``)."""
     directory = env.get("AUTOTUNE_FAKE_GPU_DIR")
     if not directory:
-        return None
+        return []
     leak = env.get("AUTOTUNE_FAKE_GPU_LEAK") == "1"
-    path = Path(directory) / device_of(env) / f"{os.getpid()}{'.leak' if leak else ''}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(str(int(gib * GIB)))
-    return path
+    held = []
+    for device in devices_of(env)[: max(1, devices)]:
+        path = Path(directory) / device / f"{os.getpid()}{'.leak' if leak else ''}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(int(gib * GIB)))
+        held.append(path)
+    return held
 
 
-def free(path: Path | None) -> None:
-    if path is not None and not path.name.endswith(".leak"):
-        path.unlink(missing_ok=True)
+def free(paths: Sequence[Path]) -> None:
+    for path in paths:
+        if not path.name.endswith(".leak"):
+            path.unlink(missing_ok=True)
