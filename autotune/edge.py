@@ -32,7 +32,7 @@ _ANYWHERE = {Outcome.FREE_MEMORY.value, Outcome.CRASH_UNDER_LOAD.value}
 LOG_RESOLUTION = 1.125  # a byte-sized memory dimension is bisected down to this ratio
 BATCH_DIMS = ("max_num_seqs", "max_num_batched_tokens")
 SIZES = (*BATCH_DIMS, "max_model_len", IMAGE_DIM)  # more of these needs more memory
-NOISE = 0.02  # a slower result with more memory beyond this share breaks monotonicity
+NOISE = 0.05  # a slower result with more memory beyond this share breaks monotonicity
 COMPASS = (2.0, 2.0**0.5, 2.0**0.25, 2.0**0.125)  # local move factors, boldest first
 
 
