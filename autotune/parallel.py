@@ -113,14 +113,14 @@ def _worker(options: TuneOptions, env: Mapping[str, str], parent: int) -> None:
 def tune_on_gpus(options: TuneOptions, *, tensor_parallel: int) -> int:
     """Start one worker per GPU group, wait for all; the number that failed."""
     from autotune import study as st
-    from autotune import workers
+    from autotune.storage import rdb_storage
 
     machine = _machine(options)
     available = device_count() or (machine.count if machine else None)
     devices = parse_gpus(options.gpus or "", available=available)
     plan = groups(devices, size=tensor_parallel)
     storage = st.storage_url(options.storage, state_dir=paths.state_dir(options.state_dir))
-    workers.rdb_storage(storage)  # the schema exists before the workers race to use it
+    rdb_storage(storage)  # the schema exists before the workers race to use it
     note(f"{len(plan)} workers on GPUs {', '.join(','.join(map(str, g)) for g in plan)}")
     ctx = multiprocessing.get_context("spawn")
     procs: list[BaseProcess] = []

@@ -23,6 +23,7 @@ from autotune.ranges import Value
 from autotune.safety import redact_url
 from autotune.sampling import make_sampler
 from autotune.space import SearchSpace
+from autotune.storage import driver_url, rdb_storage
 from autotune.tell import pruner_for, pruning_report, stagnated, tell, tell_infeasible
 
 MAX_SKIPS_IN_A_ROW = 200
@@ -87,7 +88,7 @@ def open_study(
     goal = goal or Goal()
     sampler = make_sampler(seed=seed, multi_objective=goal.multi)
     try:
-        where = workers.rdb_storage(storage) if isinstance(storage, str) else storage
+        where = rdb_storage(storage) if isinstance(storage, str) else storage
         try:  # created once: the worker that creates it records itself (see _enqueue_start)
             study = optuna.create_study(
                 study_name=name,
@@ -205,7 +206,13 @@ def run_study(plan: StudyPlan, *, reporter: Reporter) -> None:
             plan.study.tell(trial, state=TrialState.FAIL)
             plan.study.enqueue_trial(params, user_attrs={"source": f"retry of {trial.number}"})
             raise
-        tell(plan.study, trial, result, goal=plan.goal)
+        try:
+            tell(plan.study, trial, result, goal=plan.goal)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Cut off from the storage for longer than the grace period: another worker
+            # failed this trial by heartbeat and queued it again; that re-run counts.
+            reporter.phase(f"trial {trial.number}: finished elsewhere (heartbeat); result dropped")
+            continue
         if prescreen is not None:
             prescreen.learn_trial(trial=trial.number, attrs=result.attrs())
         reporter.trial_finished(plan.study.trials[trial.number])
@@ -239,14 +246,14 @@ def _free_slot(plan: StudyPlan, *, started: float, reporter: Reporter) -> int | 
 def find_studies(storage: str, *, model: str | None) -> list[str]:
     """Names of the studies in a storage, optionally for one model (newest last)."""
     summaries = optuna.get_all_study_summaries(
-        storage=workers.driver_url(storage), include_best_trial=False
+        storage=driver_url(storage), include_best_trial=False
     )
     names = [s.study_name for s in summaries]
     return [n for n in names if model is None or n.split("@", 1)[0] == model]
 
 
 def load_study(name: str, storage: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=workers.driver_url(storage))
+    return optuna.load_study(study_name=name, storage=driver_url(storage))
 
 
 def trial_rows(trials: Sequence[FrozenTrial]) -> list[dict[str, Any]]:

@@ -25,7 +25,6 @@ from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.errors import UserError
-from autotune.safety import redact_url
 
 ENV_HEARTBEAT = "AUTOTUNE_HEARTBEAT_S"  # seconds between heartbeats (grace: three of them)
 ENV_WORKER_INDEX = "AUTOTUNE_WORKER_INDEX"  # set by `--gpus`; Kubernetes: JOB_COMPLETION_INDEX
@@ -58,7 +57,7 @@ def heartbeat_s() -> int:
     return max(1, int(float(raw))) if raw else DEFAULT_HEARTBEAT_S
 
 
-def _retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+def retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
     """Heartbeat-stale (its worker died): queue the same parameters again, a few times."""
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(history) > MAX_RETRIES or not trial.user_attrs.get("launched"):
@@ -87,47 +86,6 @@ def _requeue(
             system_attrs=system_attrs,
         )
     )
-
-
-def driver_url(url: str) -> str:
-    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is here."""
-    if not url.startswith(("postgresql://", "postgres://")):
-        return url
-    try:
-        import psycopg  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
-    except ImportError:
-        return "postgresql+psycopg2://" + url.split("://", 1)[1]
-    return url
-
-
-def rdb_storage(url: str) -> optuna.storages.BaseStorage | str:
-    """An RDB URL becomes heartbeat-enabled storage (schema creation retried: several workers
-    may create it at once); other URLs are returned as they are."""
-    if "://" not in url or url.startswith(("journal", "grpc")):
-        return url
-    beat = heartbeat_s()
-    engine: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        engine = {"connect_args": {"timeout": 60}}
-    last: Exception | None = None
-    for attempt in range(5):
-        try:
-            return optuna.storages.RDBStorage(
-                driver_url(url),
-                engine_kwargs=engine,
-                heartbeat_interval=beat,
-                grace_period=3 * beat,
-                heartbeat_stale_trial_callback=_retry_stale,
-            )
-        except ImportError:
-            raise UserError(
-                f"cannot open study storage {redact_url(url)}: its database driver is not "
-                "installed (pip install 'vllm-autotune[postgres]')"
-            ) from None
-        except Exception as exc:  # a concurrent schema creation, a server still starting
-            last = exc
-            time.sleep(0.5 + random.random() * (attempt + 1))
-    raise UserError(f"cannot open study storage {redact_url(url)}: {redact_url(str(last))}")
 
 
 def heartbeat_enabled(study: optuna.Study) -> bool:
@@ -262,7 +220,7 @@ def ask(study: optuna.Study) -> optuna.Trial:
 
 
 def fail_stale(study: optuna.Study) -> None:
-    """Fail the trials whose worker stopped beating; ``_retry_stale`` queues them again."""
+    """Fail the trials whose worker stopped beating; ``retry_stale`` queues them again."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -297,5 +255,5 @@ def give_back(study: optuna.Study, trial: optuna.Trial, params: Mapping[str, Any
 
 
 def is_retry(study: optuna.Study, trial: optuna.Trial) -> bool:
-    """The trial re-runs one whose worker stopped (``_retry_stale``)."""
+    """The trial re-runs one whose worker stopped (``retry_stale``)."""
     return "failed_trial" in study.trials[trial.number].system_attrs

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from autotune import workers
 from autotune.errors import UserError
+from autotune.storage import rdb_storage
 from tests.conftest import FAKE_CMD
 
 ARGS = [
@@ -47,7 +48,7 @@ def test_worker_seeds_differ_only_when_shared(monkeypatch: pytest.MonkeyPatch) -
 
 
 def heartbeat_study(tmp_path: Path) -> optuna.Study:
-    storage = workers.rdb_storage(f"sqlite:///{tmp_path / 's.db'}")
+    storage = rdb_storage(f"sqlite:///{tmp_path / 's.db'}")
     return optuna.create_study(storage=storage, study_name="s")
 
 
@@ -128,8 +129,8 @@ def test_a_stale_trial_is_retried_once_and_a_given_back_retry_stays_one(
     dead.suggest_int("x", 0, 10)
     dead.set_user_attr("launched", True)
     frozen = study.trials[dead.number]
-    workers._retry_stale(study, frozen)
-    workers._retry_stale(study, frozen)  # two workers fail it at the same moment
+    workers.retry_stale(study, frozen)
+    workers.retry_stale(study, frozen)  # two workers fail it at the same moment
     (queued,) = study.get_trials(states=(TrialState.WAITING,))
     assert queued.system_attrs["retry_history"] == [dead.number]
     study.tell(dead, state=TrialState.FAIL)
