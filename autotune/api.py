@@ -29,7 +29,7 @@ def tune(options: TuneOptions) -> tuple[Path, Profile] | None:
     worker of the study finishes it (``--gpus``, or workers sharing ``--storage``)."""
     from autotune import finalize, from_study, workers
     from autotune import study as st
-    from autotune.guide import for_goal
+    from autotune.guide import Load, for_goal
     from autotune.knowledge import Knowledge
     from autotune.objective import TrialRunner
     from autotune.progress import LineReporter, LiveReporter, make_console, trials_table
@@ -100,7 +100,15 @@ def tune(options: TuneOptions) -> tuple[Path, Profile] | None:
         enqueue=tuple(parse_candidate(space, text) for text in options.enqueue),
         timeout_s=options.timeout_s,
         prescreen=knowledge,
-        guide=for_goal(kind=goal.kind, space=space, seed=options.seed, knowledge=knowledge)
+        guide=for_goal(
+            kind=goal.kind,
+            space=space,
+            seed=options.seed,
+            knowledge=knowledge,
+            load=Load.of(
+                requests, concurrency=options.concurrency, image_tokens=spec.image_tokens or 0
+            ),
+        )
         if options.guide
         else None,
         goal=goal,

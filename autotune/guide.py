@@ -10,7 +10,8 @@ sees a fixed function of its inputs."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import optuna
 from optuna.trial import TrialState
@@ -19,6 +20,7 @@ from autotune import edge
 from autotune.outcome import Outcome
 from autotune.ranges import Value
 from autotune.space import SearchSpace
+from autotune.workload import Request
 
 CLIMBING = ("throughput", "goodput")
 LOCAL_SHARE = 0.5  # once the edge is known, this share of the asks is a local move
@@ -37,8 +39,18 @@ def tried(study: optuna.Study) -> list[edge.Tried]:
             outcome = "missed constraints"
         value = t.values[0] if t.values else None
         est = attrs.get("estimated_max_model_len")
+        kv = (attrs.get("startup") or {}).get("kv_cache_tokens")
         params = attrs.get(PARAMS) or t.params
-        out.append(edge.Tried(params, outcome, value, int(est) if est else None))
+        out.append(
+            edge.Tried(
+                params,
+                outcome,
+                value,
+                int(est) if est else None,
+                int(kv) if kv else None,
+                str(attrs.get("source", "")),
+            )
+        )
     return out
 
 
@@ -51,8 +63,11 @@ class Guide:
         space: SearchSpace,
         seed: int | None,
         expected: Callable[[Mapping[str, object]], float | None] | None = None,
+        load: Load | None = None,
+        kv_tokens: Callable[[Mapping[str, object]], int | None] | None = None,
     ) -> None:
-        self.space, self.expected = space, expected
+        self.space, self.expected, self.load = space, expected, load
+        self.kv_tokens = kv_tokens
         self.rng = random.Random(seed)
 
     def before_ask(self, study: optuna.Study) -> None:
@@ -64,21 +79,74 @@ class Guide:
         guess = None if expected is None else (lambda p: expected(self.space.args(p)))
         move = edge.next_climb(space=self.space, tried=seen, expected=guess)
         if move is None:
-            move = edge.repair(space=self.space, tried=seen)
+            move = edge.repair(space=self.space, tried=seen, expected=guess)
+        if move is None and self.load is not None:
+            move = edge.fill(
+                space=self.space,
+                tried=seen,
+                request_tokens=self.load.request_tokens,
+                most=self.load.in_flight,
+                expected=guess,
+                capacity=self._capacity,
+            )
         if move is None and self.rng.random() < LOCAL_SHARE:
-            move = edge.local_move(space=self.space, tried=seen, rng=self.rng)
+            move = edge.local_move(space=self.space, tried=seen, rng=self.rng, expected=guess)
         if move is not None:
             study.enqueue_trial(move.params, user_attrs={"source": move.why}, skip_if_exists=True)
+
+    def _capacity(self, params: Mapping[str, Value]) -> int | None:
+        return None if self.kv_tokens is None else self.kv_tokens(self.space.args(params))
 
     def lift(self, study: optuna.Study, params: Mapping[str, Value]) -> dict[str, Value]:
         return edge.lift(space=self.space, tried=tried(study), params=params)
 
 
+@dataclass(frozen=True)
+class Load:
+    """The benchmark's requests as the fill move sees them."""
+
+    request_tokens: int  # mean prompt + output tokens of a request
+    in_flight: int  # requests in flight at most (the prompts, or --concurrency)
+
+    @classmethod
+    def of(cls, requests: Sequence[Request], *, concurrency: int | None, image_tokens: int) -> Load:
+        """Token counts of text prompts and chat messages are estimated (4 characters a
+        token); an image counts ``image_tokens``."""
+        total = 0
+        for r in requests:
+            total += r.max_tokens
+            if isinstance(r.prompt, list):
+                total += len(r.prompt)
+            elif isinstance(r.prompt, str):
+                total += len(r.prompt) // 4
+            for m in r.messages or ():
+                total += _message_tokens(m.get("content"), image_tokens=image_tokens)
+        n = max(len(requests), 1)
+        return cls(request_tokens=max(total // n, 1), in_flight=min(n, concurrency or n))
+
+
+def _message_tokens(content: object, *, image_tokens: int) -> int:
+    if isinstance(content, str):
+        return len(content) // 4
+    parts = content if isinstance(content, list) else []
+    return sum(
+        image_tokens if p.get("type") == "image_url" else len(str(p.get("text", ""))) // 4
+        for p in parts
+        if isinstance(p, dict)
+    )
+
+
 def for_goal(
-    *, kind: str, space: SearchSpace, seed: int | None, knowledge: object | None
+    *,
+    kind: str,
+    space: SearchSpace,
+    seed: int | None,
+    knowledge: object | None,
+    load: Load | None = None,
 ) -> Guide | None:
     """The guide of a study with this objective (None: the sampler alone)."""
     if kind not in CLIMBING:
         return None
     expected = getattr(knowledge, "memory_edge", None)
-    return Guide(space=space, seed=seed, expected=expected)
+    kv_tokens = getattr(knowledge, "predict_kv_tokens", None)
+    return Guide(space=space, seed=seed, expected=expected, load=load, kv_tokens=kv_tokens)

@@ -60,7 +60,7 @@ import optuna
 
 from autotune import study as st
 from autotune.feasibility import Prescreen
-from autotune.guide import for_goal
+from autotune.guide import Load, for_goal
 from autotune.objective import TrialResult, TrialRunner
 from autotune.outcome import Outcome
 from autotune.prepare import Prepared, TuneOptions, prepare
@@ -614,6 +614,21 @@ def run_autotune(
 ) -> Run:
     """autotune's own study loop, built as ``api.tune`` builds it, on the in-process runner."""
     problem = PROBLEMS[key]
+    study = autotune_study(key, seed, budget, sampler, screen, guide)
+    launched, skipped = [], 0
+    for t in study.get_trials(deepcopy=False):
+        if not t.user_attrs.get("launched"):
+            skipped += t.user_attrs.get("outcome") == Outcome.SKIPPED.value
+            continue
+        args = t.user_attrs["vllm_args"]
+        launched.append((dict(args), problem.truth.result(args, log_path=Path("-"))))
+    return _summarise(key, "autotune", seed, budget, launched, skipped)
+
+
+def autotune_study(
+    key: str, seed: int, budget: int, sampler: str, screen: str, guide: bool
+) -> optuna.Study:
+    problem = PROBLEMS[key]
     prep = problem.prep
     name = st.study_name(
         model=prep.spec.name,
@@ -636,19 +651,40 @@ def run_autotune(
         log_dir=Path(tempfile.gettempdir()) / "autotune-tuning-quality" / "logs",
         default_params=problem.default_params,
         prescreen=knowledge,
-        guide=for_goal(kind="throughput", space=prep.space, seed=seed, knowledge=knowledge)
+        guide=for_goal(
+            kind="throughput",
+            space=prep.space,
+            seed=seed,
+            knowledge=knowledge,
+            load=Load.of(
+                problem.requests, concurrency=None, image_tokens=prep.spec.image_tokens or 0
+            ),
+        )
         if guide
         else None,
     )
     st.run_study(plan, reporter=_Quiet())
-    launched, skipped = [], 0
+    return study
+
+
+def trace(key: str, seed: int, budget: int, ns: argparse.Namespace, optimum: float) -> None:
+    """Every trial of one autotune study: where it came from, what ran, how it ended."""
+    problem = PROBLEMS[key]
+    study = autotune_study(key, seed, budget, ns.sampler, ns.prescreen, not ns.no_guide)
+    best = 0.0
+    print(f"\n== trace of landscape {key}, seed {seed}, {budget} launches")
     for t in study.get_trials(deepcopy=False):
-        if not t.user_attrs.get("launched"):
-            skipped += t.user_attrs.get("outcome") == Outcome.SKIPPED.value
-            continue
-        args = t.user_attrs["vllm_args"]
-        launched.append((dict(args), problem.truth.result(args, log_path=Path("-"))))
-    return _summarise(key, "autotune", seed, budget, launched, skipped)
+        args = t.user_attrs.get("vllm_args", {})
+        ran = " ".join(f"{k.removeprefix('--')}={v}" for k, v in args.items())
+        if t.user_attrs.get("launched"):
+            result = problem.truth.result(args, log_path=Path("-"))
+            value = result.throughput if result.outcome is Outcome.OK else 0.0
+            best = max(best, value)
+            end = f"{t.user_attrs.get('outcome')} {value / optimum:.3f} (best {best / optimum:.3f})"
+        else:
+            end = f"{t.user_attrs.get('outcome')}: {t.user_attrs.get('reason', '')}"[:90]
+        source = t.user_attrs.get("source", "sampler")
+        print(f"  {t.number:3d} {source[:28]:28s} {ran}\n       -> {end}")
 
 
 def run_random(key: str, seed: int, budgets: Sequence[int]) -> list[Run]:
@@ -1092,6 +1128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rules alone), none, oracle (memory + a perfect startup-failure screen: the headroom)",
     )
     parser.add_argument("--no-cache", action="store_true", help="recompute the optima")
+    parser.add_argument(
+        "--trace", metavar="KEY:SEED", help="print every trial of one autotune study and stop"
+    )
     parser.add_argument("--json", type=Path, help="write the optima and every run here")
     ns = parser.parse_args(argv)
     budgets = sorted({int(b) for b in ns.budgets.split(",")})
@@ -1128,6 +1167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             shares = ", ".join(f"{k} {v:.0%}" for k, v in o.outcomes.items())
             print(f"  {key}: {o.value:.1f} tok/s at {json.dumps(o.params)}")
             print(f"     {o.points} grid points: {shares}")
+        if ns.trace:
+            key, seed = ns.trace.split(":")
+            trace(key, int(seed), budgets[0], ns, found[key].value)
+            return 0
         if ns.verify:
             verify([k for k in ns.verify.split(",") if k], found, workdir)
         t_tune = time.monotonic()
