@@ -188,7 +188,10 @@ def test_fill_sets_max_num_seqs_to_the_requests_the_kv_cache_holds() -> None:
     assert move is not None and move.params["gpu_memory_utilization"] == 0.87
     assert move.params["max_num_seqs"] == 60
     there = Tried(
-        params=dict(best.params) | {"max_num_seqs": 82}, outcome="ok", value=100.0, kv_cache_tokens=40_000
+        params=dict(best.params) | {"max_num_seqs": 82},
+        outcome="ok",
+        value=100.0,
+        kv_cache_tokens=40_000,
     )
     assert fill(space=SPACE, tried=[there], request_tokens=500, most=1000) is None
 
