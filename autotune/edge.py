@@ -332,12 +332,13 @@ def repair(
         why = f"repair: max_model_len {length} (vLLM's estimate)"
         if length > int(est) and memory is not None and memory.is_float:
             guess = expected(params) if expected is not None else None
+            whose = "vLLM's default" if guess is None else "the guessed edge"
             guess = DEFAULT_UTIL if guess is None else guess
             here = float(params.get(memory.name, memory.low))
             if guess <= here:
                 continue
             params[memory.name] = round(min(_util_floor(guess), float(memory.high)), 2)
-            why = f"repair: max_model_len {length}, {memory.name} {params[memory.name]} (edge)"
+            why = f"repair: max_model_len {length}, {memory.name} {params[memory.name]} ({whose})"
         if params not in seen:
             return Climb(params=params, why=why)
     return None
