@@ -32,7 +32,6 @@ _ANYWHERE = {Outcome.FREE_MEMORY.value, Outcome.CRASH_UNDER_LOAD.value}
 LOG_RESOLUTION = 1.125  # a byte-sized memory dimension is bisected down to this ratio
 BATCH_DIMS = ("max_num_seqs", "max_num_batched_tokens")
 SIZES = (*BATCH_DIMS, "max_model_len", IMAGE_DIM)  # more of these needs more memory
-DEFAULT_UTIL = 0.9  # vLLM's gpu_memory_utilization default
 TIE = 0.01  # results this close count as equal when choosing where to move from
 NOISE = 0.05  # a slower result with more memory beyond this share breaks monotonicity
 COMPASS = (2.0, 2.0**0.5, 2.0**0.25, 2.0**0.125)  # local move factors, boldest first
@@ -92,7 +91,7 @@ def more_memory_helps(
     return True
 
 
-def _best(ok: Sequence[Tried], *, memory: str) -> Tried:
+def best_of(ok: Sequence[Tried], *, memory: str) -> Tried:
     """The best served trial; among those within ``TIE`` of it, the one with the most memory
     (equal throughput at more memory: its KV cache has room the batch settings do not use)."""
     top = max(t.value or 0.0 for t in ok)
@@ -126,7 +125,7 @@ def next_climb(
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
     if dim is None or not ok:
         return None
-    best = _best(ok, memory=dim.name)
+    best = best_of(ok, memory=dim.name)
     if not more_memory_helps(tried, memory=dim.name, near=best.params):
         return None
     here = best.params.get(dim.name)
@@ -146,7 +145,7 @@ def next_climb(
         return None
     guess = expected(best.params) if expected is not None and dim.is_float else None
     if guess is not None:
-        aim = _util_floor(guess)
+        aim = util_floor(guess)
         target = round(min(max(aim, float(here) + UTIL_STEP), float(ceiling) - UTIL_STEP), 2)
     target = min(target, dim.high)
     params = dict(best.params) | {dim.name: target}
@@ -198,7 +197,7 @@ def local_move(
     dims = [d for d in space.tuned if d.name in BATCH_DIMS]
     if not ok or not dims:
         return None
-    best = _best(ok, memory=getattr(memory_dim(space), "name", ""))
+    best = best_of(ok, memory=getattr(memory_dim(space), "name", ""))
     seen = [dict(t.params) for t in tried]
     for factor in COMPASS:
         moves = []
@@ -207,7 +206,7 @@ def local_move(
             for scale in (factor, 1.0 / factor):
                 if x is None or (y := d.clamp(round(float(x) * scale))) == x:
                     continue
-                params = _fit(space, _valid(dict(best.params) | {d.name: y}), expected)
+                params = fit_memory(space, batch_valid(dict(best.params) | {d.name: y}), expected)
                 if params not in seen and params != dict(best.params):
                     way = "up" if y > x else "down"
                     moves.append(Climb(params=params, why=f"local: {d.name} {way} {x} -> {y}"))
@@ -217,68 +216,7 @@ def local_move(
     return None
 
 
-def fill(
-    *,
-    space: SearchSpace,
-    tried: Sequence[Tried],
-    request_tokens: int,
-    most: int,
-    expected: Callable[[Mapping[str, Value]], float | None] | None = None,
-    capacity: Callable[[Mapping[str, Value]], int | None] | None = None,
-) -> Climb | None:
-    """``max_num_seqs`` of a configuration near the best (within ``NOISE``, best first) set to
-    the requests its KV cache holds (vLLM's "Maximum concurrency"), at most ``most`` (the
-    requests in flight): fewer leave KV cache idle, more only queue or preempt. The utilization
-    comes down to the model's edge for the larger batches (``expected``), and
-    ``max_model_len`` to the KV tokens the model predicts for them (``capacity``), so the move
-    can start. Once per configuration."""
-    if "max_num_seqs" not in space or space["max_num_seqs"].fixed or request_tokens <= 0:
-        return None
-    ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
-    if not ok:
-        return None
-    top = max(t.value or 0.0 for t in ok)
-    near = sorted(
-        (t for t in ok if (t.value or 0.0) >= top * (1.0 - NOISE)),
-        key=lambda t: -(t.value or 0.0),
-    )
-    seen = [dict(t.params) for t in tried]
-    for t in near:
-        move = _fill_one(space, t, request_tokens, most, expected, capacity)
-        if move is not None and move.params not in seen:
-            return move
-    return None
-
-
-def _fill_one(
-    space: SearchSpace,
-    best: Tried,
-    request_tokens: int,
-    most: int,
-    expected: Callable[[Mapping[str, Value]], float | None] | None,
-    capacity: Callable[[Mapping[str, Value]], int | None] | None,
-) -> Climb | None:
-    seqs = best.params.get("max_num_seqs")
-    if best.kv_cache_tokens is None or seqs is None:
-        return None
-    dim = space["max_num_seqs"]
-    target = dim.clamp(min(best.kv_cache_tokens // request_tokens, most))
-    params = _fit(space, _valid(dict(best.params) | {"max_num_seqs": target}), expected)
-    tokens = capacity(params) if capacity is not None else None
-    if tokens:  # the KV cache at the new settings: one refinement
-        target = dim.clamp(min(tokens // request_tokens, most))
-        params = _fit(space, _valid(dict(best.params) | {"max_num_seqs": target}), expected)
-        tokens = capacity(params) if capacity is not None else None
-    if max(target, seqs) / max(min(target, seqs), 1) <= COMPASS[-1]:
-        return None  # already there, to the compass's finest step
-    if tokens and "max_model_len" in space and not space["max_model_len"].fixed:
-        low = int(space["max_model_len"].low)
-        params["max_model_len"] = min(int(params["max_model_len"]), max(low, tokens // 16 * 16))
-    why = f"fill: max_num_seqs {seqs} -> {target} ({best.kv_cache_tokens} KV tokens)"
-    return Climb(params=params, why=why)
-
-
-def _fit(
+def fit_memory(
     space: SearchSpace,
     params: dict[str, Value],
     expected: Callable[[Mapping[str, Value]], float | None] | None,
@@ -289,12 +227,12 @@ def _fit(
     if dim is None or not dim.is_float or expected is None or dim.name not in params:
         return params
     guess = expected(params)
-    if guess is not None and _util_floor(guess) < float(params[dim.name]):
-        params[dim.name] = max(_util_floor(guess), float(dim.low))
+    if guess is not None and util_floor(guess) < float(params[dim.name]):
+        params[dim.name] = max(util_floor(guess), float(dim.low))
     return params
 
 
-def _valid(params: dict[str, Value]) -> dict[str, Value]:
+def batch_valid(params: dict[str, Value]) -> dict[str, Value]:
     if "max_num_seqs" in params and "max_num_batched_tokens" in params:
         params["max_num_batched_tokens"] = max(
             params["max_num_batched_tokens"], params["max_num_seqs"]
@@ -302,47 +240,5 @@ def _valid(params: dict[str, Value]) -> dict[str, Value]:
     return params
 
 
-def repair(
-    *,
-    space: SearchSpace,
-    tried: Sequence[Tried],
-    expected: Callable[[Mapping[str, Value]], float | None] | None = None,
-) -> Climb | None:
-    """A KV-too-small failure again, with ``max_model_len`` at the length vLLM estimated would
-    fit; when the range starts above that length, at the range's low end with the memory
-    setting raised to the model's guess of the edge (``expected``; before a boot has logged
-    it, vLLM's default). Before anything has served, any such failure; afterwards, the last
-    launch when it was a fill or local move (larger batches than the best: worth a length)."""
-    if "max_model_len" not in space or space["max_model_len"].fixed:
-        return None
-    dim, memory = space["max_model_len"], memory_dim(space)
-    seen = [dict(t.params) for t in tried]
-    candidates = list(reversed(tried))
-    if any(t.outcome == Outcome.OK.value for t in tried):
-        last = [t for t in tried if t.outcome != Outcome.SKIPPED.value][-1:]
-        candidates = [t for t in last if t.source.startswith(("fill", "local"))]
-    for t in candidates:
-        est = t.estimated_max_model_len
-        if t.outcome != Outcome.KV_TOO_SMALL.value or not est or "max_model_len" not in t.params:
-            continue
-        length = min(max(int(est) // 16 * 16, int(dim.low)), int(dim.high))
-        if length >= int(t.params["max_model_len"]):
-            continue
-        params = dict(t.params) | {"max_model_len": length}
-        why = f"repair: max_model_len {length} (vLLM's estimate)"
-        if length > int(est) and memory is not None and memory.is_float:
-            guess = expected(params) if expected is not None else None
-            whose = "vLLM's default" if guess is None else "the guessed edge"
-            guess = DEFAULT_UTIL if guess is None else guess
-            here = float(params.get(memory.name, memory.low))
-            if guess <= here:
-                continue
-            params[memory.name] = round(min(_util_floor(guess), float(memory.high)), 2)
-            why = f"repair: max_model_len {length}, {memory.name} {params[memory.name]} ({whose})"
-        if params not in seen:
-            return Climb(params=params, why=why)
-    return None
-
-
-def _util_floor(value: float) -> float:
+def util_floor(value: float) -> float:
     return round(math.floor(round(value / UTIL_STEP, 6)) * UTIL_STEP, 2)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from autotune import edge
+from autotune import edge, kv_fit
 from autotune.outcome import Outcome
 from autotune.ranges import Value
 from autotune.space import SearchSpace
@@ -79,9 +79,9 @@ class Guide:
         guess = None if expected is None else (lambda p: expected(self.space.args(p)))
         move = edge.next_climb(space=self.space, tried=seen, expected=guess)
         if move is None:
-            move = edge.repair(space=self.space, tried=seen, expected=guess)
+            move = kv_fit.repair(space=self.space, tried=seen, expected=guess)
         if move is None and self.load is not None:
-            move = edge.fill(
+            move = kv_fit.fill(
                 space=self.space,
                 tried=seen,
                 request_tokens=self.load.request_tokens,

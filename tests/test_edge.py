@@ -1,11 +1,13 @@
-"""The memory-edge climb, the local moves and the lift (autotune/edge.py): pure functions."""
+"""The memory-edge climb, the local moves, the lift (autotune/edge.py) and the KV-fit moves
+(autotune/kv_fit.py): pure functions."""
 
 from __future__ import annotations
 
 import random
 
-from autotune.edge import Tried, fill, lift, local_move, next_climb, repair
+from autotune.edge import Tried, lift, local_move, next_climb
 from autotune.guide import Load
+from autotune.kv_fit import fill, repair
 from autotune.space import Dim, SearchSpace
 from autotune.workload import Request
 
