@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from autotune.cli import main
+from autotune.cli.main import main
 
 main()

@@ -11,7 +11,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from autotune import gpu_dir
 from autotune.errors import UserError
+from autotune.gpu_dir import ENV_FAKE_GPU_DIR
 
 ENV_GPU = "AUTOTUNE_GPU"
 _GPU_SPEC = re.compile(r"^(?P<name>.+):(?P<mem>\d+(?:\.\d+)?)(?:x(?P<count>\d+))?$")
@@ -184,7 +186,6 @@ def resolve_hardware(*, gpu: str | None = None, device: str = "gpu") -> Hardware
     return detected
 
 
-ENV_FAKE_GPU_DIR = "AUTOTUNE_FAKE_GPU_DIR"  # simulated GPUs (autotune.testing.fake_gpus)
 ENV_RELEASE_TIMEOUT = "AUTOTUNE_GPU_RELEASE_TIMEOUT_S"
 
 
@@ -211,9 +212,7 @@ def device_count() -> int | None:
     """GPUs on this machine (NVML, or the simulated ones); None without either."""
     fake = os.environ.get(ENV_FAKE_GPU_DIR)
     if fake:
-        from autotune.testing import fake_gpus
-
-        return fake_gpus.count(Path(fake))
+        return gpu_dir.count(Path(fake))
     nvml = _nvml()
     if nvml is None:
         return None
@@ -228,9 +227,7 @@ def gpu_memory_used_bytes(devices: Sequence[str] | None = None) -> int | None:
     without NVML. NVML ignores CUDA_VISIBLE_DEVICES: the devices are named here."""
     fake = os.environ.get(ENV_FAKE_GPU_DIR)
     if fake:
-        from autotune.testing import fake_gpus
-
-        return fake_gpus.used_bytes(Path(fake), devices)
+        return gpu_dir.used_bytes(Path(fake), devices)
     nvml = _nvml()
     if nvml is None:
         return None

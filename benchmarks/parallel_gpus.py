@@ -41,11 +41,12 @@ import optuna
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autotune.profiles import ProfileStore  # noqa: E402
+from autotune.load.workload import build_requests  # noqa: E402
+from autotune.profiles.store import ProfileStore  # noqa: E402
+from autotune.profiles.verify import workload_of  # noqa: E402
 from autotune.testing import fake_gpus  # noqa: E402
 from autotune.testing.landscape import FakeTruth  # noqa: E402
-from autotune.verify import workload_of  # noqa: E402
-from autotune.workload import build_requests  # noqa: E402
+from autotune.trial.record import TrialRecord  # noqa: E402
 from tests.conftest import LLAMA_8B  # noqa: E402
 
 FAKE_CMD = f"{shlex.quote(sys.executable)} -m autotune.testing.fake_engine serve"
@@ -91,8 +92,9 @@ def run(work: Path, *, gpus: int, trials: int, startup_s: float, seed: int) -> R
     storage = f"sqlite:///{work / 'state' / 'studies.db'}"
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
-    launched = [t for t in study.trials if t.user_attrs.get("vllm_args")]
-    ok = [t.value for t in launched if t.user_attrs.get("outcome") == "ok" and t.value]
+    records = [TrialRecord.from_attrs(t.user_attrs) for t in study.trials]
+    launched = [(t, r) for t, r in zip(study.trials, records, strict=True) if r.vllm_args]
+    ok = [t.value for t, r in launched if r.ok and t.value]
     ((_, profile),) = ProfileStore(work / "profiles").all()
     workload, num_prompts = workload_of(profile)
     requests = build_requests(workload, num_prompts=num_prompts, vocab_size=VOCAB)
@@ -105,7 +107,7 @@ def run(work: Path, *, gpus: int, trials: int, startup_s: float, seed: int) -> R
         wall_s=wall,
         measured_best=max(ok, default=0.0),
         chosen_true=value(dict(profile.vllm_args)),
-        best_true=max((value(dict(t.user_attrs["vllm_args"])) for t in launched), default=0.0),
+        best_true=max((value(dict(r.vllm_args)) for _, r in launched), default=0.0),
     )
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import httpx
 import optuna
 
+from autotune.trial.record import TrialRecord
+
 ROOT = Path(__file__).resolve().parents[1]
 VLLM = Path(sys.executable).parent / "vllm"
 EXTRA = ["--enforce-eager", "--dtype", "bfloat16"]
@@ -91,10 +93,9 @@ def main() -> None:
     for t in trials:
         assert t.datetime_start and t.datetime_complete
         wall = (t.datetime_complete - t.datetime_start).total_seconds()
-        own = (t.user_attrs.get("startup_s") or 0) + (t.user_attrs["metrics"] or {}).get(
-            "duration_s", 0
-        )
-        if t.user_attrs.get("outcome") == "ok":
+        record = TrialRecord.from_attrs(t.user_attrs)
+        own = (record.startup_s or 0) + (record.metrics.duration_s if record.metrics else 0)
+        if record.ok:
             overheads.append(wall - own)
             walls.append(wall)
 

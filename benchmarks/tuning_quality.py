@@ -58,16 +58,17 @@ from typing import Any
 
 import optuna
 
-from autotune import study as st
-from autotune.feasibility import Prescreen
-from autotune.guide import Load, for_goal
-from autotune.objective import TrialResult, TrialRunner
-from autotune.outcome import Outcome
-from autotune.prepare import Prepared, TuneOptions, prepare
-from autotune.ranges import Value
-from autotune.space import UTIL_STEP, Dim, SearchSpace, vllm_defaults
+from autotune.app.prepare import Prepared, TuneOptions, prepare
+from autotune.engine.defaults import Value, vllm_defaults
+from autotune.engine.outcome import Outcome
+from autotune.load.workload import Request, Workload, build_requests
+from autotune.search import study as st
+from autotune.search.moves.guide import Load, for_goal
+from autotune.search.screen_rules import ClassScreen
+from autotune.search.space import UTIL_STEP, Dim, SearchSpace
 from autotune.testing.landscape import FakeTruth, LandscapeRunner
-from autotune.workload import Request, Workload, build_requests
+from autotune.trial.record import TrialRecord
+from autotune.trial.runner import TrialResult, TrialRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_CMD = f"{sys.executable} -m autotune.testing.fake_engine serve"
@@ -576,14 +577,14 @@ class OracleScreen:
     def __init__(self, problem: Problem, inner: st.Screen) -> None:
         self.truth, self.inner = problem.truth, inner
 
-    def learn_all(self, trials: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
+    def learn_all(self, trials: Iterable[tuple[int, TrialRecord]]) -> None:
         self.inner.learn_all(trials)
 
     def memory_edge(self, args: Mapping[str, Any]) -> float | None:
         return getattr(self.inner, "memory_edge", lambda _: None)(args)
 
-    def learn_trial(self, *, trial: int, attrs: Mapping[str, Any]) -> None:
-        self.inner.learn_trial(trial=trial, attrs=attrs)
+    def learn_trial(self, *, trial: int, record: TrialRecord) -> None:
+        self.inner.learn_trial(trial=trial, record=record)
 
     def predict_kv_tokens(self, args: Mapping[str, Any]) -> int | None:
         return self.inner.predict_kv_tokens(args)
@@ -598,13 +599,13 @@ class OracleScreen:
 def make_screen(problem: Problem, mode: str) -> st.Screen | None:
     """``memory``: what ``api.tune`` passes (``MemoryKnowledge.build``, no extra args);
     ``classes``: the failure-class rules alone; ``none``; ``oracle``: ``memory`` + perfect."""
-    from autotune.predict import MemoryKnowledge
+    from autotune.search.screen import MemoryKnowledge
 
     spec, hardware = problem.prep.spec, problem.prep.hardware
     if mode == "none":
         return None
     if mode == "classes":
-        return Prescreen(image_tokens=spec.image_tokens)
+        return ClassScreen(image_tokens=spec.image_tokens)
     screen = MemoryKnowledge.build(spec=spec, hardware=hardware, extra_args=(), prescreen=True)
     return OracleScreen(problem, screen) if mode == "oracle" else screen
 
@@ -617,10 +618,11 @@ def run_autotune(
     study = autotune_study(key, seed, budget, sampler, screen, guide)
     launched, skipped = [], 0
     for t in study.get_trials(deepcopy=False):
-        if not t.user_attrs.get("launched"):
-            skipped += t.user_attrs.get("outcome") == Outcome.SKIPPED.value
+        record = TrialRecord.from_attrs(t.user_attrs)
+        if not record.launched:
+            skipped += record.outcome == Outcome.SKIPPED.value
             continue
-        args = t.user_attrs["vllm_args"]
+        args = record.vllm_args
         launched.append((dict(args), problem.truth.result(args, log_path=Path("-"))))
     return _summarise(key, "autotune", seed, budget, launched, skipped)
 
@@ -674,16 +676,17 @@ def trace(key: str, seed: int, budget: int, ns: argparse.Namespace, optimum: flo
     best = 0.0
     print(f"\n== trace of landscape {key}, seed {seed}, {budget} launches")
     for t in study.get_trials(deepcopy=False):
-        args = t.user_attrs.get("vllm_args", {})
+        record = TrialRecord.from_attrs(t.user_attrs)
+        args = record.vllm_args
         ran = " ".join(f"{k.removeprefix('--')}={v}" for k, v in args.items())
-        if t.user_attrs.get("launched"):
+        if record.launched:
             result = problem.truth.result(args, log_path=Path("-"))
             value = result.throughput if result.outcome is Outcome.OK else 0.0
             best = max(best, value)
-            end = f"{t.user_attrs.get('outcome')} {value / optimum:.3f} (best {best / optimum:.3f})"
+            end = f"{record.outcome} {value / optimum:.3f} (best {best / optimum:.3f})"
         else:
-            end = f"{t.user_attrs.get('outcome')}: {t.user_attrs.get('reason', '')}"[:90]
-        source = t.user_attrs.get("source", "sampler")
+            end = f"{record.outcome}: {record.reason}"[:90]
+        source = record.source or "sampler"
         print(f"  {t.number:3d} {source[:28]:28s} {ran}\n       -> {end}")
 
 

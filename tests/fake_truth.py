@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from autotune.launcher import vllm_flags
-from autotune.outcome import classify_startup, parse_startup
+from autotune.engine.launcher import vllm_flags
+from autotune.engine.outcome import classify_startup, parse_startup
 from autotune.testing._fake_boot import Boot, plan_boot
 from autotune.testing._fake_cli import build_parser, resolve_config
 from autotune.testing._fake_model import FakeEnv, ModelInfo

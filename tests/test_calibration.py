@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autotune.calibration import (
+from autotune.memory.calibration import (
     GIB,
     MARGIN,
     MIB,
@@ -14,7 +14,7 @@ from autotune.calibration import (
     non_kv_estimate,
     non_kv_floor,
 )
-from autotune.memory_estimates import capture_sizes
+from autotune.memory.estimates import capture_sizes
 
 # a made-up engine: 15 GiB fixed, 200 KiB per batched token, 1 MiB per sequence, 40 MiB a graph
 FIXED, PER_TOKEN, PER_SEQ, PER_GRAPH = 15 * GIB, 200 * 1024, MIB, 40 * MIB

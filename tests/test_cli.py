@@ -54,7 +54,7 @@ def test_no_gpu_and_no_flag(model_dir: Path) -> None:
 
 
 def test_help_and_dry_run_do_not_import_heavy_modules(tmp_path: Path, model_dir: Path) -> None:
-    from autotune.profiles import SCHEMA_VERSION, Profile, ProfileStore
+    from autotune.profiles.store import SCHEMA_VERSION, Profile, ProfileStore
 
     ProfileStore(Path(os.environ["AUTOTUNE_PROFILES_DIR"])).save(
         Profile(

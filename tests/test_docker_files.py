@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from autotune import paths
-from autotune.export import VLLM_IMAGE
+from autotune.profiles.export import VLLM_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import random
 
-from autotune.edge import Tried, lift, local_move, next_climb
-from autotune.guide import Load
-from autotune.kv_fit import fill, repair
-from autotune.space import Dim, SearchSpace
-from autotune.workload import Request
+from autotune.load.workload import Request
+from autotune.search.moves.edge import Tried, lift, local_move, next_climb
+from autotune.search.moves.guide import Load
+from autotune.search.moves.kv_fit import fill, repair
+from autotune.search.space import Dim, SearchSpace
 
 SPACE = SearchSpace(
     dims=(

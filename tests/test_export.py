@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import yaml
 
-from autotune.export import export, vllm_config
-from autotune.multimodal import limit_arg
-from autotune.profiles import Profile
+from autotune.engine.multimodal import limit_arg
+from autotune.profiles.export import export, vllm_config
+from autotune.profiles.store import Profile
 from tests.test_profiles import make
 
 

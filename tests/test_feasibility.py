@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from autotune.feasibility import Prescreen
-from autotune.multimodal import image_count, limit_arg, profiled_images, supports_size_hints
-from autotune.outcome import Outcome
+from autotune.engine.multimodal import image_count, limit_arg, profiled_images, supports_size_hints
+from autotune.engine.outcome import Outcome
+from autotune.memory.rules import Prescreen
+from autotune.search.screen_rules import ClassScreen
+from autotune.trial.record import TrialRecord
 
 
 def test_limit_argument_forms() -> None:
@@ -121,11 +124,19 @@ def test_text_profiling_oom_uses_batch_dominance() -> None:
 
 
 def test_learn_all_from_a_resumed_study() -> None:
-    pre = Prescreen(image_tokens=576)
+    screen = ClassScreen(image_tokens=576)
+    pre = screen.rules
     attrs = {"launched": True, "outcome": "oom_profiling", "vllm_args": args(0.9, 64, 8192, 8),
              "startup": {"profiled_images": 14}}  # fmt: skip
-    pre.learn_all([(0, attrs), (1, {"outcome": "skipped"}), (2, {**attrs, "outcome": "bogus"})])
+    rows: list[tuple[int, dict[str, Any]]] = [
+        (0, attrs),
+        (1, {"outcome": "skipped"}),
+        (2, {**attrs, "outcome": "bogus"}),
+    ]
+    screen.learn_all([(n, TrialRecord.from_attrs(a)) for n, a in rows])
     assert len(pre.known) == 1 and pre.known[0].images == 14
     graphs = {**attrs, "outcome": "oom_cuda_graphs", "startup": {"kv_cache_tokens": 4096}}
-    pre.learn_all([(3, graphs)])  # failed capturing graphs after the KV cache was sized
+    screen.learn_all(
+        [(3, TrialRecord.from_attrs(graphs))]
+    )  # failed capturing graphs after the KV cache was sized
     assert pre.known[-1].after_kv and pre.predict_kv_tokens(args(0.9, 64, 8192, 8)) is None

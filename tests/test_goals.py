@@ -3,20 +3,28 @@ pruning and stagnation: pure parts, no engine."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 import pytest
 
-from autotune import tell
-from autotune.choice import balanced, candidates, pareto_front, rank
+from autotune.engine.outcome import StartupInfo
 from autotune.errors import UserError
-from autotune.goals import Goal, apply_budget, parse_budget, parse_slos, reserved_gib
-from autotune.loadgen import _arrivals
-from autotune.metrics import RequestRecord, goodput
-from autotune.profiles import Profile
-from autotune.space import Dim, SearchSpace
+from autotune.load.client import _arrivals
+from autotune.load.metrics import Metrics, RequestRecord, goodput
+from autotune.profiles.store import Profile
+from autotune.search import tell
+from autotune.search.goal import Goal, apply_budget, parse_budget, parse_slos, reserved_gib
+from autotune.search.ranking import balanced, candidates, pareto_front, rank
+from autotune.search.space import Dim, SearchSpace
+
+
+def metrics_with(**values: float) -> dict[str, Any]:
+    """A complete metrics record (as a benchmark stores it), zero but for ``values``."""
+    zero: dict[str, Any] = {f.name: 0 for f in dataclasses.fields(Metrics)}
+    return Metrics(**(zero | values)).to_dict()
 
 
 @dataclass
@@ -41,7 +49,7 @@ class Run:
             "launched": True,
             "outcome": "ok" if self.ok else "crash_under_load",
             "vllm_args": self.args,
-            "metrics": {"output_throughput": self.tput},
+            "metrics": metrics_with(output_throughput=self.tput),
             "reserved_gib": self.reserved,
         }
 
@@ -90,11 +98,11 @@ def test_budget_re_ranges_memory() -> None:
     assert (moved.low, moved.high) == (0.32, 0.6)
     with pytest.raises(UserError, match="--memory-budget"):
         apply_budget(space, budget=0.6, total_gib=24, user_range=True)
-    assert reserved_gib({"gpu_memory_utilization": 0.5}, {}, total_gib=24) == (
+    assert reserved_gib({"gpu_memory_utilization": 0.5}, StartupInfo(), total_gib=24) == (
         12.0,
         "gpu_memory_utilization x GPU memory",
     )
-    logged = reserved_gib({}, {"utilization": 0.5, "total_gib": 22.0}, total_gib=24)
+    logged = reserved_gib({}, StartupInfo(utilization=0.5, total_gib=22.0), total_gib=24)
     assert logged[0] == 11.0 and "startup log" in logged[1]
 
 

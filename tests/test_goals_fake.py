@@ -3,6 +3,7 @@ front and ``serve --pick``, re-measurement."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -95,14 +96,17 @@ def test_slo_rejects_faster_trials_and_the_profile_meets_it(model: Path) -> None
     assert profile["metrics"]["tpot_ms_p95"] <= 6
     assert profile["constraints"] == {"tpot_p95_ms": 6.0}
     trials = study().trials
-    assert len(trials) == 7  # 4 in the study + 3 re-measurements: the --trials budget
+    first, again = trials[:4], trials[4:]  # the study, then the re-measurements
+    assert all(str(t.user_attrs.get("source", "")).startswith("re-measure") for t in again)
     rejected = [t for t in trials if t.user_attrs.get("missed")]
     assert rejected, "a faster configuration must have missed the SLO"
     for t in rejected:  # infeasible through Optuna's constraint, not dropped
         assert t.state == optuna.trial.TrialState.COMPLETE and t.constraints["slo"] > 0
     assert max(tput(t) for t in rejected) > profile["metrics"]["output_throughput"]
-    again = [t for t in trials if str(t.user_attrs.get("source", "")).startswith("re-measure")]
-    assert len(again) == 3
+    # the 3 best feasible configurations are re-measured, within the --trials budget of 7
+    feasible = {json.dumps(t.user_attrs["vllm_args"], sort_keys=True) for t in first
+                if t.user_attrs["outcome"] == "ok" and not t.user_attrs.get("missed")}  # fmt: skip
+    assert len(again) == min(3, len(feasible)) and len(trials) <= 7
     noise = profile["noise"]
     assert noise["repeats"] == 2 and noise["statistic"] == "worst"
     assert profile["metrics"]["output_throughput"] == pytest.approx(
@@ -124,17 +128,22 @@ def test_soak_catches_the_fastest_configuration_crashing_under_load(model: Path)
     )  # fmt: skip
     trials = study().trials
     assert all(t.user_attrs["outcome"] == "ok" for t in trials)  # every one booted and served
-    by_seqs = {t.user_attrs["vllm_args"]["max_num_seqs"]: tput(t) for t in trials}
-    assert max(by_seqs, key=by_seqs.__getitem__) in (128, 32), by_seqs  # the fastest crashes
-    assert min(by_seqs[128], by_seqs[32]) > by_seqs[16] > by_seqs[8], by_seqs
+    assert sorted(t.user_attrs["vllm_args"]["max_num_seqs"] for t in trials) == [8, 16, 32, 128]
+    # Soaked from the fastest down (measured speed orders them, not asserted here): 32 and 128
+    # crash under the soak's load, 8 and 16 survive it.
     soaks = study().user_attrs["soak"]
-    failed = sorted(v["trial"] for v in soaks.values() if not v["passed"])
-    seqs = sorted(trials[n].user_attrs["vllm_args"]["max_num_seqs"] for n in failed)
-    assert seqs == [32, 128], soaks
-    assert all(v["outcome"] == "crash_under_load" for v in soaks.values() if not v["passed"]), soaks
-    assert profile["vllm_args"]["max_num_seqs"] == 16  # the best that survives
-    assert profile["soak"]["passed"] is True and profile["soak"]["requests"] == 16
+    for verdict in soaks.values():
+        seqs = trials[verdict["trial"]].user_attrs["vllm_args"]["max_num_seqs"]
+        assert verdict["passed"] is (seqs in (8, 16)), soaks
+        assert verdict["passed"] or verdict["outcome"] == "crash_under_load", soaks
+    chosen = profile["vllm_args"]["max_num_seqs"]
+    assert chosen in (8, 16) and profile["soak"]["passed"] is True
+    assert profile["soak"]["requests"] == chosen
     assert profile["soak"]["longest_prompt_tokens"] > 4000  # near max_model_len
+    # every configuration measured faster than the one saved was soaked and failed
+    faster = [t for t in trials if tput(t) > profile["metrics"]["output_throughput"]]
+    failed = {v["trial"] for v in soaks.values() if not v["passed"]}
+    assert all(t.number in failed for t in faster), (soaks, [t.number for t in faster])
 
 
 def test_pareto_front_saved_and_serve_picks_the_smallest_reservation(model: Path) -> None:

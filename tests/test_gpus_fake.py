@@ -16,9 +16,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from autotune.app.gpus import groups, parse_gpus, worker_options
+from autotune.app.prepare import TuneOptions
 from autotune.errors import UserError
-from autotune.parallel import groups, parse_gpus, worker_options
-from autotune.prepare import TuneOptions
 from autotune.testing import fake_gpus
 from tests.conftest import FAKE_CMD
 

@@ -52,7 +52,7 @@ def test_cpu_fingerprint() -> None:
 def test_engine_version_reads_metadata_without_importing(tmp_path) -> None:
     import sys
 
-    from autotune.launcher import engine_version
+    from autotune.engine.launcher import engine_version
 
     site = tmp_path / "site"
     (site / "vllm-0.32.0+cpu.dist-info").mkdir(parents=True)

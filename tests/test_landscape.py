@@ -11,14 +11,14 @@ from typing import Any
 import optuna
 import pytest
 
-from autotune import study as st
-from autotune.feasibility import Prescreen
-from autotune.outcome import Outcome
-from autotune.space import Dim, SearchSpace
+from autotune.engine.outcome import Outcome
+from autotune.load.workload import Request, Workload, build_requests
+from autotune.search import study as st
+from autotune.search.screen_rules import ClassScreen
+from autotune.search.space import Dim, SearchSpace
 from autotune.testing._fake_boot import plan_boot
 from autotune.testing._fake_model import FakeEnv, ModelInfo, ServeConfig
 from autotune.testing.landscape import FakeTruth, LandscapeRunner, serve_jobs
-from autotune.workload import Request, Workload, build_requests
 from tests.conftest import LLAMA_8B
 from tests.test_tune_fake import PHASE_CLASS
 
@@ -182,7 +182,7 @@ def test_the_runner_drives_autotunes_study_loop(tmp_path: Path) -> None:
         budget=8,
         log_dir=tmp_path / "logs",
         default_params=defaults,
-        prescreen=Prescreen(image_tokens=None),
+        prescreen=ClassScreen(image_tokens=None),
     )
 
     class Quiet:

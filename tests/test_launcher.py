@@ -9,10 +9,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autotune import _process, launcher
+from autotune.engine import launcher
+from autotune.engine import process as _process
+from autotune.engine.launcher import Ready
+from autotune.engine.outcome import Classified, Outcome
 from autotune.errors import UserError
-from autotune.launcher import Ready
-from autotune.outcome import Classified, Outcome
 from tests.conftest import FAKE_CMD
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from autotune.loadgen import BenchResult, run, run_benchmark
-from autotune.workload import Request, Workload, build_requests
+from autotune.load.client import BenchResult, run, run_benchmark
+from autotune.load.workload import Request, Workload, build_requests
 
 TOKEN_S = 0.002  # per generated token (and once for the prefill)
 MAX_IMAGES = 2

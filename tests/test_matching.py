@@ -12,8 +12,8 @@ import pytest
 
 from autotune.hardware import parse_gpu_spec
 from autotune.model import ModelSpec
-from autotune.profiles import ProfileStore
-from autotune.serve import describe_miss, find_profile
+from autotune.profiles.match import describe_miss, find_profile
+from autotune.profiles.store import ProfileStore
 from tests.test_profiles import make
 
 L4 = parse_gpu_spec("L4:24", source="flag")

@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from autotune.hardware import Hardware
-from autotune.memory import (
+from autotune.memory.arch import Architecture
+from autotune.memory.estimates import capture_sizes, parameter_counts
+from autotune.memory.model import (
     GIB,
     MemoryModel,
     StartupNumbers,
@@ -31,8 +33,6 @@ from autotune.memory import (
     total_bytes_of,
     weight_bytes,
 )
-from autotune.memory_arch import Architecture
-from autotune.memory_estimates import capture_sizes, parameter_counts
 
 CONFIGS = Path(__file__).parent / "data" / "configs"
 MIB = 2**20

@@ -6,9 +6,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from autotune.memory_setup import EngineFlags, engine_flags
-from autotune.prepare import TuneOptions, prepare
-from autotune.workload import Workload
+from autotune.app.prepare import TuneOptions, prepare
+from autotune.load.workload import Workload
+from autotune.memory.setup import EngineFlags, engine_flags
 from tests.conftest import FAKE_CMD
 
 GIB = 2**30

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autotune.errors import UserError
-from autotune.metrics import Metrics, RequestRecord, aggregate, percentile
+from autotune.load.metrics import Metrics, RequestRecord, aggregate, percentile
 
 
 def _record(

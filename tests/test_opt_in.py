@@ -13,16 +13,15 @@ import optuna
 import pytest
 import yaml
 
+from autotune.engine.safety import check_profile_args
+from autotune.engine.settings import FP8_WARNING, unchunked_too_short, warnings_for
 from autotune.errors import UserError
-from autotune.export import vllm_config
 from autotune.model import resolve_model
-from autotune.opt_in import FP8_WARNING, unchunked_too_short, with_opt_in
-from autotune.profiles import Profile
-from autotune.ranges import parse_candidate
-from autotune.safety import check_profile_args
-from autotune.space import SearchSpace, build_space
-from autotune.study import study_name
-from autotune.tuning import warnings_for
+from autotune.profiles.export import vllm_config
+from autotune.profiles.store import Profile
+from autotune.search.opt_in import with_opt_in
+from autotune.search.space import SearchSpace, build_space, parse_candidate
+from autotune.search.study import study_name
 from tests.conftest import FAKE_CMD, write_model
 from tests.test_goals_fake import FAKE_ENV, SMALL
 from tests.test_space import L4

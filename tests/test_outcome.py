@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autotune.outcome import Outcome, classify_runtime, classify_startup, parse_startup
+from autotune.engine.outcome import Outcome, classify_runtime, classify_startup, parse_startup
 
 P = "(EngineCore pid=4242) "
 WRAPPER = (

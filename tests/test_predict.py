@@ -13,8 +13,9 @@ import pytest
 
 from autotune.hardware import Hardware
 from autotune.model import resolve_model
-from autotune.predict import MemoryKnowledge
-from autotune.space import SearchSpace, build_space
+from autotune.search.screen import MemoryKnowledge
+from autotune.search.space import SearchSpace, build_space
+from autotune.trial.record import TrialRecord
 from tests.conftest import LLAMA_8B, write_model
 from tests.fake_truth import boots, fake_boot, launched_attrs
 
@@ -48,6 +49,10 @@ class Draw:
         return low + self.rng.randint(0, steps) * (step or 0.01)
 
 
+def learn(know: MemoryKnowledge, trial: int, attrs: dict[str, Any]) -> None:
+    know.learn_trial(trial=trial, record=TrialRecord.from_attrs(attrs))
+
+
 def setup(
     tmp_path: Path, config: dict[str, Any], ranges: dict[str, str], **kw: Any
 ) -> tuple[MemoryKnowledge, SearchSpace]:
@@ -79,7 +84,7 @@ def test_one_boot_predicts_the_kv_cache_at_any_utilization(tmp_path: Path) -> No
     assert analytic is not None and abs(analytic / actual - 1) < 0.5  # before any launch: rough
     attrs = launched_attrs(first, config=LLAMA_8B, env=ENV)
     assert attrs["outcome"] == "ok" and attrs["startup"]["kv_cache_tokens"] == actual
-    know.learn_trial(trial=0, attrs=attrs)
+    learn(know, 0, attrs)
     assert know.geometry_known and know.predict_kv_tokens(first) == actual
     for util in (0.78, 0.8, 0.85, 0.92, 0.95, 0.97):
         other = {**first, "gpu_memory_utilization": util}
@@ -94,7 +99,7 @@ def test_a_kv_failure_calibrates_too(tmp_path: Path) -> None:
                "max_model_len": 131072}  # fmt: skip
     attrs = launched_attrs(failing, config=LLAMA_8B, env=ENV)
     assert attrs["outcome"] == "kv_too_small" and attrs["estimated_max_model_len"] > 0
-    know.learn_trial(trial=0, attrs=attrs)
+    learn(know, 0, attrs)
     assert know.geometry_known
     for util in (0.8, 0.9, 0.95):
         fits = {**failing, "gpu_memory_utilization": util, "max_model_len": 4096}
@@ -135,7 +140,7 @@ def test_the_prescreen_never_rejects_a_configuration_that_boots(tmp_path: Path, 
     for number, args in enumerate(draws(space, 40, seed=2)):
         if know.check(args) is not None:
             continue  # rejected: a study would not launch it
-        know.learn_trial(trial=number, attrs=launched_attrs(args, config=config, env=env))
+        learn(know, number, launched_attrs(args, config=config, env=env))
         learned += 1
         if learned in (1, 3, 8):
             rejected = [a for a in pool if know.check(a) is not None]
@@ -150,7 +155,7 @@ def test_no_prescreen_keeps_predicting_but_rejects_nothing(tmp_path: Path) -> No
     know = MemoryKnowledge.build(spec=spec, hardware=L4, prescreen=False)
     failing = {"gpu_memory_utilization": 0.85, "max_num_seqs": 64, "max_num_batched_tokens": 4096,
                "max_model_len": 131072}  # fmt: skip
-    know.learn_trial(trial=0, attrs=launched_attrs(failing, config=LLAMA_8B, env=ENV))
+    learn(know, 0, launched_attrs(failing, config=LLAMA_8B, env=ENV))
     assert know.check(failing) is None and know.predict_kv_tokens(failing)
 
 
@@ -168,10 +173,10 @@ def test_cpu_backend_kv_bytes_from_real_vllm_lines(tmp_path: Path) -> None:
         "2327] CPU KV cache size: 1,483,904 tokens, Maximum concurrency for 2,048 tokens per "
         "request: 724.56x\n"
     )
-    from autotune.outcome import parse_startup
+    from autotune.engine.outcome import parse_startup
 
     startup = parse_startup(log).to_dict()
-    know.learn_trial(trial=0, attrs={"launched": True, "outcome": "ok", "vllm_args": args,
+    learn(know, 0, {"launched": True, "outcome": "ok", "vllm_args": args,
                                      "startup": startup})  # fmt: skip
     assert know.geometry_known and know.pool is not None and know.pool.block_size == 128
     assert know.predict_kv_tokens({**args, "kv_cache_memory_bytes": 4 * 2**30}) == 4194304
@@ -188,7 +193,7 @@ def test_one_boot_guesses_the_memory_edge_of_other_batch_settings(tmp_path: Path
     assert know.memory_edge({"max_num_seqs": 64, "max_num_batched_tokens": 2048}) is None
     first = {"gpu_memory_utilization": 0.9, "max_num_seqs": 256, "max_num_batched_tokens": 2048,
              "max_model_len": 2048}  # fmt: skip
-    know.learn_trial(trial=0, attrs=launched_attrs(first, config=LLAMA_8B, env=ENV))
+    learn(know, 0, launched_attrs(first, config=LLAMA_8B, env=ENV))
     for seqs, tokens in ((256, 2048), (32, 1024), (128, 8192)):
         args = {**first, "max_num_seqs": seqs, "max_num_batched_tokens": tokens}
         edge = know.memory_edge(args)

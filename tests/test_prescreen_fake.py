@@ -15,7 +15,7 @@ import pytest
 
 from autotune.hardware import Hardware
 from autotune.model import resolve_model
-from autotune.space import build_space
+from autotune.search.space import build_space
 from tests.conftest import FAKE_CMD, LLAMA_8B
 from tests.fake_truth import boots
 from tests.test_predict import draws

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from autotune.errors import UserError
-from autotune.profiles import SCHEMA_VERSION, Profile, ProfileStore
+from autotune.profiles.store import SCHEMA_VERSION, Profile, ProfileStore
 
 
 def make(created: str, workload: str = "in512-out128", **args: Any) -> Profile:

@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autotune.objective import REPORT_STEPS
+from autotune.trial.runner import REPORT_STEPS
 from tests.conftest import FAKE_CMD, write_model
 from tests.test_goals_fake import FAKE_ENV, SMALL
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -13,14 +14,15 @@ import optuna
 import pytest
 from PIL import Image
 
-from autotune import study as st
-from autotune import tell
+from autotune.app.views import write_study_report
+from autotune.engine.outcome import Outcome
 from autotune.errors import UserError
-from autotune.metrics import Metrics
-from autotune.objective import TrialResult
-from autotune.outcome import Outcome
-from autotune.report import tick, write_report
-from autotune.reports import write_study_report
+from autotune.load.metrics import Metrics
+from autotune.report.data import tick
+from autotune.report.html import write_report
+from autotune.search import study as st
+from autotune.search import tell
+from autotune.trial.runner import TrialResult
 from tests.conftest import FAKE_CMD
 
 pytest.importorskip("plotly")
@@ -151,7 +153,7 @@ def test_few_feasible_trials_skip_importances_with_a_note(tmp_path: Path) -> Non
 
 
 def test_the_study_with_the_latest_trial_is_chosen(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     recorded_study(storage, tmp_path)
@@ -161,10 +163,11 @@ def test_the_study_with_the_latest_trial_is_chosen(
     trial = optuna.load_study(study_name=NAME, storage=storage).ask()  # newest trial: NAME's
     trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
     out = tmp_path / "r.html"
-    write_study_report(model=None, storage=storage, study_name=None, state_dir=None, out=out,
-                       png=False)  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="autotune"):
+        write_study_report(model=None, storage=storage, study_name=None, state_dir=None, out=out,
+                           png=False)  # fmt: skip
     assert f"<h2>{NAME}</h2>" in out.read_text()
-    assert f"reporting {NAME}" in capsys.readouterr().err
+    assert f"reporting {NAME}" in caplog.text
     write_study_report(model=None, storage=storage, study_name="m@other@w@throughput@1",
                        state_dir=None, out=out, png=False)  # fmt: skip
     assert "<h2>m@other@w@throughput@1</h2>" in out.read_text()

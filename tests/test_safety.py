@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from autotune.engine.safety import redact, split_extra, strip_secrets
 from autotune.errors import UserError
-from autotune.profiles import ProfileStore
-from autotune.safety import redact, split_extra, strip_secrets
+from autotune.profiles.store import ProfileStore
 from tests.test_profiles import make
 
 
@@ -85,7 +85,7 @@ def test_eight_concurrent_writers(tmp_path: Path) -> None:
 
 
 def test_parallel_sizes_from_extra_args() -> None:
-    from autotune.safety import parallel_sizes
+    from autotune.engine.safety import parallel_sizes
 
     assert parallel_sizes(["--enforce-eager"]) == {}
     got = parallel_sizes(["-tp", "2", "--pipeline-parallel-size=3", "--tensor-parallel-size", "4"])
@@ -101,7 +101,7 @@ def test_secret_flags_are_whole_words() -> None:
 
 
 def test_listen_flags_are_dropped_from_trials_and_passwords_from_urls() -> None:
-    from autotune.safety import redact_url, without_listen_args
+    from autotune.engine.safety import redact_url, without_listen_args
 
     args = ["--host", "0.0.0.0", "--port=8000", "--enforce-eager", "--uds", "/s"]
     assert without_listen_args(args) == ["--enforce-eager"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from autotune.model import resolve_model
-from autotune.profiles import ProfileStore
+from autotune.profiles.store import ProfileStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ProfileStore(ROOT / "profiles")

@@ -7,11 +7,12 @@ from pathlib import Path
 import optuna
 import pytest
 
+from autotune.engine.defaults import vllm_defaults
 from autotune.errors import UserError
 from autotune.hardware import parse_gpu_spec
 from autotune.model import resolve_model
-from autotune.ranges import parse_candidate, parse_range
-from autotune.space import build_space, vllm_defaults
+from autotune.search.ranges import parse_range
+from autotune.search.space import build_space, parse_candidate
 
 L4 = parse_gpu_spec("L4:24", source="flag")
 

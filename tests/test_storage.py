@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 
-from autotune.storage import rdb_storage
+from autotune.search.workers.storage import rdb_storage
 
 WAITING = 60
 WORKERS = 4

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.verify import Drift
+from autotune.profiles.verify import Drift
 from tests.conftest import FAKE_CMD
 
 pytestmark = pytest.mark.timeout(120)

@@ -45,7 +45,7 @@ def images_of(args: dict[str, Any]) -> int:
 
 
 def test_min_images_study(tmp_path: Path) -> None:
-    from autotune.multimodal import profiled_images
+    from autotune.engine.multimodal import profiled_images
 
     env = {**os.environ, **FAKE_ENV}
     done = autotune(

@@ -14,9 +14,9 @@ import yaml
 from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from autotune import workers
 from autotune.errors import UserError
-from autotune.storage import rdb_storage
+from autotune.search.workers import coordination as workers
+from autotune.search.workers.storage import rdb_storage
 from tests.conftest import FAKE_CMD
 
 ARGS = [

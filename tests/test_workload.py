@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from autotune.errors import UserError
-from autotune.workload import Request, Workload, build_requests
+from autotune.load.workload import Request, Workload, build_requests
 
 
 def _write(path: Path, *rows: object) -> Path:

@@ -5,17 +5,20 @@
 engine takes the first ``--tensor-parallel-size`` devices ``CUDA_VISIBLE_DEVICES`` names (default
 ``0``; fewer than that is vLLM's error), counts the memory other live engines hold on the first
 as used, and while it runs writes ``DIR/<device>/<pid>`` on each with the bytes it holds there.
-autotune's memory check reads the same files (``hardware.gpu_memory_used_bytes``). A file whose
+autotune reads the same files (``autotune.gpu_dir``, the reading side). A file whose
 process is gone no longer counts (the driver freed it), unless its name ends in ``.leak``
 (``AUTOTUNE_FAKE_GPU_LEAK=1``: memory a dead engine never gives back).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from autotune.gpu_dir import count, held, used_bytes
+
+__all__ = ["count", "create", "free", "hold", "others_gib", "too_few", "used_bytes"]
 
 GIB = 1024**3
 
@@ -25,41 +28,6 @@ def create(directory: Path, count: int) -> Path:
     for i in range(count):
         (directory / str(i)).mkdir(parents=True, exist_ok=True)
     return directory
-
-
-def count(directory: Path) -> int:
-    return sum(1 for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie holds no memory
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def _held(device: Path, *, skip: int | None = None) -> int:
-    total = 0
-    for entry in device.glob("*"):
-        pid_text = entry.name.removesuffix(".leak")
-        if not pid_text.isdigit() or int(pid_text) == skip:
-            continue
-        if entry.name.endswith(".leak") or _alive(int(pid_text)):
-            with contextlib.suppress(OSError, ValueError):
-                total += int(entry.read_text() or 0)
-    return total
-
-
-def used_bytes(directory: Path, devices: Sequence[str] | None) -> int:
-    names = list(devices) if devices is not None else [str(i) for i in range(count(directory))]
-    return sum(_held(directory / name) for name in names)
 
 
 def devices_of(env: Mapping[str, str]) -> list[str]:
@@ -88,7 +56,7 @@ def others_gib(env: Mapping[str, str]) -> float:
     directory = env.get("AUTOTUNE_FAKE_GPU_DIR")
     if not directory:
         return 0.0
-    return _held(Path(directory) / device_of(env), skip=os.getpid()) / GIB
+    return held(Path(directory) / device_of(env), skip=os.getpid()) / GIB
 
 
 def hold(env: Mapping[str, str], gib: float, *, devices: int = 1) -> list[Path]:

@@ -30,11 +30,8 @@ from queue import Queue
 from typing import Any, cast
 from unittest import mock
 
-from autotune import loadgen
-from autotune.launcher import ArgValue, vllm_flags
-from autotune.metrics import RequestRecord, aggregate
-from autotune.objective import TrialResult, TrialRunner
-from autotune.outcome import (
+from autotune.engine.launcher import ArgValue, vllm_flags
+from autotune.engine.outcome import (
     Classified,
     Outcome,
     StartupInfo,
@@ -42,6 +39,9 @@ from autotune.outcome import (
     classify_startup,
     parse_startup,
 )
+from autotune.load import client as loadgen
+from autotune.load.metrics import RequestRecord, aggregate
+from autotune.load.workload import Request
 from autotune.testing import _fake_batch
 from autotune.testing._fake_batch import BatchEngine
 from autotune.testing._fake_boot import CONTEXT_GIB, Boot, oom_text, plan_boot
@@ -49,7 +49,7 @@ from autotune.testing._fake_cli import ConfigError, build_parser, resolve_config
 from autotune.testing._fake_log import CORE_FAILED, ENGINE_DEAD, VERSION, Out
 from autotune.testing._fake_model import FakeEnv, ModelInfo, ServeConfig
 from autotune.testing._fake_prompt import PromptError, image_tokens, prompt_parts
-from autotune.workload import Request
+from autotune.trial.runner import TrialResult, TrialRunner
 
 __all__ = ["FakeTruth", "Job", "LandscapeRunner", "Served", "serve_jobs"]
 

@@ -19,12 +19,14 @@ import psutil
 import pytest
 import yaml
 
-from autotune import launcher, loadgen
+from autotune.engine import launcher
+from autotune.engine.launcher import Ready
 from autotune.hardware import detect_cpu
-from autotune.launcher import Ready
+from autotune.load import client as loadgen
+from autotune.load.workload import Workload, build_requests
 from autotune.model import resolve_model
-from autotune.predict import MemoryKnowledge
-from autotune.workload import Workload, build_requests
+from autotune.search.screen import MemoryKnowledge
+from autotune.trial.record import TrialRecord
 
 EAGER = ["--", "--enforce-eager", "--dtype", "bfloat16"]
 TUNE = [
@@ -106,7 +108,7 @@ def test_memory_model_after_the_first_real_launch(tuned: dict[str, Any], tiny_te
     # with the pre-screen on, what the first launch taught rejects the 1M candidate
     know = MemoryKnowledge.build(spec=resolve_model(str(tiny_text)), hardware=detect_cpu(),
                                  extra_args=EAGER[1:])  # fmt: skip
-    know.learn_all([(first.number, first.user_attrs)])
+    know.learn_all([(first.number, TrialRecord.from_attrs(first.user_attrs))])
     kv = next(t for t in trials if t.user_attrs.get("source") == "--enqueue")
     why = know.check(kv.user_attrs["vllm_args"])
     assert why is not None and "kv_too_small" in why, why

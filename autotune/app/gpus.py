@@ -1,0 +1,214 @@
+"""``autotune tune --gpus 0,1,2,3``: one worker process per GPU (or per group of GPUs when the
+engine needs tensor parallelism), all joining one study through its storage.
+
+Each worker is what an operator would start by hand on another node: ``autotune tune`` with
+``CUDA_VISIBLE_DEVICES`` pinned (``CUDA_DEVICE_ORDER=PCI_BUS_ID``, so indices are NVML's) and
+its own index (and so its own seed). Optuna shares the budget and the trials; the worker that
+finishes the study saves the profile. Nothing is scheduled here.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from multiprocessing.process import BaseProcess
+
+from autotune import logs, paths
+from autotune.app.prepare import TuneOptions
+from autotune.engine.safety import parallel_sizes
+from autotune.errors import UserError
+from autotune.hardware import ENV_GPU, Hardware, device_count, engine_hardware, parse_gpu_spec
+from autotune.model import ModelSpec
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 60.0
+
+
+def parse_gpus(text: str, *, available: int | None) -> list[int]:
+    """``all`` or ``0,1,2,3`` (ranges ``0-3`` too): NVML indices in PCI bus order."""
+    text = text.strip().lower()
+    if text == "all":
+        if not available:
+            raise UserError("--gpus all: no GPU found (NVML); list them, e.g. --gpus 0,1")
+        return list(range(available))
+    out: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if m is None:
+            raise UserError(f"--gpus {text!r}: expected all or indices such as 0,1,2,3 or 0-3")
+        low, high = int(m[1]), int(m[2] or m[1])
+        out += range(low, high + 1)
+    if len(set(out)) != len(out) or not out:
+        raise UserError(f"--gpus {text!r}: each GPU once")
+    if available is not None and max(out) >= available:
+        raise UserError(f"--gpus {text!r}: this machine has {available} GPU(s)")
+    return out
+
+
+def groups(devices: list[int], *, size: int) -> list[tuple[int, ...]]:
+    """Consecutive groups of ``size`` GPUs, one engine each (a remainder is left idle)."""
+    if size > len(devices):
+        raise UserError(f"tensor parallel size {size}: --gpus gives only {len(devices)} GPU(s)")
+    whole = len(devices) - len(devices) % size
+    if whole < len(devices):
+        log.info(f"GPUs {devices[whole:]} left idle: groups of {size}")
+    return [tuple(devices[i : i + size]) for i in range(0, whole, size)]
+
+
+def _machine(options: TuneOptions) -> Hardware | None:
+    spec = options.gpu or os.environ.get(ENV_GPU)
+    return parse_gpu_spec(spec, source="flag") if spec else None
+
+
+def worker_options(options: TuneOptions, *, group: tuple[int, ...], storage: str) -> TuneOptions:
+    """What a worker runs: the same request on its GPUs, on the shared storage."""
+    gpu = options.gpu or os.environ.get(ENV_GPU)
+    if gpu:  # NAME:GIB[xN] described the machine; a worker has its group
+        hw = parse_gpu_spec(gpu, source="flag")
+        gpu = f"{hw.gpu_name}:{hw.memory_gib:g}x{len(group)}"
+    return replace(options, gpus=None, gpu=gpu, storage=storage, quiet=True)
+
+
+def worker_env(group: tuple[int, ...], index: int) -> dict[str, str]:
+    from autotune.search.workers.coordination import (
+        ENV_WORKER_INDEX,  # Optuna: not on the serve path
+    )
+
+    return {
+        "CUDA_VISIBLE_DEVICES": ",".join(map(str, group)),
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        ENV_WORKER_INDEX: str(index),
+    }
+
+
+def _watch_parent(parent: int) -> None:
+    """A worker whose coordinator is gone stops cleanly (SIGTERM to itself)."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
+def _worker(options: TuneOptions, env: Mapping[str, str], parent: int, notes: bool) -> None:
+    from autotune.app import tune as api
+
+    os.environ.update(env)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    label = f"[GPU {env['CUDA_VISIBLE_DEVICES']}]"
+    if notes:  # the coordinator prints its notes: so does each worker, labelled
+        logs.configure(prefix=f"autotune {label}")
+    try:
+        api.tune(options)
+    except UserError as exc:
+        print(f"autotune {label}: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def tune_on_gpus(options: TuneOptions, *, tensor_parallel: int) -> int:
+    """Start one worker per GPU group, wait for all; the number that failed."""
+    from autotune.search import study as st
+    from autotune.search.workers.storage import rdb_storage
+
+    machine = _machine(options)
+    available = device_count() or (machine.count if machine else None)
+    devices = parse_gpus(options.gpus or "", available=available)
+    plan = groups(devices, size=tensor_parallel)
+    storage = st.storage_url(options.storage, state_dir=paths.state_dir(options.state_dir))
+    rdb_storage(storage)  # the schema exists before the workers race to use it
+    log.info(f"{len(plan)} workers on GPUs {', '.join(','.join(map(str, g)) for g in plan)}")
+    ctx = multiprocessing.get_context("spawn")
+    procs: list[BaseProcess] = []
+    for index, group in enumerate(plan):
+        opts = worker_options(options, group=group, storage=storage)
+        started = ctx.Process(
+            target=_worker,
+            args=(opts, worker_env(group, index), os.getpid(), logs.configured()),
+            daemon=False,
+        )
+        started.start()
+        procs.append(started)
+    try:
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt as exc:  # Ctrl-C reaches the workers too; SIGTERM is passed on
+        if "signal" in str(exc):
+            for proc in procs:
+                if proc.is_alive() and proc.pid is not None:
+                    os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in procs:
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        raise
+    return sum(1 for p in procs if p.exitcode != 0)
+
+
+FIT_SHARE = 0.8  # weights may take this share of a GPU; the rest is activations and KV cache
+
+
+def tensor_parallel(options: TuneOptions) -> tuple[int, tuple[str, ...]]:
+    """GPUs per engine and the extra arguments that say so (see ``engine_args``)."""
+    from autotune.app.prepare import hardware_for
+    from autotune.model import resolve_model
+
+    given = parallel_sizes(options.extra_args).get("tensor_parallel_size")
+    if given:
+        return given, options.extra_args
+    try:
+        spec = resolve_model(options.model)
+        hardware = hardware_for(options.gpu, options.device, options.vllm_cmd)
+    except UserError:
+        return 1, options.extra_args  # the workers say what is wrong, one line each
+    extra = engine_args(spec=spec, hardware=hardware, extra_args=options.extra_args)
+    return parallel_sizes(extra).get("tensor_parallel_size", 1), extra
+
+
+def engine_args(
+    *, spec: ModelSpec, hardware: Hardware, extra_args: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The extra arguments with the tensor parallel size one engine runs with: the user's
+    ``-tp``, else none when the memory model says the weights fit one GPU (or cannot say),
+    else the smallest power of two that fits them (a fixed setting, added after ``--``).
+    ``tune --gpus`` and ``serve`` both ask here, so they agree on the engine's GPUs."""
+    from autotune.memory.setup import base_model, engine_flags
+
+    if "tensor_parallel_size" in parallel_sizes(extra_args) or hardware.is_cpu:
+        return extra_args
+    one = replace(hardware, count=1)
+    found = base_model(spec=spec, hardware=one, flags=engine_flags(extra_args))
+    if found is None:
+        return extra_args
+    weights, fits = found[0].weights_bytes, FIT_SHARE * one.memory_gib * 2**30
+    tp = 1
+    while weights / tp > fits and tp < 64:
+        tp *= 2
+    if tp == 1:
+        return extra_args
+    log.info(
+        f"the weights ({weights / 2**30:.1f} GiB) do not fit one {one.gpu_name}: "
+        f"--tensor-parallel-size {tp}, {tp} GPUs per engine"
+    )
+    return (*extra_args, "--tensor-parallel-size", str(tp))
+
+
+def engine_lookup(
+    *, spec: ModelSpec, hardware: Hardware, extra_args: tuple[str, ...]
+) -> tuple[Hardware, tuple[str, ...]]:
+    """What ``serve`` looks a profile up with: the GPUs one engine will run on (its tensor ×
+    pipeline parallel group, as ``tune`` keys it) and the extra arguments that say so."""
+    extra = engine_args(spec=spec, hardware=hardware, extra_args=extra_args)
+    return engine_hardware(hardware, sizes=parallel_sizes(extra)), extra

@@ -1,0 +1,249 @@
+"""Resolve and check a tuning request before anything is launched: model, hardware and backend,
+search space, workload and the engine's command and environment."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from autotune.engine.defaults import vllm_defaults
+from autotune.engine.launcher import DEFAULT_VLLM_CMD, ENV_VLLM_CMD, engine_version, resolve_command
+from autotune.engine.multimodal import supports_size_hints
+from autotune.engine.safety import parallel_sizes
+from autotune.errors import UserError
+from autotune.hardware import ENV_GPU, Hardware, choose_device, engine_hardware, resolve_hardware
+from autotune.load.workload import Workload
+from autotune.memory.setup import base_model, engine_flags, seqs_cap
+from autotune.model import ModelSpec, resolve_model
+from autotune.search.goal import apply_budget, goal_from, parse_budget
+from autotune.search.opt_in import widest_kv_flags, with_opt_in
+from autotune.search.space import MEMORY_DIMS, SearchSpace, bound_max_num_seqs, build_space
+
+log = logging.getLogger(__name__)
+
+CPU_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """Everything ``autotune tune`` (and ``serve`` on a miss) is given."""
+
+    model: str
+    gpu: str | None = None
+    device: str = "auto"  # "auto", "gpu" or "cpu"
+    ranges: Mapping[str, str | None] = field(default_factory=dict)
+    min_model_len: int | None = None
+    workload: Workload = field(default_factory=Workload)
+    trials: int = 20
+    timeout_s: float | None = None
+    seed: int | None = 0
+    storage: str | None = None
+    state_dir: Path | None = None
+    profiles_dir: Path | None = None
+    vllm_cmd: str | None = None
+    extra_args: tuple[str, ...] = ()
+    enqueue: tuple[str, ...] = ()  # "name=value,name=value" candidates to try first
+    startup_timeout_s: float = 900.0
+    noise: float = 0.05
+    quiet: bool = False
+    objective: str = "throughput"
+    min_images: int | None = None  # the profile must accept at least this many images
+    images_max: bool = False  # --images max: find the largest image count that fits
+    image_size_hint: tuple[int, int] | None = None  # --image-size: the resolution sent
+    prescreen: bool = True  # --no-prescreen: launch every candidate (predictions still kept)
+    guide: bool = True  # --no-guide: the sampler alone (no edge climb, local moves, lift)
+    slos: tuple[str, ...] = ()  # --slo NAME=MS
+    min_throughput: float | None = None  # --min-throughput (output tok/s)
+    memory_budget: str | None = None  # --memory-budget FRACTION or GiB
+    concurrency: int | None = None  # --concurrency: requests in flight at most
+    request_rate: float | None = None  # --request-rate: Poisson arrivals per second
+    warmup: int = 0  # --warmup: requests sent first, not measured
+    repeats: int = 2  # --repeats: measurements of each finalist
+    finalists: int = 3  # --finalists: candidates re-measured
+    statistic: str = "worst"  # --statistic worst|median of the repeats
+    soak: bool = True  # --no-soak skips the worst-case load run of the winner
+    prune: bool = True  # --no-prune: never stop a benchmark early
+    patience: int = 0  # --patience K: stop after K launches without improvement
+    min_improvement: float = 0.01  # --min-improvement: what counts as an improvement
+    gpus: str | None = None  # --gpus 0,1,2,3 | all: one worker per GPU (group)
+    tune: tuple[str, ...] = ()  # --tune NAME: opt-in dimensions (opt_in.py)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Inputs resolved and checked before anything is launched."""
+
+    command: list[str]
+    spec: ModelSpec
+    hardware: Hardware
+    space: SearchSpace
+    env: dict[str, str]
+    workload: Workload
+
+
+def _space(options: TuneOptions, spec: ModelSpec, hardware: Hardware, hints: bool) -> SearchSpace:
+    space = build_space(
+        spec=spec,
+        hardware=hardware,
+        overrides=options.ranges,
+        min_model_len=options.min_model_len,
+        min_images=options.min_images,
+        images_max=options.images_max,
+        image_size_hint=options.image_size_hint if hints else None,
+    )
+    space = with_opt_in(space, options.tune, extra_args=options.extra_args)
+    budget = parse_budget(options.memory_budget, total_gib=hardware.memory_gib)
+    user_range = any(options.ranges.get(name) is not None for name in MEMORY_DIMS)
+    space = apply_budget(space, budget=budget, total_gib=hardware.memory_gib, user_range=user_range)
+    return _bound_seqs(space, options, spec, hardware)
+
+
+def _bound_seqs(
+    space: SearchSpace, options: TuneOptions, spec: ModelSpec, hardware: Hardware
+) -> SearchSpace:
+    """A default ``max_num_seqs`` range ends at the requests of the workload (input + output
+    tokens) that the KV cache can hold at the top of the memory range, by the analytic model's
+    upper bound; never below vLLM's default. A range the user gave is kept."""
+    wl = options.workload
+    if options.ranges.get("max_num_seqs") is not None or wl.dataset is not None:
+        return space
+    flags = engine_flags([*options.extra_args, *widest_kv_flags(space)])
+    found = base_model(spec=spec, hardware=hardware, flags=flags)
+    memory = next((d for d in space.dims if d.name in MEMORY_DIMS), None)
+    if found is None or memory is None or "max_num_seqs" not in space:
+        return space
+    cap = seqs_cap(
+        model=found[0],
+        memory_dim=memory.name,
+        memory_high=float(memory.high),
+        request_tokens=wl.input_len + wl.output_len,
+    )
+    keep = int(vllm_defaults(hardware, spec)["max_num_seqs"])
+    return space if cap is None else bound_max_num_seqs(space, cap=cap, keep=keep)
+
+
+def _image_workload(options: TuneOptions, spec: ModelSpec) -> Workload:
+    """A vision model is measured with images: --min-images per request unless told otherwise."""
+    wl = options.workload
+    if spec.is_vision and wl.images_per_request is None and wl.dataset is None:
+        k = options.min_images or 1
+        wl = replace(wl, images_per_request=(k, k))
+    if options.image_size_hint is not None:
+        wl = replace(wl, image_size=options.image_size_hint)
+    return wl
+
+
+def prepare(options: TuneOptions) -> Prepared:
+    """Resolve the command, model, hardware and space; say what could not be checked."""
+    if options.trials < 1:
+        raise UserError(f"--trials {options.trials}: at least one launch is needed")
+    spec = resolve_model(options.model)
+    machine = hardware_for(options.gpu, options.device, options.vllm_cmd)
+    hardware = engine_hardware(machine, sizes=parallel_sizes(options.extra_args))  # the key
+    command = resolve_command(options.vllm_cmd)
+    hints = supports_size_hints(engine_version(command)) if spec.is_vision else False
+    goal_from(  # bad goal input is one line, before any note
+        objective=options.objective,
+        slos=options.slos,
+        min_throughput=options.min_throughput,
+        memory_budget=options.memory_budget,
+        total_gib=hardware.memory_gib,
+    )
+    space = _space(options, spec, hardware, hints)
+    wl = _image_workload(options, spec)
+    wl.validate()
+    _check_extra_args(options.extra_args, space)
+    if wl.dataset is None and "max_model_len" in space:
+        need = wl.input_len + wl.output_len
+        if space["max_model_len"].low < need:
+            raise UserError(
+                f"max_model_len {space['max_model_len'].describe()} is shorter than the workload "
+                f"needs (input {wl.input_len} + output {wl.output_len} = {need}); "
+                "raise --min-model-len or shorten the workload"
+            )
+    # Notes only once every input is known to be good, so a bad input stays one line.
+    if hardware.is_cpu:
+        log.info(hardware.describe())
+    elif hardware.source != "nvml":
+        log.info(f"hardware {hardware.describe()}; not checked against the machine")
+    if spec.is_vision and options.image_size_hint and not hints:
+        log.info("this vLLM does not take image size hints: the image limit is a plain count")
+    if not spec.known:
+        spec = _prefetch(spec)
+        if spec.known:  # now its length is known: search it too
+            space = _space(options, spec, hardware, hints)
+            wl = _image_workload(options, spec)
+    for reason in spec.unknown_reasons:
+        log.info(reason)
+    return Prepared(
+        command=command,
+        spec=spec,
+        hardware=hardware,
+        space=space,
+        env=engine_env(hardware),
+        workload=wl,
+    )
+
+
+def hardware_for(gpu: str | None, device: str, vllm_cmd: str | None) -> Hardware:
+    """``--device auto`` asks the vLLM that would be launched whether it is a CPU build."""
+    version = None
+    if device == "auto" and not gpu and not os.environ.get(ENV_GPU):
+        version = engine_version(resolve_command(vllm_cmd))
+    chosen = choose_device(device=device, gpu=gpu, engine_version=version)
+    if version and chosen == "cpu":
+        log.info(f"vLLM {version} is a CPU build: tuning for the CPU backend")
+    return resolve_hardware(gpu=gpu, device=chosen)
+
+
+def engine_env(hardware: Hardware) -> dict[str, str]:
+    """The engine's environment. On the CPU backend VLLM_CPU_KVCACHE_SPACE would override the
+    tuned --kv-cache-memory-bytes, so it is left out (and said so)."""
+    env = dict(os.environ)
+    if hardware.is_cpu and env.pop(CPU_KV_ENV, None) is not None:
+        log.info(
+            f"{CPU_KV_ENV} is ignored: autotune sizes the KV cache with --kv-cache-memory-bytes"
+        )
+    return env
+
+
+def _check_extra_args(extra: tuple[str, ...], space: SearchSpace) -> None:
+    """Arguments after ``--`` must not set what autotune tunes or fixes (the last one would win
+    silently and the profile would lie)."""
+    for arg in extra:
+        name = arg.split("=", 1)[0]
+        for dim in space.dims:
+            if name == dim.flag:
+                raise UserError(f"{name} after --: give it as an autotune option ({name} V)")
+
+
+def _prefetch(spec: ModelSpec) -> ModelSpec:
+    """Download a hub model once before the first trial, when a Hugging Face CLI is present and
+    the network allowed; then its spec is known and no trial's startup waits for a download."""
+    cli = shutil.which("hf") or shutil.which("huggingface-cli")
+    if cli is None or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return spec
+    log.info(f"downloading {spec.model_id} before the first trial ({cli} download)")
+    done = subprocess.run([cli, "download", spec.model_id], capture_output=True, check=False)
+    if done.returncode != 0:
+        log.info(f"could not download {spec.model_id} now; vLLM will try at launch")
+        return spec
+    return resolve_model(spec.model_id)
+
+
+def command_and_version(vllm_cmd: str | None, *, strict: bool) -> tuple[list[str], str | None]:
+    """The engine command and the vLLM version it would launch. Not ``strict`` (a dry run, a
+    read-only view): a command that is not installed here is kept as written, version unknown."""
+    try:
+        command = resolve_command(vllm_cmd)
+    except UserError:
+        if strict:
+            raise
+        return shlex.split(vllm_cmd or os.environ.get(ENV_VLLM_CMD) or DEFAULT_VLLM_CMD), None
+    return command, engine_version(command)

@@ -1,0 +1,98 @@
+"""The ``serve`` use case: find the profile for this model and hardware and exec ``vllm serve``
+with it; on a miss, tune first. Optuna is imported only on a miss (``autotune.app.tune``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import NoReturn
+
+from autotune.app.lookup import lookup
+from autotune.app.prepare import TuneOptions, engine_env
+from autotune.errors import UserError
+from autotune.hardware import Hardware
+from autotune.profiles.match import Match, serve_argv
+
+__all__ = ["announce", "exec_or_print", "serve"]
+log = logging.getLogger(__name__)
+
+
+def serve(
+    options: TuneOptions,
+    *,
+    dry_run: bool = False,
+    no_tune: bool = False,
+    workload: str | None = None,
+    profile_file: Path | None = None,
+    pick: str | None = None,
+) -> None:
+    """Exec vLLM with the matching profile (``pick``: one of its Pareto variants); on a miss
+    tune first (unless ``no_tune``)."""
+    where = lookup(options, workload=workload, strict=not dry_run)
+    match = where.find(profile_file=profile_file)
+    if match is None:
+        miss = where.miss()
+        if no_tune:
+            raise UserError(miss)
+        if dry_run:
+            raise UserError(miss + "; without --dry-run autotune would tune first")
+        log.info(miss + "; tuning first")
+        from autotune.app.tune import tune
+
+        tune(replace(options, device=where.hardware.device, extra_args=where.extra_args))
+        match = where.find()
+        if match is None:  # pragma: no cover - tune() raises when it saves nothing
+            raise UserError(miss)
+    announce(match, hardware=where.hardware)
+    profile = match.profile if pick is None else match.profile.variant(pick)
+    if pick is not None and profile.memory:
+        log.info(f"--pick {pick}: reserves {profile.memory.get('reserved_gib')} GiB")
+    argv = serve_argv(
+        command=where.command, model=options.model, profile=profile, extra=options.extra_args
+    )
+    exec_or_print(argv, dry_run=dry_run, env=engine_env(where.hardware))
+
+
+def announce(match: Match, *, hardware: Hardware) -> None:
+    p = match.profile
+    metrics = p.metrics or {}
+    tput = metrics.get("output_throughput")
+    measured = f", measured {tput:.1f} output tok/s" if isinstance(tput, (int, float)) else ""
+    log.info(
+        f"using profile {match.path} for {hardware.describe()} "
+        f"(workload {p.workload_signature}, objective {p.objective}, "
+        f"vLLM {p.vllm_version or 'unknown'}, tuned {p.created}{measured})"
+    )
+    if match.how == "compatible":
+        log.warning(
+            f"profile tuned with vLLM {p.vllm_version}, serving with another patch "
+            "release; re-measure it when you can"
+        )
+    elif match.how == "unversioned":
+        log.info("the vLLM version could not be learned: profiles matched without it")
+    if match.others:
+        log.info(
+            f"{match.others} other profile(s) also fit; choose one with --workload or --profile"
+        )
+
+
+def exec_or_print(argv: Sequence[str], *, dry_run: bool, env: Mapping[str, str]) -> None:
+    """Print the command (``--dry-run``) or replace this process with it (same PID)."""
+    if dry_run:
+        print(shlex.join(argv), flush=True)
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _exec(argv, env)
+
+
+def _exec(argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
+    try:
+        os.execvpe(argv[0], list(argv), dict(env))
+    except OSError as exc:
+        raise UserError(f"cannot run {argv[0]}: {exc.strerror}") from None

@@ -1,0 +1,326 @@
+"""Command line: parses options and calls the library (``autotune.app.tune``). No logic here.
+
+Optuna is imported only by the commands that tune or read studies, never by ``--help`` or
+``serve`` with a matching profile.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from autotune import __version__, logs
+from autotune.cli.options import goals, hardware, tune_options, tuning
+from autotune.errors import UserError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="autotune")
+def cli() -> None:
+    """Find the best vLLM configuration for a model on this GPU, prove it under load, save it as
+    a profile and serve with it."""
+
+
+@cli.command()
+@click.argument("model")
+@hardware
+@tuning
+@goals
+def tune(model: str, **kw: Any) -> None:
+    """Run (or resume) an Optuna study over real engine launches; save the best profile.
+
+    Arguments after `--` are passed to every engine launch unchanged."""
+    from autotune.app import tune as api
+
+    api.tune(tune_options(model, kw))
+
+
+@cli.command()
+@click.argument("model")
+@hardware
+@tuning
+@goals
+@click.option("--dry-run", is_flag=True, help="Print the command line instead of running it.")
+@click.option(
+    "--pick",
+    type=click.Choice(["throughput", "memory", "balanced"]),
+    help="A Pareto profile's variant: the fastest, the smallest reservation, or balanced.",
+)
+@click.option("--no-tune", is_flag=True, help="Never tune: a missing profile is an error.")
+@click.option(
+    "--workload",
+    "workload_sig",
+    metavar="SIGNATURE",
+    help="Choose the profile of this workload (e.g. in512-out128).",
+)
+@click.option(
+    "--profile",
+    "profile_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Serve with this profile file.",
+)
+def serve(
+    model: str,
+    dry_run: bool,
+    no_tune: bool,
+    workload_sig: str | None,
+    profile_file: Path | None,
+    pick: str | None,
+    **kw: Any,
+) -> None:
+    """Exec vLLM with the saved profile for this model and hardware; tune first on a miss.
+
+    Arguments after `--` are passed to vLLM unchanged."""
+    from autotune.app.serve import serve
+
+    serve(
+        tune_options(model, kw),
+        dry_run=dry_run,
+        no_tune=no_tune,
+        workload=workload_sig,
+        profile_file=profile_file,
+        pick=pick,
+    )
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--storage", metavar="URL", help="Optuna storage URL (default: the state dir).")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_STATE_DIR]")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+def trials(model: str | None, storage: str | None, state_dir: Path | None, as_json: bool) -> None:
+    """List the trials of the studies (of MODEL): outcome, key metrics and log path."""
+    from autotune.app import views as reports
+
+    reports.print_trials(model=model, storage=storage, state_dir=state_dir, as_json=as_json)
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--storage", metavar="URL", help="Optuna storage URL (default: the state dir).")
+@click.option("--study", "study_name", metavar="NAME", help="The study (default: the newest).")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_STATE_DIR]")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+    default="autotune-report.html", show_default=True, help="The HTML file to write.",
+)  # fmt: skip
+@click.option("--png", is_flag=True, help="Also write static PNG images beside it (matplotlib).")
+def report(
+    model: str | None,
+    storage: str | None,
+    study_name: str | None,
+    state_dir: Path | None,
+    output: Path,
+    png: bool,
+) -> None:
+    """Write a self-contained HTML report of a study (of MODEL): trials with their outcomes,
+    throughput against each parameter, history, importances, the Pareto front if any."""
+    from autotune.app import views as reports
+
+    written = reports.write_study_report(
+        model=model, storage=storage, study_name=study_name, state_dir=state_dir, out=output,
+        png=png,
+    )  # fmt: skip
+    for path in written:
+        click.echo(str(path))
+
+
+@cli.group()
+def profiles() -> None:
+    """Saved profiles."""
+
+
+@profiles.command("list")
+@click.option("--profiles-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_PROFILES_DIR]")
+def profiles_list(profiles_dir: Path | None) -> None:
+    """List saved profiles."""
+    from autotune.app import views as reports
+
+    reports.print_profiles(profiles_dir=profiles_dir)
+
+
+@profiles.command("save")
+@click.argument("model", required=False)
+@click.option("--from-study", is_flag=True, required=True,
+              help="From the best trial of a study (one whose workers stopped early).")  # fmt: skip
+@click.option("--study", "study_name", metavar="NAME", help="The study (default: the newest).")
+@click.option("--storage", metavar="URL", help="Optuna storage URL (default: the state dir).")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_STATE_DIR]")
+@click.option("--profiles-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_PROFILES_DIR]")
+@click.option("--noise", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Results within this share of the best count as equal.")  # fmt: skip
+def profiles_save(
+    model: str | None,
+    from_study: bool,
+    study_name: str | None,
+    storage: str | None,
+    state_dir: Path | None,
+    profiles_dir: Path | None,
+    noise: float,
+) -> None:
+    """Save the profile of a study (of MODEL) that no worker finished."""
+    from autotune.app.from_study import save_from_study
+
+    path = save_from_study(
+        model=model, storage=storage, study_name=study_name, state_dir=state_dir,
+        profiles_dir=profiles_dir, noise=noise,
+    )  # fmt: skip
+    click.echo(str(path))
+
+
+@profiles.command("show")
+@click.argument("model")
+@hardware
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
+def profiles_show(
+    model: str,
+    gpu: str | None,
+    device: str,
+    vllm_cmd: str | None,
+    profiles_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Show the profile serve would use for MODEL on this hardware."""
+    from autotune.app import views as reports
+
+    reports.show_profile(
+        model=model,
+        gpu=gpu,
+        device=device,
+        vllm_cmd=vllm_cmd,
+        profiles_dir=profiles_dir,
+        as_json=as_json,
+    )
+
+
+@profiles.command("export")
+@click.argument("model")
+@hardware
+@click.option(
+    "--format", "fmt", type=click.Choice(["vllm-config", "cli", "json", "k8s"]),
+    default="vllm-config", show_default=True, help="What to write to stdout.",
+)  # fmt: skip
+def profiles_export(
+    model: str,
+    gpu: str | None,
+    device: str,
+    vllm_cmd: str | None,
+    profiles_dir: Path | None,
+    fmt: str,
+) -> None:
+    """Write the profile serve would use for MODEL as a vLLM config, command line, JSON or a
+    Kubernetes Deployment."""
+    from autotune.app import views as reports
+
+    reports.export_profile(
+        model=model, gpu=gpu, device=device, vllm_cmd=vllm_cmd, profiles_dir=profiles_dir, fmt=fmt
+    )
+
+
+@profiles.command("verify", context_settings={"ignore_unknown_options": True})
+@click.argument("model")
+@hardware
+@click.option("--workload", "workload_sig", metavar="SIGNATURE", help="Verify this workload's.")
+@click.option(
+    "--profile",
+    "profile_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Verify this profile file.",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Largest accepted loss of output throughput or KV cache tokens (a fraction).",
+)
+@click.option(
+    "--repeats", type=int, default=1, show_default=True, help="Runs; their median is compared."
+)
+@click.option("--state-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_STATE_DIR]")
+@click.option("--startup-timeout", type=float, default=900.0, show_default=True, help="Seconds.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def profiles_verify(
+    model: str,
+    workload_sig: str | None,
+    profile_file: Path | None,
+    tolerance: float,
+    repeats: int,
+    extra: tuple[str, ...],
+    **kw: Any,
+) -> None:
+    """Re-measure the profile serve would use on this machine, compare with its stored metrics
+    and exit 1 when throughput or KV cache capacity dropped beyond the tolerance (after a vLLM
+    or driver upgrade). Arguments after `--` go to vLLM."""
+    from autotune.app.prepare import TuneOptions
+    from autotune.app.verify import verify
+
+    options = TuneOptions(
+        model=model,
+        gpu=kw["gpu"],
+        device=kw["device"],
+        vllm_cmd=kw["vllm_cmd"],
+        profiles_dir=kw["profiles_dir"],
+        state_dir=kw["state_dir"],
+        startup_timeout_s=kw["startup_timeout"],
+        quiet=kw["quiet"],
+        extra_args=extra,
+    )
+    result = verify(
+        options,
+        workload=workload_sig,
+        profile_file=profile_file,
+        tolerance=tolerance,
+        repeats=repeats,
+    )
+    if result.failure:
+        click.echo(f"autotune: {result.failure}", err=True)
+        sys.exit(1)
+    click.echo(f"autotune: the profile holds within {tolerance:.0%}", err=True)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--gpu", metavar="NAME:MEMORY_GIB[xCOUNT]", help="The GPU, e.g. H100:80 [NVML].")
+@click.option("--device", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="cpu: vLLM's CPU backend, rows by KV cache bytes.")  # fmt: skip
+@click.option("--max-model-len", "request_len", type=click.IntRange(min=1),
+              help="Request length of the concurrency column [the model's maximum].")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def plan(model: str, as_json: bool, extra: tuple[str, ...], **kw: Any) -> None:
+    """Predict memory without launching anything (no GPU needed): weights, KV bytes per token,
+    and per utilization the KV cache tokens, the longest max_model_len and the concurrency.
+
+    Engine flags after `--` count (--tensor-parallel-size, --kv-cache-dtype, --enforce-eager)."""
+    from autotune.memory import plan as planning
+
+    planning.run(model=model, extra_args=extra, as_json=as_json, **kw)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors are one line on stderr and exit 2, never a traceback."""
+    logs.configure()
+    try:
+        cli.main(args=argv, prog_name="autotune", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("autotune: interrupted; run the same command again to resume", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"autotune: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        click.echo(f"autotune: error: {exc}", err=True)
+        sys.exit(2)
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

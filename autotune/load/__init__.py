@@ -1,0 +1,1 @@
+"""What a benchmark sends and measures: workload, images, the streaming client, metrics."""

@@ -1,0 +1,1 @@
+"""The YAML profile: schema and store, matching, building, export. Never imports the search side."""

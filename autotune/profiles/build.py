@@ -1,0 +1,90 @@
+"""From a study's chosen trial to a profile: the key, the measured sections, provenance. One
+builder for ``tune`` and ``profiles save --from-study``."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotune import __version__
+from autotune.engine.safety import parallel_sizes, split_extra
+from autotune.engine.settings import warnings_for
+from autotune.profiles.store import SCHEMA_VERSION, SINGLE_DEVICE, Profile
+
+
+@dataclass(frozen=True, kw_only=True)
+class Chosen:
+    """The winner of a study and what it was tuned for."""
+
+    number: int
+    vllm_args: Mapping[str, Any]
+    vllm_version: str | None
+    metrics: Mapping[str, Any]
+    startup: Mapping[str, Any]
+    log: str | None
+    study: str
+    num_prompts: int
+    # constraints, memory, noise, soak, variants (``search.finalize.sections``)
+    sections: Mapping[str, Any] = field(default_factory=dict)
+
+
+def build_profile(
+    *,
+    model: Mapping[str, Any],
+    hardware: Mapping[str, Any],
+    workload: Mapping[str, Any],
+    objective: str,
+    extra_args: Sequence[str],
+    chosen: Chosen,
+    storage_given: bool,
+    state: Path | None,
+    saved_by: str | None = None,
+) -> Profile:
+    """The profile of ``chosen``: ``model``, ``hardware`` and ``workload`` as their ``to_dict``
+    (with ``name`` and ``signature``); extra arguments autotune does not keep are dropped here
+    (``split_extra``). Logs are recorded relative to the state directory."""
+    kept, _dropped = split_extra(extra_args)
+    variants = chosen.sections.get("variants") or []
+    provenance: dict[str, Any] = {
+        "study": chosen.study,
+        "storage": "--storage" if storage_given else "default (state directory)",
+        "trial": chosen.number,
+        "log": _relative(chosen.log, state),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "autotune_version": __version__,
+    }
+    if saved_by:
+        provenance["saved_by"] = saved_by
+    return Profile(
+        schema_version=SCHEMA_VERSION,
+        model=dict(model),
+        hardware=dict(hardware),
+        vllm_version=chosen.vllm_version,
+        workload=dict(workload) | {"num_prompts": chosen.num_prompts},
+        objective=objective,
+        vllm_args=dict(chosen.vllm_args),
+        warnings=warnings_for(
+            extra_args, vllm_args=[chosen.vllm_args, *(v["vllm_args"] for v in variants)]
+        ),
+        **dict(chosen.sections),
+        extra_args=kept,
+        metrics=dict(chosen.metrics),
+        startup=dict(chosen.startup),
+        parallel=SINGLE_DEVICE | parallel_sizes(kept),
+        provenance=provenance,
+    )
+
+
+def _relative(log: str | None, state: Path | None) -> str | None:
+    """A trial log's path inside the state directory (no machine-specific prefix in profiles)."""
+    if not log:
+        return None
+    if state is not None:
+        try:
+            return str(Path(log).resolve().relative_to(state.resolve()))
+        except ValueError:
+            pass
+    return Path(log).name

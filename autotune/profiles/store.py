@@ -1,0 +1,244 @@
+"""Profiles: the best configuration of a study, saved as YAML and reused by ``serve``.
+
+Schema (version 1, documented in profiles/README.md), every key required:
+  schema_version, model {id, name, config_hash, revision, dtype, quantization, ...},
+  hardware {gpu, memory_gib, count, driver, key}, vllm_version, workload {..., signature},
+  objective, vllm_args {flag_name: value}, extra_args [the user's own arguments after --],
+  metrics {...}, startup {...}, provenance {study, trial, created, autotune_version},
+  parallel {tensor_parallel_size, pipeline_parallel_size}, constraints {name: limit}.
+Version 2 adds, each optional (version 1 files still load): memory {reserved_gib, ..., sources},
+noise {repeats, spread}, soak {passed | skipped, peak, preemptions, errors}, warnings [text],
+variants [{pick, vllm_args, metrics, memory, trial}] (the Pareto front).
+Writes are atomic (temporary file + rename) and locked, so a reader never sees half a
+profile; arguments are checked against known vLLM flags on save and on load (safety.py).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autotune.engine.safety import check_profile_args, strip_secrets
+from autotune.errors import UserError
+
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+ADDED_IN_2 = ("memory", "noise", "soak", "warnings", "variants")
+PICKS = ("throughput", "memory", "balanced")
+SINGLE_DEVICE = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1}
+DERIVED_LIMIT = "memory_budget_gib"  # the budget share times this GPU's memory: not a key
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A measured vLLM configuration and the key it is valid for."""
+
+    schema_version: int
+    model: dict[str, Any]
+    hardware: dict[str, Any]
+    vllm_version: str | None
+    workload: dict[str, Any]
+    objective: str
+    vllm_args: dict[str, Any]
+    extra_args: list[str]
+    metrics: dict[str, Any]
+    startup: dict[str, Any]
+    provenance: dict[str, Any]
+    parallel: dict[str, int] = field(default_factory=lambda: dict(SINGLE_DEVICE))
+    constraints: dict[str, Any] = field(default_factory=dict)  # SLOs, budgets the trial met
+    memory: dict[str, Any] = field(default_factory=dict)  # reservation, peak, their sources
+    noise: dict[str, Any] = field(default_factory=dict)  # repeats and their spread
+    soak: dict[str, Any] = field(default_factory=dict)  # the worst-case load run, or skipped
+    warnings: list[str] = field(default_factory=list)  # e.g. an fp8 KV cache changes outputs
+    variants: list[dict[str, Any]] = field(default_factory=list)  # the Pareto front
+
+    def variant(self, pick: str) -> Profile:
+        """The Pareto variant for ``serve --pick`` (``throughput``: the fastest, ``memory``:
+        the smallest reservation, ``balanced``); the profile itself when it has none."""
+        if pick not in PICKS:
+            raise UserError(f"--pick {pick}: choose one of {', '.join(PICKS)}")
+        if not self.variants:
+            return self
+        found = [v for v in self.variants if pick in v.get("picks", [])]
+        if not found:
+            raise UserError(f"the profile has no variant picked for {pick}")
+        v = found[0]
+        return replace(
+            self,
+            vllm_args=dict(v["vllm_args"]),
+            metrics=dict(v.get("metrics") or {}),
+            memory=dict(v.get("memory") or {}),
+        )
+
+    @property
+    def model_name(self) -> str:
+        return str(self.model["name"])
+
+    @property
+    def hardware_key(self) -> str:
+        return str(self.hardware["key"])
+
+    @property
+    def workload_signature(self) -> str:
+        return str(self.workload["signature"])
+
+    @property
+    def created(self) -> str:
+        return str(self.provenance.get("created", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str) -> Profile:
+        """Validate and build; errors name ``source`` (the file)."""
+        if not isinstance(data, Mapping):
+            raise UserError(f"{source}: not a profile (expected a mapping)")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        missing = sorted(names - set(data) - set(ADDED_IN_2))
+        if unknown:
+            raise UserError(f"{source}: unknown keys {', '.join(unknown)}")
+        if missing:
+            raise UserError(f"{source}: missing keys {', '.join(missing)}")
+        if data["schema_version"] not in READABLE_VERSIONS:
+            raise UserError(
+                f"{source}: schema_version {data['schema_version']} is not supported "
+                f"(this autotune reads {', '.join(map(str, READABLE_VERSIONS))})"
+            )
+        if data["schema_version"] < 2 and (newer := [k for k in ADDED_IN_2 if k in data]):
+            raise UserError(f"{source}: {', '.join(newer)} need schema_version 2")
+        _check_added(data, source=source)
+        mappings = ("model", "hardware", "workload", "vllm_args", "metrics", "provenance")
+        for key in (*mappings, "parallel", "constraints"):
+            if not isinstance(data[key], Mapping):
+                raise UserError(f"{source}: {key} must be a mapping")
+        extra = data["extra_args"]
+        if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+            raise UserError(f"{source}: extra_args must be a list of strings")
+        check_profile_args(data["vllm_args"], extra, source=source)
+        for name in SINGLE_DEVICE:
+            size = data["parallel"].get(name)
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise UserError(f"{source}: parallel.{name} must be an integer >= 1")
+        for key, sub in (("model", "name"), ("hardware", "key"), ("workload", "signature")):
+            if sub not in data[key]:
+                raise UserError(f"{source}: {key}.{sub} is missing")
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def _check_added(data: Mapping[str, Any], *, source: str) -> None:
+    """The version-2 sections: their shapes, and every variant's flags checked like the main."""
+    for key in ("memory", "noise", "soak"):
+        if key in data and not isinstance(data[key], Mapping):
+            raise UserError(f"{source}: {key} must be a mapping")
+    warnings = data.get("warnings", [])
+    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+        raise UserError(f"{source}: warnings must be a list of strings")
+    variants = data.get("variants", [])
+    if not isinstance(variants, list):
+        raise UserError(f"{source}: variants must be a list")
+    for i, v in enumerate(variants):
+        if not isinstance(v, Mapping) or not isinstance(v.get("vllm_args"), Mapping):
+            raise UserError(f"{source}: variants[{i}] needs vllm_args")
+        check_profile_args(v["vllm_args"], [], source=f"{source}: variants[{i}]")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unknown"
+
+
+def limits_key(constraints: Mapping[str, Any]) -> dict[str, Any]:
+    """The limits a profile was tuned under, as given (SLOs, throughput floor, budget share)."""
+    return {k: v for k, v in constraints.items() if k != DERIVED_LIMIT}
+
+
+def _limits_tag(constraints: Mapping[str, Any]) -> str:
+    """``--limits-<hash>`` for a profile held to limits (none: no tag, the older names)."""
+    key = limits_key(constraints)
+    if not key:
+        return ""
+    text = json.dumps(key, sort_keys=True, default=str)
+    return "--limits-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+class ProfileStore:
+    """Profiles under ``root/<model>/<hardware>/<workload>--<objective>[--limits-<hash>]
+    --vllm-<version>.yaml``: studies held to other SLOs or budgets never overwrite each other."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_for(self, profile: Profile) -> Path:
+        name = (
+            f"{_slug(profile.workload_signature)}--{_slug(profile.objective)}"
+            f"{_limits_tag(profile.constraints)}"
+            f"--vllm-{_slug(profile.vllm_version or 'unknown')}.yaml"
+        )
+        return self.root / _slug(profile.model_name) / _slug(profile.hardware_key) / name
+
+    def save(self, profile: Profile) -> Path:
+        """Write atomically and under the store's lock (concurrent tuners never interleave);
+        the same key overwrites the older profile. Secret arguments are never written."""
+        profile = replace(profile, extra_args=strip_secrets(profile.extra_args))
+        check_profile_args(profile.vllm_args, profile.extra_args, source="profile to save")
+        path = self.path_for(profile)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(profile.to_dict(), sort_keys=False, default_flow_style=False)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._write(path, text)
+        return path
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".yaml")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    def load(path: Path) -> Profile:
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        return Profile.from_dict(data, source=str(path))
+
+    def all(self) -> list[tuple[Path, Profile]]:
+        """Every profile in the store, newest first."""
+        if not self.root.is_dir():
+            return []
+        found = [(p, self.load(p)) for p in sorted(self.root.rglob("*.yaml"))]
+        return sorted(found, key=lambda item: item[1].created, reverse=True)
+
+    def find(
+        self, *, model_name: str, hardware_key: str | None = None, workload: str | None = None
+    ) -> list[tuple[Path, Profile]]:
+        """Profiles for a model (and hardware, workload), newest first."""
+        return [
+            (path, prof)
+            for path, prof in self.all()
+            if prof.model_name == model_name
+            and (hardware_key is None or prof.hardware_key == hardware_key)
+            and (workload is None or prof.workload_signature == workload)
+        ]

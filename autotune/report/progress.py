@@ -1,0 +1,195 @@
+"""Progress of a study: a live display (rich) or plain log lines (``--quiet``), and tables."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from autotune.engine.outcome import Outcome
+from autotune.trial.record import TrialRecord, TrialRow
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+_SHORT = {
+    "gpu_memory_utilization": "util",
+    "kv_cache_memory_bytes": "kv",
+    "max_num_seqs": "seqs",
+    "max_num_batched_tokens": "batched",
+    "max_model_len": "len",
+    "limit_mm_per_prompt": "images",
+}
+
+
+def _value(name: str, value: Any) -> str:
+    if name == "limit_mm_per_prompt" and isinstance(value, str) and value:
+        image = json.loads(value).get("image")
+        if isinstance(image, dict):
+            return f"{image['count']}@{image.get('width')}x{image.get('height')}"
+        return str(image)
+    if name == "kv_cache_memory_bytes" and isinstance(value, int):
+        for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+            if value >= size:
+                return f"{value / size:.4g}{unit}"
+    return str(value)
+
+
+def short_args(args: Mapping[str, Any]) -> str:
+    return " ".join(f"{_SHORT.get(k, k)}={_value(k, v)}" for k, v in args.items())
+
+
+def _result_text(trial: FrozenTrial) -> str:
+    record = TrialRecord.from_attrs(trial.user_attrs)
+    if record.ok:
+        text = f"ok {record.throughput or 0.0:.1f} tok/s"
+        missed = record.missed
+        return text + (f", infeasible: missed {'; '.join(missed)}" if missed else "")
+    outcome = record.outcome or trial.state.name.lower()
+    return f"{outcome}: {record.reason[:120]}"
+
+
+class LiveReporter:
+    """Trial n/N, the candidate, each result, best so far, elapsed and ETA."""
+
+    def __init__(self, *, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[phase]}"),
+            console=self.console,
+            transient=True,
+        )
+        self.task = self.progress.add_task("tuning", total=None, phase="")
+        self.best: float | None = None
+
+    def __enter__(self) -> LiveReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def trial_started(self, *, number: int, launch: int, budget: int, args: dict[str, Any]) -> None:
+        self.progress.update(self.task, total=budget, completed=launch - 1, phase="")
+        best = f" (best {self.best:.1f} tok/s)" if self.best is not None else ""
+        self.progress.update(self.task, description=f"trial {number}{best}")
+        self.console.print(f"[dim]trial {number} ({launch}/{budget}):[/] {short_args(args)}")
+
+    def phase(self, text: str) -> None:
+        self.progress.update(self.task, phase=text)
+
+    def trial_finished(self, trial: FrozenTrial) -> None:
+        record = TrialRecord.from_attrs(trial.user_attrs)
+        if record.ok and record.throughput is not None:
+            self.best = max(self.best or 0.0, record.throughput)
+        self.progress.advance(self.task)
+        style = "green" if record.ok else "yellow"
+        self.console.print(f"  [{style}]{_result_text(trial)}[/]  log: {record.log}")
+
+    def trial_skipped(self, trial: FrozenTrial) -> None:
+        self.console.print(f"[dim]trial {trial.number}: {_result_text(trial)}[/]")
+
+
+class LineReporter:
+    """Plain timestamped lines on stderr, for logs and CI."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def _say(self, text: str) -> None:
+        print(
+            f"[autotune +{time.monotonic() - self.started:6.0f}s] {text}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __enter__(self) -> LineReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def trial_started(self, *, number: int, launch: int, budget: int, args: dict[str, Any]) -> None:
+        self._say(f"trial {number} ({launch}/{budget}): {short_args(args)}")
+
+    def phase(self, text: str) -> None:
+        return None
+
+    def trial_skipped(self, trial: FrozenTrial) -> None:
+        self._say(f"trial {trial.number}: {_result_text(trial)}")
+
+    def trial_finished(self, trial: FrozenTrial) -> None:
+        log = TrialRecord.from_attrs(trial.user_attrs).log
+        self._say(f"trial {trial.number}: {_result_text(trial)} (log: {log})")
+
+
+_NOISE = re.compile(r"^(?:[\w.]+(?:Error|Exception): )+")
+
+
+def _brief(row: TrialRow) -> str:
+    """The gist of a failure for a table cell (the full reason is in ``trials --json``)."""
+    if row.outcome == Outcome.KV_TOO_SMALL.value and row.estimated_max_model_len:
+        return f"KV cache fits max_model_len <= {row.estimated_max_model_len}"
+    return _NOISE.sub("", row.reason)
+
+
+def make_console() -> Console:
+    """stderr; wide enough for the tables when it is a log file rather than a terminal."""
+    console = Console(stderr=True)
+    return console if console.is_terminal else Console(stderr=True, width=200)
+
+
+def trials_table(rows: Sequence[TrialRow], *, best: int | None, title: str) -> Table:
+    """All trials of a study: outcome, arguments, key metrics and why a trial failed."""
+    table = Table(title=title, title_justify="left")
+    names = [n for n in _SHORT if any(n in row.args for row in rows)]
+    for col in (
+        "#",
+        "outcome",
+        *(_SHORT[n] for n in names),
+        "tok/s",
+        "TTFT p95",
+        "KV tokens",
+        "reason",
+    ):
+        if col == "reason":
+            table.add_column(col, overflow="ellipsis", no_wrap=True, max_width=60)
+        else:
+            justify: Literal["left", "right"] = "left" if col == "outcome" else "right"
+            table.add_column(col, justify=justify, no_wrap=True, min_width=len(col))
+
+    def num(value: Any, fmt: str = "{:.1f}") -> str:
+        return "" if value is None else fmt.format(value)
+
+    for row in rows:
+        reason = "" if row.outcome == Outcome.OK.value else _brief(row)
+        table.add_row(
+            f"{row.number}{'*' if row.number == best else ''}",
+            row.outcome,
+            *(_value(name, row.args.get(name, "")) for name in names),
+            num(row.throughput),
+            num(row.ttft_p95_ms),
+            num(row.kv_cache_tokens, "{:,}"),
+            reason,
+        )
+    return table

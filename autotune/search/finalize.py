@@ -1,0 +1,215 @@
+"""After the study: re-measure the best candidates, soak them, and say what the profile saves.
+
+Re-measurements are trials of the study (enqueued with the same parameters), so they count
+against the launch budget and survive a resume. Soak verdicts cannot change a finished trial:
+they are kept in the study's ``soak`` attribute, keyed by the configuration's arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+import optuna
+
+from autotune.load.workload import Workload
+from autotune.search import best
+from autotune.search import ranking as choice
+from autotune.search import study as st
+from autotune.search import study_keys as keys
+from autotune.search.goal import Goal
+from autotune.search.ranking import Candidate
+from autotune.trial.record import attrs
+from autotune.trial.soak import SoakVerdict, run_soak
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How a tune run ends: re-measurement, statistic and soak."""
+
+    repeats: int = 2  # measurements of each finalist (1: no re-measurement)
+    finalists: int = 3
+    statistic: str = "worst"  # "worst" or "median" of the repeats
+    soak: bool = True
+    noise: float = 0.05
+    most_images: bool = False
+
+
+def reserve(finish: Finish, *, trials: int) -> int:
+    """Launches kept from the study for re-measurement (0 when the budget is too small)."""
+    need = finish.finalists * max(finish.repeats - 1, 0)
+    return need if trials - need >= max(finish.finalists, 2) else 0
+
+
+def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budget: int) -> int:
+    """Launch the best candidates again until each has ``repeats`` measurements (one pass),
+    within the launch ``budget`` (``--trials``, the study's launches included)."""
+    study = plan.study
+    left = budget - st.launches(study)
+    if finish.repeats < 2 or left <= 0:
+        return 0
+    cands = best.ranked(study, goal=plan.goal, noise=finish.noise, most_images=finish.most_images)
+    wanted = 0
+    for cand in cands[: finish.finalists]:
+        for _ in range(min(finish.repeats - len(cand.trials), left - wanted)):
+            source = f"re-measure of trial {cand.trials[0].number}"
+            study.enqueue_trial(dict(cand.chosen.params), user_attrs=attrs(source=source))
+            wanted += 1
+    if wanted:
+        log.info(f"re-measuring the {min(len(cands), finish.finalists)} best: {wanted} launches")
+        again = replace(
+            plan, budget=st.launches(study) + wanted, timeout_s=None, patience=0, prune=False
+        )
+        st.run_study(again, reporter=reporter)
+    return wanted
+
+
+def choose(
+    plan: st.StudyPlan,
+    finish: Finish,
+    *,
+    workload: Workload,
+    vocab_size: int | None,
+    reporter: st.Reporter,
+    image_tokens: int | None = None,
+) -> list[Candidate]:
+    """The configurations to save, soaked: the winner (single objective) or the whole Pareto
+    front. Empty when nothing feasible survives."""
+    study, goal = plan.study, plan.goal
+    failed: set[str] = set()
+    for _ in range(64):  # each round drops at least one candidate that failed its soak
+        cands = [
+            c
+            for c in best.ranked(
+                study,
+                goal=goal,
+                noise=finish.noise,
+                statistic=finish.statistic,
+                repeats=finish.repeats,
+                most_images=finish.most_images,
+            )
+            if choice.args_key(c.args) not in failed
+        ]
+        picked = choice.pareto_front(cands) if goal.multi else cands[:1]
+        if not picked or not finish.soak:
+            return picked
+        bad = [
+            c
+            for c in picked
+            if not _soaked(plan, c, (workload, vocab_size, image_tokens), reporter)
+        ]
+        if not bad:
+            return picked
+        failed.update(choice.args_key(c.args) for c in bad)
+    return []
+
+
+def _soaked(
+    plan: st.StudyPlan,
+    cand: Candidate,
+    load: tuple[Workload, int | None, int | None],
+    reporter: st.Reporter,
+) -> bool:
+    workload, vocab_size, image_tokens = load
+    study = plan.study
+    key = choice.args_key(cand.args)
+    record = dict(study.user_attrs.get(keys.SOAK) or {})
+    if key not in record:
+        number = cand.trials[0].number
+        log.info(f"soak: trial {number}'s configuration under its heaviest load")
+        result = run_soak(
+            runner=plan.runner,
+            workload=workload,
+            args=cand.args,
+            vocab_size=vocab_size,
+            image_tokens=image_tokens,
+            log_path=plan.log_dir / f"soak-{number:04d}.log",
+            on_phase=reporter.phase,
+            trial=number,
+        )
+        record[key] = result.to_dict()
+        study.set_user_attr(keys.SOAK, record)
+    verdict = SoakVerdict.from_dict(record[key])
+    if not verdict.passed:
+        log.info(
+            f"soak failed for trial {verdict.trial} ({verdict.outcome}: "
+            f"{verdict.reason}); not saved, trying the next candidate"
+        )
+    return verdict.passed
+
+
+def soak_of(study: optuna.Study, cand: Candidate, *, enabled: bool) -> dict[str, Any]:
+    """The profile's ``soak`` section."""
+    if not enabled:
+        return {"skipped": True, "why": "--no-soak"}
+    record = (study.user_attrs.get(keys.SOAK) or {}).get(choice.args_key(cand.args), {})
+    return {k: v for k, v in record.items() if k != "log"}
+
+
+def memory_of(cand: Candidate, *, soak: dict[str, Any], budget: float | None) -> dict[str, Any]:
+    """The profile's ``memory`` section: the reservation, the measured peak, their sources."""
+    chosen = choice.record_of(cand.chosen)
+    peak = soak.get("peak_memory_gib")
+    if peak is None:
+        peak = chosen.peak_memory_gib
+    return {
+        "reserved_gib": cand.reserved_gib,
+        "reserved_source": chosen.reserved_source,
+        "peak_gib": peak,
+        "peak_source": "NVML" if peak is not None else "unavailable (no NVML)",
+        "budget": budget,
+    }
+
+
+def variants(front: list[Candidate], *, study: optuna.Study, soak: bool) -> list[dict[str, Any]]:
+    """The Pareto front as profile variants, with the picks each one answers."""
+    fastest = max(front, key=lambda c: c.throughput)
+    middle = choice.balanced(front)
+    out = []
+    for c in front:
+        picks = [
+            name
+            for name, hit in (
+                ("memory", c is front[0]),
+                ("throughput", c is fastest),
+                ("balanced", c is middle),
+            )
+            if hit
+        ]
+        soaked = soak_of(study, c, enabled=soak)
+        out.append(
+            {
+                "picks": picks,
+                "trial": c.trials[0].number,
+                "vllm_args": c.args,
+                "metrics": _metrics(c),
+                "memory": memory_of(c, soak=soaked, budget=None),
+                "noise": c.spread(),
+            }
+        )
+    return out
+
+
+def sections(
+    picked: list[Candidate], *, study: optuna.Study, goal: Goal, finish: Finish
+) -> tuple[Candidate, dict[str, Any]]:
+    """The configuration the profile serves by default, and its version-2 sections."""
+    main = choice.balanced(picked) if goal.multi else picked[0]
+    soaked = soak_of(study, main, enabled=finish.soak)
+    out: dict[str, Any] = {
+        "constraints": goal.describe_limits(),
+        "memory": memory_of(main, soak=soaked, budget=goal.memory_budget),
+        "noise": main.spread() | {"statistic": finish.statistic},
+        "soak": soaked,
+    }
+    if goal.multi:
+        out["variants"] = variants(picked, study=study, soak=finish.soak)
+    return main, out
+
+
+def _metrics(cand: Candidate) -> dict[str, Any]:
+    metrics = choice.record_of(cand.chosen).metrics
+    return metrics.to_dict() if metrics is not None else {}

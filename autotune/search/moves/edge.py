@@ -1,0 +1,244 @@
+"""Climb to the memory edge: the best throughput sits at the highest memory setting that still
+starts and survives its load (more KV cache never slows vLLM down; the cliffs above it are
+free-memory, CUDA-graph and under-load failures). A sampler finds the region but wastes launches
+on the last steps of a one-sided cliff, so the study bisects them itself: the best trial's
+configuration, one memory setting between its own and the lowest one known to fail above it.
+
+Pure: no Optuna. ``study.py`` turns trials into ``Tried`` and enqueues what ``next_climb``
+proposes (source ``edge``), so the climb is visible in ``autotune trials``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from autotune.engine.defaults import Value
+from autotune.engine.multimodal import IMAGE_DIM
+from autotune.engine.outcome import Outcome
+from autotune.search.space import MEMORY_DIMS, UTIL_STEP, Dim, SearchSpace
+
+# Failures that a higher memory setting with at least as large batches cannot escape.
+_ABOVE = {
+    Outcome.FREE_MEMORY.value,
+    Outcome.OOM_CUDA_GRAPHS.value,
+    Outcome.CRASH_UNDER_LOAD.value,
+}
+# ... and those the climb treats as a ceiling for every configuration: the free memory is the
+# device's; a crash under load depends on the load as much as on the batch settings.
+_ANYWHERE = {Outcome.FREE_MEMORY.value, Outcome.CRASH_UNDER_LOAD.value}
+LOG_RESOLUTION = 1.125  # a byte-sized memory dimension is bisected down to this ratio
+BATCH_DIMS = ("max_num_seqs", "max_num_batched_tokens")
+SIZES = (*BATCH_DIMS, "max_model_len", IMAGE_DIM)  # more of these needs more memory
+TIE = 0.01  # results this close count as equal when choosing where to move from
+NOISE = 0.05  # a slower result with more memory beyond this share breaks monotonicity
+COMPASS = (2.0, 2.0**0.5, 2.0**0.25, 2.0**0.125)  # local move factors, boldest first
+
+
+@dataclass(frozen=True)
+class Tried:
+    """A trial as the climb sees it: its sampled parameters, how it ended, its value."""
+
+    params: Mapping[str, Value]
+    outcome: str  # Outcome value; a pre-screened candidate: the class it was predicted to hit
+    value: float | None = None
+    estimated_max_model_len: int | None = None  # a KV-too-small failure's own estimate
+    kv_cache_tokens: int | None = None  # "GPU KV cache size: N tokens" of a boot
+    source: str = ""  # who proposed it: "" (the sampler), "fill: …", "local: …", …
+
+
+@dataclass(frozen=True)
+class Climb:
+    params: dict[str, Value]
+    why: str
+
+
+def memory_dim(space: SearchSpace) -> Dim | None:
+    """The tuned memory dimension (utilization on GPUs, KV bytes on CPUs), if any."""
+    return next((d for d in space.tuned if d.name in MEMORY_DIMS), None)
+
+
+def _covers(failed: Mapping[str, Value], best: Mapping[str, Value], *, memory: str) -> bool:
+    """The best configuration needs at least what the failed one needed, memory aside (sizes at
+    least as large; any other setting, such as an opt-in switch, the same)."""
+    return all(
+        best.get(k, v) >= v if k in SIZES else best.get(k, v) == v
+        for k, v in failed.items()
+        if k != memory
+    )
+
+
+def more_memory_helps(
+    tried: Sequence[Tried], *, memory: str, near: Mapping[str, Value] | None = None
+) -> bool:
+    """False once a configuration served slower with more memory (beyond ``NOISE``) than with
+    less: the landscape is not monotone there. ``near``: only that configuration's own batch
+    settings count (the climb tests its own); otherwise any (the lift, which cannot test)."""
+    ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
+    if near is not None:
+        mine = {k: v for k, v in near.items() if k != memory}
+        ok = [t for t in ok if {k: v for k, v in t.params.items() if k != memory} == mine]
+    for a in ok:
+        for b in ok:
+            same = {k: v for k, v in a.params.items() if k != memory} == {
+                k: v for k, v in b.params.items() if k != memory
+            }
+            more = a.params.get(memory, 0) > b.params.get(memory, 0)
+            if same and more and (a.value or 0.0) < (b.value or 0.0) * (1.0 - NOISE):
+                return False
+    return True
+
+
+def best_of(ok: Sequence[Tried], *, memory: str) -> Tried:
+    """The best served trial; among those within ``TIE`` of it, the one with the most memory
+    (equal throughput at more memory: its KV cache has room the batch settings do not use)."""
+    top = max(t.value or 0.0 for t in ok)
+    near = [t for t in ok if (t.value or 0.0) >= top * (1.0 - TIE)]
+    return max(near, key=lambda t: (float(t.params.get(memory, 0)), t.value or 0.0))
+
+
+def _between(dim: Dim, low: Value, high: Value) -> Value | None:
+    """A point strictly between ``low`` (works) and ``high`` (fails), or None if none is left."""
+    if dim.is_float:
+        steps = round((float(high) - float(low)) / UTIL_STEP)
+        if steps <= 1:
+            return None
+        return round(float(low) + (steps // 2) * UTIL_STEP, 2)
+    if high / low <= LOG_RESOLUTION:
+        return None
+    return int(math.sqrt(float(low) * float(high)))
+
+
+def next_climb(
+    *,
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    expected: Callable[[Mapping[str, Value]], float | None] | None = None,
+) -> Climb | None:
+    """The next point on the way to the best configuration's memory edge, or None when the
+    edge is known to the dimension's resolution (or there is nothing to climb). ``expected``:
+    the memory model's guess of the edge for a configuration; the climb aims there first and
+    bisects when the guess is outside what the launches left open."""
+    dim = memory_dim(space)
+    ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
+    if dim is None or not ok:
+        return None
+    best = best_of(ok, memory=dim.name)
+    if not more_memory_helps(tried, memory=dim.name, near=best.params):
+        return None
+    here = best.params.get(dim.name)
+    if here is None or here >= dim.high:
+        return None
+    fails = [
+        t.params[dim.name]
+        for t in tried
+        if t.outcome in _ABOVE
+        and dim.name in t.params
+        and t.params[dim.name] > here
+        and (t.outcome in _ANYWHERE or _covers(t.params, best.params, memory=dim.name))
+    ]
+    ceiling: Value = min(fails, default=None) or _beyond(dim)
+    target = _between(dim, here, ceiling)
+    if target is None:
+        return None
+    guess = expected(best.params) if expected is not None and dim.is_float else None
+    if guess is not None:
+        aim = util_floor(guess)
+        target = round(min(max(aim, float(here) + UTIL_STEP), float(ceiling) - UTIL_STEP), 2)
+    target = min(target, dim.high)
+    params = dict(best.params) | {dim.name: target}
+    if any(dict(t.params) == params for t in tried):
+        return None  # already tried (or pre-screened): the sampler takes over
+    above = f"{ceiling} fails" if fails else f"up to {dim.high}"
+    return Climb(params=params, why=f"edge: {dim.name} {here} works, {above}")
+
+
+def _beyond(dim: Dim) -> Value:
+    """One resolution step above the range: the top of the range itself is a candidate."""
+    if dim.is_float:
+        return round(float(dim.high) + UTIL_STEP, 2)
+    return int(float(dim.high) * LOG_RESOLUTION) + 1
+
+
+def lift(
+    *, space: SearchSpace, tried: Sequence[Tried], params: Mapping[str, Value]
+) -> dict[str, Value]:
+    """``params`` with the memory setting raised to the highest one a configuration needing at
+    least as much (memory aside) has served at: known to work, and never slower."""
+    dim = memory_dim(space)
+    out = dict(params)
+    if dim is None or dim.name not in out or not more_memory_helps(tried, memory=dim.name):
+        return out
+    served = [
+        t.params[dim.name]
+        for t in tried
+        if t.outcome == Outcome.OK.value
+        and dim.name in t.params
+        and _covers(params, t.params, memory=dim.name)
+    ]
+    if served and max(served) > out[dim.name]:
+        out[dim.name] = max(served)
+    return out
+
+
+def local_move(
+    *,
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    rng: random.Random,
+    expected: Callable[[Mapping[str, Value]], float | None] | None = None,
+) -> Climb | None:
+    """A compass search on the best configuration's batch settings (memory kept): multiply or
+    divide one of them by the largest factor whose neighbours are not all tried yet. The
+    sampler finds the region; these moves refine the batch settings at the edge."""
+    ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
+    dims = [d for d in space.tuned if d.name in BATCH_DIMS]
+    if not ok or not dims:
+        return None
+    best = best_of(ok, memory=getattr(memory_dim(space), "name", ""))
+    seen = [dict(t.params) for t in tried]
+    for factor in COMPASS:
+        moves = []
+        for d in dims:
+            x = best.params.get(d.name)
+            for scale in (factor, 1.0 / factor):
+                if x is None or (y := d.clamp(round(float(x) * scale))) == x:
+                    continue
+                params = fit_memory(space, batch_valid(dict(best.params) | {d.name: y}), expected)
+                if params not in seen and params != dict(best.params):
+                    way = "up" if y > x else "down"
+                    moves.append(Climb(params=params, why=f"local: {d.name} {way} {x} -> {y}"))
+        up = [m for m in moves if " up " in m.why]
+        if up or moves:  # larger batches first: throughput grows with them until memory binds
+            return rng.choice(up or moves)
+    return None
+
+
+def fit_memory(
+    space: SearchSpace,
+    params: dict[str, Value],
+    expected: Callable[[Mapping[str, Value]], float | None] | None,
+) -> dict[str, Value]:
+    """Larger batches need more CUDA-graph and activation memory: a utilization above the
+    model's guess of the edge for ``params`` comes down to it (never up: the climb does that)."""
+    dim = memory_dim(space)
+    if dim is None or not dim.is_float or expected is None or dim.name not in params:
+        return params
+    guess = expected(params)
+    if guess is not None and util_floor(guess) < float(params[dim.name]):
+        params[dim.name] = max(util_floor(guess), float(dim.low))
+    return params
+
+
+def batch_valid(params: dict[str, Value]) -> dict[str, Value]:
+    if "max_num_seqs" in params and "max_num_batched_tokens" in params:
+        params["max_num_batched_tokens"] = max(
+            params["max_num_batched_tokens"], params["max_num_seqs"]
+        )
+    return params
+
+
+def util_floor(value: float) -> float:
+    return round(math.floor(round(value / UTIL_STEP, 6)) * UTIL_STEP, 2)

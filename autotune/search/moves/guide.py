@@ -1,0 +1,149 @@
+"""The study's own moves next to the sampler's (see ``autotune.search.moves.edge``): before the
+sampler is asked, enqueue a climb to the best configuration's memory edge or a local move around
+it; after it proposes, lift its memory setting to what a configuration needing at least as much
+has served at. Only for objectives that more memory never hurts (throughput, goodput).
+
+The lifted candidate is what runs (``vllm_args``, and ``params`` in the trial's user
+attributes); Optuna keeps the sampler's own proposal as the trial's parameters, so the sampler
+sees a fixed function of its inputs."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from autotune.engine.defaults import Value
+from autotune.engine.outcome import Outcome
+from autotune.load.workload import Request
+from autotune.search.moves import edge, kv_fit
+from autotune.search.space import SearchSpace
+from autotune.trial.record import TrialRecord, attrs
+
+CLIMBING = ("throughput", "goodput")
+LOCAL_SHARE = 0.5  # once the edge is known, this share of the asks is a local move
+
+
+def tried(study: optuna.Study) -> list[edge.Tried]:
+    """Finished trials as the climb sees them (pre-screened ones as the class they would hit)."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        record = TrialRecord.from_attrs(t.user_attrs)
+        outcome = record.outcome or ""
+        if outcome == Outcome.SKIPPED.value:
+            outcome = record.reason.split(":")[0].removeprefix("predicted ")
+        elif outcome == Outcome.OK.value and any(v > 0 for v in t.constraints.values()):
+            outcome = "missed constraints"
+        value = t.values[0] if t.values else None
+        out.append(
+            edge.Tried(
+                record.params or t.params,
+                outcome,
+                value,
+                record.estimated_max_model_len or None,
+                record.startup.kv_cache_tokens or None,
+                record.source,
+            )
+        )
+    return out
+
+
+class Guide:
+    """Climb, local moves and lift for one study (one per worker; no state in the storage)."""
+
+    def __init__(
+        self,
+        *,
+        space: SearchSpace,
+        seed: int | None,
+        expected: Callable[[Mapping[str, object]], float | None] | None = None,
+        load: Load | None = None,
+        kv_tokens: Callable[[Mapping[str, object]], int | None] | None = None,
+    ) -> None:
+        self.space, self.expected, self.load = space, expected, load
+        self.kv_tokens = kv_tokens
+        self.rng = random.Random(seed)
+
+    def before_ask(self, study: optuna.Study) -> None:
+        """Enqueue the next climb or local move, unless a candidate is already waiting."""
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return
+        seen = tried(study)
+        expected = self.expected
+        guess = None if expected is None else (lambda p: expected(self.space.args(p)))
+        move = edge.next_climb(space=self.space, tried=seen, expected=guess)
+        if move is None:
+            move = kv_fit.repair(space=self.space, tried=seen, expected=guess)
+        if move is None and self.load is not None:
+            move = kv_fit.fill(
+                space=self.space,
+                tried=seen,
+                request_tokens=self.load.request_tokens,
+                most=self.load.in_flight,
+                expected=guess,
+                capacity=self._capacity,
+            )
+        if move is None and self.rng.random() < LOCAL_SHARE:
+            move = edge.local_move(space=self.space, tried=seen, rng=self.rng, expected=guess)
+        if move is not None:
+            study.enqueue_trial(move.params, user_attrs=attrs(source=move.why), skip_if_exists=True)
+
+    def _capacity(self, params: Mapping[str, Value]) -> int | None:
+        return None if self.kv_tokens is None else self.kv_tokens(self.space.args(params))
+
+    def lift(self, study: optuna.Study, params: Mapping[str, Value]) -> dict[str, Value]:
+        return edge.lift(space=self.space, tried=tried(study), params=params)
+
+
+@dataclass(frozen=True)
+class Load:
+    """The benchmark's requests as the fill move sees them."""
+
+    request_tokens: int  # mean prompt + output tokens of a request
+    in_flight: int  # requests in flight at most (the prompts, or --concurrency)
+
+    @classmethod
+    def of(cls, requests: Sequence[Request], *, concurrency: int | None, image_tokens: int) -> Load:
+        """Token counts of text prompts and chat messages are estimated (4 characters a
+        token); an image counts ``image_tokens``."""
+        total = 0
+        for r in requests:
+            total += r.max_tokens
+            if isinstance(r.prompt, list):
+                total += len(r.prompt)
+            elif isinstance(r.prompt, str):
+                total += len(r.prompt) // 4
+            for m in r.messages or ():
+                total += _message_tokens(m.get("content"), image_tokens=image_tokens)
+        n = max(len(requests), 1)
+        return cls(request_tokens=max(total // n, 1), in_flight=min(n, concurrency or n))
+
+
+def _message_tokens(content: object, *, image_tokens: int) -> int:
+    if isinstance(content, str):
+        return len(content) // 4
+    parts = content if isinstance(content, list) else []
+    return sum(
+        image_tokens if p.get("type") == "image_url" else len(str(p.get("text", ""))) // 4
+        for p in parts
+        if isinstance(p, dict)
+    )
+
+
+def for_goal(
+    *,
+    kind: str,
+    space: SearchSpace,
+    seed: int | None,
+    knowledge: object | None,
+    load: Load | None = None,
+) -> Guide | None:
+    """The guide of a study with this objective (None: the sampler alone)."""
+    if kind not in CLIMBING:
+        return None
+    expected = getattr(knowledge, "memory_edge", None)
+    kv_tokens = getattr(knowledge, "predict_kv_tokens", None)
+    return Guide(space=space, seed=seed, expected=expected, load=load, kv_tokens=kv_tokens)

@@ -1,0 +1,131 @@
+"""Moves that fit a configuration to its KV cache (see ``autotune.search.moves.edge``): ``repair`` a
+KV-too-small failure at the length that fits, and ``fill`` ``max_num_seqs`` with the requests
+the KV cache holds. Pure: no Optuna."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from autotune.engine.defaults import Value
+from autotune.engine.outcome import Outcome
+from autotune.search.moves.edge import (
+    COMPASS,
+    NOISE,
+    Climb,
+    Tried,
+    batch_valid,
+    fit_memory,
+    memory_dim,
+    util_floor,
+)
+from autotune.search.space import SearchSpace
+
+DEFAULT_UTIL = 0.9  # vLLM's gpu_memory_utilization default
+
+
+def fill(
+    *,
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    request_tokens: int,
+    most: int,
+    expected: Callable[[Mapping[str, Value]], float | None] | None = None,
+    capacity: Callable[[Mapping[str, Value]], int | None] | None = None,
+) -> Climb | None:
+    """``max_num_seqs`` of a configuration near the best (within ``NOISE``, best first) set to
+    the requests its KV cache holds (vLLM's "Maximum concurrency"), at most ``most`` (the
+    requests in flight): fewer leave KV cache idle, more only queue or preempt. The utilization
+    comes down to the model's edge for the larger batches (``expected``), and
+    ``max_model_len`` to the KV tokens the model predicts for them (``capacity``), so the move
+    can start. Once per configuration."""
+    if "max_num_seqs" not in space or space["max_num_seqs"].fixed or request_tokens <= 0:
+        return None
+    ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
+    if not ok:
+        return None
+    top = max(t.value or 0.0 for t in ok)
+    near = sorted(
+        (t for t in ok if (t.value or 0.0) >= top * (1.0 - NOISE)),
+        key=lambda t: -(t.value or 0.0),
+    )
+    seen = [dict(t.params) for t in tried]
+    for t in near:
+        move = _fill_one(space, t, request_tokens, most, expected, capacity)
+        if move is not None and move.params not in seen:
+            return move
+    return None
+
+
+def _fill_one(
+    space: SearchSpace,
+    best: Tried,
+    request_tokens: int,
+    most: int,
+    expected: Callable[[Mapping[str, Value]], float | None] | None,
+    capacity: Callable[[Mapping[str, Value]], int | None] | None,
+) -> Climb | None:
+    seqs = best.params.get("max_num_seqs")
+    if best.kv_cache_tokens is None or seqs is None:
+        return None
+    dim = space["max_num_seqs"]
+
+    def at(target: Value) -> dict[str, Value]:
+        params = batch_valid(dict(best.params) | {"max_num_seqs": target})
+        return fit_memory(space, params, expected)
+
+    target = dim.clamp(min(best.kv_cache_tokens // request_tokens, most))
+    params = at(target)
+    tokens = capacity(params) if capacity is not None else None
+    if tokens:  # the KV cache at the new settings: one refinement
+        target = dim.clamp(min(tokens // request_tokens, most))
+        params = at(target)
+        tokens = capacity(params) if capacity is not None else None
+    if max(target, seqs) / max(min(target, seqs), 1) <= COMPASS[-1]:
+        return None  # already there, to the compass's finest step
+    if tokens and "max_model_len" in space and not space["max_model_len"].fixed:
+        low = int(space["max_model_len"].low)
+        params["max_model_len"] = min(int(params["max_model_len"]), max(low, tokens // 16 * 16))
+    why = f"fill: max_num_seqs {seqs} -> {target} ({best.kv_cache_tokens} KV tokens)"
+    return Climb(params=params, why=why)
+
+
+def repair(
+    *,
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    expected: Callable[[Mapping[str, Value]], float | None] | None = None,
+) -> Climb | None:
+    """A KV-too-small failure again, with ``max_model_len`` at the length vLLM estimated would
+    fit; when the range starts above that length, at the range's low end with the memory
+    setting raised to the model's guess of the edge (``expected``; before a boot has logged
+    it, vLLM's default). Before anything has served, any such failure; afterwards, the last
+    launch when it was a fill or local move (larger batches than the best: worth a length)."""
+    if "max_model_len" not in space or space["max_model_len"].fixed:
+        return None
+    dim, memory = space["max_model_len"], memory_dim(space)
+    seen = [dict(t.params) for t in tried]
+    candidates = list(reversed(tried))
+    if any(t.outcome == Outcome.OK.value for t in tried):
+        last = [t for t in tried if t.outcome != Outcome.SKIPPED.value][-1:]
+        candidates = [t for t in last if t.source.startswith(("fill", "local"))]
+    for t in candidates:
+        est = t.estimated_max_model_len
+        if t.outcome != Outcome.KV_TOO_SMALL.value or not est or "max_model_len" not in t.params:
+            continue
+        length = min(max(int(est) // 16 * 16, int(dim.low)), int(dim.high))
+        if length >= int(t.params["max_model_len"]):
+            continue
+        params = dict(t.params) | {"max_model_len": length}
+        why = f"repair: max_model_len {length} (vLLM's estimate)"
+        if length > int(est) and memory is not None and memory.is_float:
+            guess = expected(params) if expected is not None else None
+            whose = "vLLM's default" if guess is None else "the guessed edge"
+            guess = DEFAULT_UTIL if guess is None else guess
+            here = float(params.get(memory.name, memory.low))
+            if guess <= here:
+                continue
+            params[memory.name] = round(min(util_floor(guess), float(memory.high)), 2)
+            why = f"repair: max_model_len {length}, {memory.name} {params[memory.name]} ({whose})"
+        if params not in seen:
+            return Climb(params=params, why=why)
+    return None

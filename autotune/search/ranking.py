@@ -1,0 +1,187 @@
+"""Choosing among measured configurations: repeats grouped, a conservative statistic, the noise
+band, and the Pareto front. Works on finished trials; asks Optuna nothing."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from autotune.engine.multimodal import image_count
+from autotune.engine.outcome import Outcome
+from autotune.search.goal import Goal
+from autotune.trial.record import NO_RESULT, TrialRecord
+
+USABLE_SHARE = 0.5  # --images max: "usable" is at least this share of the best throughput
+STATISTICS = ("worst", "median")
+
+
+class Finished(Protocol):
+    """What choosing reads of a finished trial (``optuna.trial.FrozenTrial``)."""
+
+    number: int
+
+    @property
+    def values(self) -> list[float] | None: ...
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+    @property
+    def user_attrs(self) -> dict[str, Any]: ...
+
+    @property
+    def constraints(self) -> dict[str, float]: ...
+
+
+def args_key(args: Any) -> str:
+    return json.dumps(args, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration and every measurement of it."""
+
+    trials: tuple[Finished, ...]  # its launched trials, oldest first
+    feasible: bool  # every measurement served and met the limits
+    value: float  # the conservative statistic of the primary objective
+    chosen: Finished  # the measurement that statistic came from
+    throughput: float  # conservative output tok/s (the Pareto front's first axis)
+    reserved_gib: float
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return dict(record_of(self.chosen).vllm_args)
+
+    @property
+    def measured(self) -> list[float]:
+        return [_throughput(t) for t in self.trials]
+
+    def spread(self) -> dict[str, Any]:
+        """The repeats of this configuration, for the profile."""
+        values = self.measured
+        mid = statistics.median(values)
+        return {
+            "repeats": len(values),
+            "output_throughput": [round(v, 2) for v in values],
+            "spread": round((max(values) - min(values)) / mid, 4) if mid else 0.0,
+            "trials": [t.number for t in self.trials],
+        }
+
+
+def _throughput(t: Finished) -> float:
+    return record_of(t).throughput or 0.0
+
+
+def _pick(items: Sequence[Finished], key: Any, *, statistic: str, worst_first: bool) -> Finished:
+    """The measurement of the conservative statistic (an actual run, never an average)."""
+    ordered = sorted(items, key=key, reverse=not worst_first)  # worst first
+    return ordered[0] if statistic == "worst" else ordered[(len(ordered) - 1) // 2]
+
+
+def candidates(trials: Iterable[Finished], *, goal: Goal, statistic: str) -> list[Candidate]:
+    """Launched trials grouped by their arguments; a group is feasible only if every run was."""
+    groups: dict[str, list[Finished]] = {}
+    for t in trials:
+        record = record_of(t)
+        if not record.launched or record.outcome in (None, *NO_RESULT):
+            continue
+        if record.outcome == Outcome.HARNESS_ERROR.value:
+            continue
+        groups.setdefault(args_key(record.vllm_args), []).append(t)
+    out = []
+    maximize = goal.directions[0] == "maximize"
+    for runs in groups.values():
+        ok = all(
+            record_of(t).ok and t.values is not None and all(v <= 0 for v in t.constraints.values())
+            for t in runs
+        )
+        if not ok:
+            out.append(Candidate(tuple(runs), False, 0.0, runs[-1], 0.0, 0.0))
+            continue
+
+        def primary(t: Finished) -> float:
+            return float((t.values or [0.0])[0])
+
+        chosen = _pick(runs, primary, statistic=statistic, worst_first=maximize)
+        slow = _pick(runs, _throughput, statistic=statistic, worst_first=True)
+        reserved = max(record_of(t).reserved_gib or 0.0 for t in runs)
+        out.append(
+            Candidate(tuple(runs), True, primary(chosen), chosen, _throughput(slow), reserved)
+        )
+    return out
+
+
+def rank(
+    cands: Sequence[Candidate], *, goal: Goal, noise: float, repeats: int = 1, most_images: bool
+) -> list[Candidate]:
+    """Feasible candidates, best first. Fully re-measured ones (``repeats`` runs) come before the
+    rest. Within ``noise`` of the best value the longest ``max_model_len`` wins."""
+    feasible = [c for c in cands if c.feasible]
+    full = [c for c in feasible if len(c.trials) >= repeats]
+    rest = [c for c in feasible if len(c.trials) < repeats]
+    return _rank(full, goal, noise, most_images) + _rank(rest, goal, noise, most_images)
+
+
+def _rank(cands: list[Candidate], goal: Goal, noise: float, most_images: bool) -> list[Candidate]:
+    if not cands:
+        return []
+    if goal.multi:
+        return pareto_front(cands) + [c for c in cands if c not in pareto_front(cands)]
+    maximize = goal.directions[0] == "maximize"
+    sign = 1.0 if maximize else -1.0
+    top = max(sign * c.value for c in cands)
+    if most_images:
+        usable = [c for c in cands if c.value >= USABLE_SHARE * top]
+        first = sorted(usable, key=lambda c: (image_count(c.args) or 0, c.value), reverse=True)
+        return first + sorted((c for c in cands if c not in first), key=lambda c: -c.value)
+
+    def length(c: Candidate) -> int:
+        return int(c.args.get("max_model_len", 0))
+
+    near = [c for c in cands if sign * c.value >= top - abs(top) * noise]
+    first = sorted(near, key=lambda c: (length(c), sign * c.value), reverse=True)
+    return first + sorted((c for c in cands if c not in near), key=lambda c: -sign * c.value)
+
+
+def pareto_front(cands: Sequence[Candidate]) -> list[Candidate]:
+    """Feasible candidates no other beats on both throughput (higher) and reservation (lower),
+    smallest reservation first; equal points keep the first."""
+    front: list[Candidate] = []
+    for c in cands:
+        if not c.feasible:
+            continue
+        dominated = any(
+            o.throughput >= c.throughput
+            and o.reserved_gib <= c.reserved_gib
+            and (o.throughput > c.throughput or o.reserved_gib < c.reserved_gib)
+            for o in cands
+            if o.feasible and o is not c
+        )
+        same = any((f.throughput, f.reserved_gib) == (c.throughput, c.reserved_gib) for f in front)
+        if not dominated and not same:
+            front.append(c)
+    return sorted(front, key=lambda c: (c.reserved_gib, -c.throughput))
+
+
+def balanced(front: Sequence[Candidate]) -> Candidate:
+    """The front's point nearest the ideal (best throughput at the least memory), each axis
+    scaled to the front's range."""
+    tputs = [c.throughput for c in front]
+    mems = [c.reserved_gib for c in front]
+    t_span = (max(tputs) - min(tputs)) or 1.0
+    m_span = (max(mems) - min(mems)) or 1.0
+
+    def distance(c: Candidate) -> float:
+        dt = (max(tputs) - c.throughput) / t_span
+        dm = (c.reserved_gib - min(mems)) / m_span
+        return float(dt * dt + dm * dm)
+
+    return min(front, key=distance)
+
+
+def record_of(t: Finished) -> TrialRecord:
+    """A finished trial's record."""
+    return TrialRecord.from_attrs(t.user_attrs)

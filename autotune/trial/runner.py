@@ -1,0 +1,286 @@
+"""One trial: candidate arguments → launch → benchmark → classified result.
+
+No Optuna here: ``study.py`` turns a ``TrialResult`` into ``tell``. That keeps this module usable
+for one-off measurements (``profiles verify`` later) and testable without a study.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from autotune.engine import launcher
+from autotune.engine.launcher import ArgValue, Ready
+from autotune.engine.outcome import (
+    Classified,
+    Outcome,
+    StartupInfo,
+    classify_runtime,
+    parse_startup,
+)
+from autotune.engine.probes import PeakMemory, preemptions
+from autotune.errors import StudyStopped
+from autotune.load import client as loadgen
+from autotune.load.metrics import Metrics, RequestRecord, goodput
+from autotune.load.workload import Request
+from autotune.trial.record import TrialRecord
+
+MAX_FAILED_SHARE = 0.1  # more failed requests than this makes a configuration unusable
+EXIT_GRACE_S = 3.0  # after a cut-off benchmark: how long the engine may take to exit
+REPORT_STEPS = 10  # intermediate values per benchmark (for a pruner)
+PRUNED = "pruned"
+# step, {"throughput": .., "goodput": ..} so far → True to stop the benchmark (pruned)
+Report = Callable[[int, Mapping[str, float]], bool]
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """Everything a trial learned; what Optuna is told is derived from it."""
+
+    outcome: Outcome
+    reason: str
+    args: dict[str, ArgValue]
+    log_path: Path
+    metrics: Metrics | None = None
+    startup: StartupInfo = field(default_factory=StartupInfo)
+    estimated_max_model_len: int | None = None
+    vllm_version: str | None = None
+    startup_s: float | None = None
+    errors: tuple[str, ...] = ()
+    memory_released: bool = True
+    goodput: float | None = None  # requests/s meeting the SLOs (when SLOs are given)
+    preemptions: int | None = None  # vllm:num_preemptions_total during the benchmark
+    peak_memory_gib: float | None = None  # GPU memory in use at its peak (NVML), else None
+
+    @property
+    def throughput(self) -> float:
+        return self.metrics.output_throughput if self.metrics else 0.0
+
+    def record(self) -> TrialRecord:
+        """What the study stores of this result (its user attributes)."""
+        return TrialRecord(
+            launched=True,
+            outcome=self.outcome.value,
+            reason=self.reason,
+            vllm_args=dict(self.args),
+            log=str(self.log_path),
+            metrics=self.metrics,
+            startup=self.startup,
+            estimated_max_model_len=self.estimated_max_model_len,
+            vllm_version=self.vllm_version,
+            startup_s=round(self.startup_s, 2) if self.startup_s is not None else None,
+            errors=self.errors,
+            goodput=self.goodput,
+            preemptions=self.preemptions,
+            peak_memory_gib=self.peak_memory_gib,
+        )
+
+
+@dataclass(frozen=True)
+class TrialRunner:
+    """Runs candidates of one study: same command, model, requests and deadlines for all."""
+
+    command: Sequence[str]
+    model: str
+    requests: Sequence[Request]
+    extra_args: Sequence[str] = ()
+    fixed_by_user: frozenset[str] = frozenset()
+    startup_timeout_s: float = 900.0
+    bench_timeout_s: float = 1800.0
+    env: Mapping[str, str] | None = None
+    max_concurrency: int | None = None  # --concurrency: at most this many requests in flight
+    request_rate: float | None = None  # --request-rate: Poisson arrivals per second
+    warmup: Sequence[Request] = ()  # sent first, not measured
+    slos: Mapping[str, float] = field(default_factory=dict)  # metric key → limit, for goodput
+    report: Report | None = None  # this trial's pruner: intermediate values (never the warm-up)
+
+    def run(
+        self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
+    ) -> TrialResult:
+        """Launch and measure one candidate. Raises ``StudyStopped`` on the user's own errors."""
+        args = dict(args)
+        on_phase("starting engine")
+        with self._launch(args, log_path) as (engine, ready):
+            result = self._measure(engine, ready, args, log_path, on_phase)
+        if not engine.memory_released:  # NVML still shows the dead engine's memory
+            result = replace(
+                result,
+                outcome=Outcome.HARNESS_ERROR,
+                reason="GPU memory not released after the engine stopped; " + result.reason,
+                memory_released=False,
+            )
+        return result
+
+    def _launch(
+        self, args: dict[str, ArgValue], log_path: Path
+    ) -> AbstractContextManager[tuple[launcher.Engine, Ready | Classified]]:
+        return launcher.launch(
+            command=self.command,
+            model=self.model,
+            args=args,
+            extra=self.extra_args,
+            log_path=log_path,
+            startup_timeout_s=self.startup_timeout_s,
+            env=self.env,
+        )
+
+    def _measure(
+        self,
+        engine: launcher.Engine,
+        ready: Ready | Classified,
+        args: dict[str, ArgValue],
+        log_path: Path,
+        on_phase: Callable[[str], None],
+    ) -> TrialResult:
+        if isinstance(ready, Classified):
+            self._stop_on_user_error(ready)
+            startup = parse_startup(engine.log_text())
+            return TrialResult(
+                outcome=ready.outcome,
+                reason=ready.reason,
+                args=args,
+                log_path=log_path,
+                startup=startup,
+                estimated_max_model_len=ready.estimated_max_model_len,
+                vllm_version=startup.vllm_version,
+            )
+        if self.warmup:
+            on_phase(f"warm-up: {len(self.warmup)} requests")
+            self._bench(engine, ready, on_phase, requests=self.warmup)
+        on_phase(f"benchmark: {len(self.requests)} requests")
+        before = preemptions(ready.base_url)
+        with PeakMemory() as peak:
+            result = self._bench(
+                engine, ready, on_phase, requests=self.requests, report=self.report
+            )
+        after = preemptions(ready.base_url) if engine.exited() is None else None
+        startup = parse_startup(engine.log_text())
+        bench_outcome = self._judge(result, engine)
+        return TrialResult(
+            outcome=bench_outcome.outcome,
+            reason=bench_outcome.reason,
+            args=args,
+            log_path=log_path,
+            metrics=result.metrics,
+            startup=startup,
+            vllm_version=ready.version or startup.vllm_version,
+            startup_s=ready.startup_s,
+            errors=result.errors,
+            goodput=goodput(result.records, duration_s=result.metrics.duration_s, slos=self.slos)
+            if self.slos
+            else None,
+            preemptions=None if before is None or after is None else after - before,
+            peak_memory_gib=peak.peak_gib,
+        )
+
+    def _bench(
+        self,
+        engine: launcher.Engine,
+        ready: Ready,
+        on_phase: Callable[[str], None],
+        *,
+        requests: Sequence[Request],
+        report: Report | None = None,
+    ) -> loadgen.BenchResult:
+        pruned: list[str] = []
+
+        def died() -> str | None:
+            rc = engine.exited()
+            return (
+                pruned[0] if pruned else (None if rc is None else f"engine exited with code {rc}")
+            )
+
+        total = len(requests)
+        last = [0.0]
+
+        def progress(done: int, _total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] > 0.5 or done == total:
+                last[0] = now
+                on_phase(f"benchmark: {done}/{total} requests")
+
+        return loadgen.run(
+            base_url=ready.base_url,
+            model=ready.served_model,
+            requests=requests,
+            max_concurrency=self.max_concurrency,
+            request_rate=self.request_rate,
+            timeout_s=self.bench_timeout_s,
+            should_abort=died,
+            on_progress=progress,
+            on_record=None if report is None else self._reporter(total, report, pruned),
+        )
+
+    def _reporter(
+        self, total: int, report: Report, pruned: list[str]
+    ) -> Callable[[RequestRecord], None]:
+        """Every ``total / REPORT_STEPS`` finished requests: the running throughput and goodput."""
+        done: list[RequestRecord] = []
+        every = max(1, total // REPORT_STEPS)
+
+        def on_record(record: RequestRecord) -> None:
+            done.append(record)
+            if pruned or len(done) % every or len(done) >= total:
+                return
+            first = min(r.start for r in done)
+            elapsed = max(r.start + r.e2e_s for r in done) - first
+            if elapsed <= 0:
+                return
+            tokens = sum(r.output_tokens for r in done if r.ok)
+            values = {"throughput": tokens / elapsed}
+            if self.slos:
+                values["goodput"] = goodput(done, duration_s=elapsed, slos=self.slos)
+            if report(len(done) // every, values):
+                pruned.append(PRUNED)
+
+        return on_record
+
+    def _judge(self, result: loadgen.BenchResult, engine: launcher.Engine) -> Classified:
+        if result.aborted and result.aborted != PRUNED:  # a dying engine may still be exiting
+            deadline = time.monotonic() + EXIT_GRACE_S
+            while engine.exited() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+        if engine.exited() is not None:
+            time.sleep(0.1)
+            return classify_runtime(engine.log_text())
+        if result.aborted == PRUNED:
+            return Classified(Outcome.PRUNED, "pruned: clearly below the median mid-benchmark")
+        if result.aborted:
+            return Classified(Outcome.HARNESS_ERROR, f"benchmark aborted: {result.aborted}")
+        m = result.metrics
+        sent = m.completed + m.failed
+        limit = next((e for e in result.errors if _TOO_MANY_IMAGES.search(e)), None)
+        if limit is not None:  # a 400 from vLLM: the configuration misses the requirement
+            return Classified(Outcome.IMAGE_LIMIT, f"{m.failed}/{sent} requests refused: {limit}")
+        if sent and m.failed / sent > MAX_FAILED_SHARE:
+            first = result.errors[0] if result.errors else "no message"
+            return Classified(Outcome.REQUEST_ERRORS, f"{m.failed}/{sent} requests failed: {first}")
+        return Classified(Outcome.OK, f"{m.output_throughput:.1f} output tok/s")
+
+    def _stop_on_user_error(self, failure: Classified) -> None:
+        """Model-not-found, and an invalid configuration that the user caused, end the study."""
+        if failure.outcome is Outcome.MODEL_NOT_FOUND:
+            raise StudyStopped(f"the engine cannot find model {self.model}: {failure.reason}")
+        if failure.outcome is not Outcome.INVALID_CONFIG:
+            return
+        if _blames_tuned_dimension(failure.reason, self.fixed_by_user):
+            return  # a candidate autotune made invalid: a harness error, the study goes on
+        raise StudyStopped(f"the engine rejected the settings: {failure.reason}")
+
+
+_TOO_MANY_IMAGES = re.compile(r"At most \d+ \w+\(s\) may be provided in one prompt")
+_TUNED_NAMES = re.compile(
+    r"gpu[_-]memory[_-]utilization|kv[_-]cache[_-]memory[_-]bytes|max[_-]num[_-]seqs|"
+    r"max[_-]num[_-]batched[_-]tokens|max[_-]model[_-]len|limit[_-]mm[_-]per[_-]prompt"
+)
+
+
+def _blames_tuned_dimension(reason: str, fixed_by_user: frozenset[str]) -> bool:
+    if "unrecognized arguments" in reason:
+        return False
+    names = {m.group(0).replace("-", "_") for m in _TUNED_NAMES.finditer(reason)}
+    return bool(names) and not names <= fixed_by_user
