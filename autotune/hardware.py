@@ -9,11 +9,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 from autotune import gpu_dir
 from autotune.errors import UserError
 from autotune.gpu_dir import ENV_FAKE_GPU_DIR
+
+Backend = Literal["gpu", "cpu"]  # the vLLM backend an engine runs on
+Device = Literal["auto", "gpu", "cpu"]  # --device: "auto" asks the vLLM to launch
 
 ENV_GPU = "AUTOTUNE_GPU"
 _GPU_SPEC = re.compile(r"^(?P<name>.+):(?P<mem>\d+(?:\.\d+)?)(?:x(?P<count>\d+))?$")
@@ -28,7 +31,7 @@ class Hardware:
     count: int = 1
     driver: str | None = None
     source: str = "nvml"  # "nvml", "flag", "env" or "cpu"
-    device: str = "gpu"  # "gpu" or "cpu" (vLLM's CPU backend)
+    device: Backend = "gpu"  # vLLM's CUDA backend, or its CPU backend
     cores: int | None = None
 
     @property
@@ -156,17 +159,19 @@ def detect_cpu() -> Hardware:
     )
 
 
-def choose_device(*, device: str, gpu: str | None, engine_version: str | None) -> str:
+def choose_device(*, device: str, gpu: str | None, engine_version: str | None) -> Backend:
     """``--device auto``: a CPU build of vLLM (version ``...+cpu``) means the CPU backend, unless
     a GPU was given explicitly."""
+    if device not in get_args(Device):
+        raise UserError(f"--device {device}: choose one of {', '.join(get_args(Device))}")
     if device != "auto":
-        return device
+        return cast(Backend, device)
     if gpu or os.environ.get(ENV_GPU):
         return "gpu"
     return "cpu" if engine_version and engine_version.endswith("+cpu") else "gpu"
 
 
-def resolve_hardware(*, gpu: str | None = None, device: str = "gpu") -> Hardware:
+def resolve_hardware(*, gpu: str | None = None, device: Backend = "gpu") -> Hardware:
     """``--device cpu`` → this CPU; else ``--gpu``, then ``AUTOTUNE_GPU``, then NVML; with none
     of them it is an error."""
     if device == "cpu":

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError
 
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "fp8": 1}
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}  # checkpoint dtypes vLLM runs
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,9 @@ class ModelSpec:
         if None in (self.num_layers, self.num_kv_heads, self.head_dim):
             return None
         assert self.num_layers and self.num_kv_heads and self.head_dim
-        dtype_bytes = kv_dtype_bytes or _DTYPE_BYTES.get(self.dtype or "", 2)
+        dtype_bytes = kv_dtype_bytes or {**DTYPE_BYTES, "float8": 1, "fp8": 1}.get(
+            self.dtype or "", 2
+        )
         heads = max(1, self.num_kv_heads // tp)
         return 2 * self.num_layers * heads * self.head_dim * dtype_bytes
 
@@ -100,7 +103,8 @@ def _looks_like_path(model_id: str) -> bool:
     return model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
 
 
-def _first(cfg: dict[str, Any], *keys: str) -> Any:
+def first_of(cfg: Mapping[str, Any], *keys: str) -> Any:
+    """The first of ``keys`` that ``cfg`` sets (not None)."""
     for key in keys:
         if cfg.get(key) is not None:
             return cfg[key]
@@ -141,12 +145,12 @@ def _parse_config(
     is_vision = "vision_config" in cfg or any("ConditionalGeneration" in a for a in archs)
     text_config = cfg.get("text_config")
     merged = {**cfg, **text_config} if isinstance(text_config, dict) else cfg
-    heads = _first(merged, "num_attention_heads", "n_head")
-    hidden = _first(merged, "hidden_size", "n_embd", "d_model")
-    head_dim = _first(merged, "head_dim")
+    heads = first_of(merged, "num_attention_heads", "n_head")
+    hidden = first_of(merged, "hidden_size", "n_embd", "d_model")
+    head_dim = first_of(merged, "head_dim")
     if not head_dim and heads and hidden:
         head_dim = hidden // heads
-    kv_heads = _first(
+    kv_heads = first_of(
         merged, "n_head_kv", "num_kv_heads", "num_key_value_heads", "multi_query_group_num"
     )
     return ModelSpec(
@@ -155,14 +159,14 @@ def _parse_config(
         known=True,
         path=path,
         architecture=archs[0] if archs else None,
-        num_layers=_first(merged, "num_hidden_layers", "n_layer", "num_layers"),
+        num_layers=first_of(merged, "num_hidden_layers", "n_layer", "num_layers"),
         num_heads=heads,
         num_kv_heads=kv_heads or heads,
         head_dim=head_dim,
         hidden_size=hidden,
-        vocab_size=_first(merged, "vocab_size"),
-        dtype=_first(merged, "torch_dtype", "dtype") or _first(cfg, "torch_dtype", "dtype"),
-        max_position_embeddings=_first(
+        vocab_size=first_of(merged, "vocab_size"),
+        dtype=first_of(merged, "torch_dtype", "dtype") or first_of(cfg, "torch_dtype", "dtype"),
+        max_position_embeddings=first_of(
             merged, "max_position_embeddings", "n_positions", "max_sequence_length"
         ),
         is_vision=is_vision,

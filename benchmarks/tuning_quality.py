@@ -15,7 +15,7 @@ integer search from the best grid points (cached under the temp directory; ``--n
 
 For every landscape, seed and budget (engine launches) the script runs:
 
-- autotune: ``study.open_study`` + ``StudyPlan`` + ``run_study`` with its ``Prescreen``, built as
+- autotune: ``study.open_study`` + ``StudyPlan`` + ``run_study`` with its ``FailureRules``, built as
   ``api.tune`` builds them, with a ``LandscapeRunner`` in place of real launches;
 - grid: a coarse grid over the same dimensions (evenly spaced in each dimension's own scale,
   the fewest levels that give at least the budget), visited in a random order and cut at the
@@ -58,15 +58,18 @@ from typing import Any
 
 import optuna
 
-from autotune.app.prepare import Prepared, TuneOptions, prepare
+from autotune.app.options import TuneOptions
+from autotune.app.prepare import Prepared, prepare
 from autotune.engine.defaults import Value, vllm_defaults
 from autotune.engine.outcome import Outcome
-from autotune.load.workload import Request, Workload, build_requests
+from autotune.load.request import Request
+from autotune.load.workload import Workload, build_requests
 from autotune.search import study as st
 from autotune.search.moves.guide import Load, for_goal
 from autotune.search.screen_rules import ClassScreen
 from autotune.search.space import UTIL_STEP, Dim, SearchSpace
-from autotune.testing.landscape import FakeTruth, LandscapeRunner
+from autotune.testing.landscape import FakeTruth
+from autotune.testing.landscape_runner import LandscapeRunner
 from autotune.trial.record import TrialRecord
 from autotune.trial.runner import TrialResult, TrialRunner
 
@@ -462,7 +465,14 @@ def _cache_key(problem: Problem) -> str:
     sources = sorted((ROOT / "autotune" / "testing").glob("*.py"))
     sources += [
         ROOT / "autotune" / n
-        for n in ("space.py", "workload.py", "objective.py", "outcome.py", "metrics.py")
+        for n in (
+            "search/space.py",
+            "search/space_build.py",
+            "load/workload.py",
+            "trial/runner.py",
+            "engine/outcome.py",
+            "load/metrics.py",
+        )
     ]
     for path in sources:
         h.update(path.read_bytes())
@@ -597,16 +607,16 @@ class OracleScreen:
 
 
 def make_screen(problem: Problem, mode: str) -> st.Screen | None:
-    """``memory``: what ``api.tune`` passes (``MemoryKnowledge.build``, no extra args);
+    """``memory``: what ``api.tune`` passes (``MemoryScreen.build``, no extra args);
     ``classes``: the failure-class rules alone; ``none``; ``oracle``: ``memory`` + perfect."""
-    from autotune.search.screen import MemoryKnowledge
+    from autotune.search.screen import MemoryScreen
 
     spec, hardware = problem.prep.spec, problem.prep.hardware
     if mode == "none":
         return None
     if mode == "classes":
         return ClassScreen(image_tokens=spec.image_tokens)
-    screen = MemoryKnowledge.build(spec=spec, hardware=hardware, extra_args=(), prescreen=True)
+    screen = MemoryScreen.build(spec=spec, hardware=hardware, extra_args=(), prescreen=True)
     return OracleScreen(problem, screen) if mode == "oracle" else screen
 
 
@@ -1127,7 +1137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--prescreen",
         choices=PRESCREENS,
         default="memory",
-        help="autotune's pre-screen: memory (as api.tune: MemoryKnowledge), classes (failure-class "
+        help="autotune's pre-screen: memory (as api.tune: MemoryScreen), classes (failure-class "
         "rules alone), none, oracle (memory + a perfect startup-failure screen: the headroom)",
     )
     parser.add_argument("--no-cache", action="store_true", help="recompute the optima")

@@ -6,5 +6,6 @@ VENV=${VENV:-.venv}
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/mypy"
+"$VENV/bin/lint-imports"
 "$VENV/bin/hadolint" docker/Dockerfile
 "$VENV/bin/pytest" -q "$@"

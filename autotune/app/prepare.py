@@ -8,10 +8,9 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
+from autotune.app.options import TuneOptions
 from autotune.engine.defaults import vllm_defaults
 from autotune.engine.launcher import DEFAULT_VLLM_CMD, ENV_VLLM_CMD, engine_version, resolve_command
 from autotune.engine.multimodal import supports_size_hints
@@ -21,58 +20,14 @@ from autotune.hardware import ENV_GPU, Hardware, choose_device, engine_hardware,
 from autotune.load.workload import Workload
 from autotune.memory.setup import base_model, engine_flags, seqs_cap
 from autotune.model import ModelSpec, resolve_model
-from autotune.search.goal import apply_budget, goal_from, parse_budget
+from autotune.search.goal import Goal, apply_budget
 from autotune.search.opt_in import widest_kv_flags, with_opt_in
-from autotune.search.space import MEMORY_DIMS, SearchSpace, bound_max_num_seqs, build_space
+from autotune.search.space import MEMORY_DIMS, SearchSpace
+from autotune.search.space_build import bound_max_num_seqs, build_space
 
 log = logging.getLogger(__name__)
 
 CPU_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
-
-
-@dataclass(frozen=True)
-class TuneOptions:
-    """Everything ``autotune tune`` (and ``serve`` on a miss) is given."""
-
-    model: str
-    gpu: str | None = None
-    device: str = "auto"  # "auto", "gpu" or "cpu"
-    ranges: Mapping[str, str | None] = field(default_factory=dict)
-    min_model_len: int | None = None
-    workload: Workload = field(default_factory=Workload)
-    trials: int = 20
-    timeout_s: float | None = None
-    seed: int | None = 0
-    storage: str | None = None
-    state_dir: Path | None = None
-    profiles_dir: Path | None = None
-    vllm_cmd: str | None = None
-    extra_args: tuple[str, ...] = ()
-    enqueue: tuple[str, ...] = ()  # "name=value,name=value" candidates to try first
-    startup_timeout_s: float = 900.0
-    noise: float = 0.05
-    quiet: bool = False
-    objective: str = "throughput"
-    min_images: int | None = None  # the profile must accept at least this many images
-    images_max: bool = False  # --images max: find the largest image count that fits
-    image_size_hint: tuple[int, int] | None = None  # --image-size: the resolution sent
-    prescreen: bool = True  # --no-prescreen: launch every candidate (predictions still kept)
-    guide: bool = True  # --no-guide: the sampler alone (no edge climb, local moves, lift)
-    slos: tuple[str, ...] = ()  # --slo NAME=MS
-    min_throughput: float | None = None  # --min-throughput (output tok/s)
-    memory_budget: str | None = None  # --memory-budget FRACTION or GiB
-    concurrency: int | None = None  # --concurrency: requests in flight at most
-    request_rate: float | None = None  # --request-rate: Poisson arrivals per second
-    warmup: int = 0  # --warmup: requests sent first, not measured
-    repeats: int = 2  # --repeats: measurements of each finalist
-    finalists: int = 3  # --finalists: candidates re-measured
-    statistic: str = "worst"  # --statistic worst|median of the repeats
-    soak: bool = True  # --no-soak skips the worst-case load run of the winner
-    prune: bool = True  # --no-prune: never stop a benchmark early
-    patience: int = 0  # --patience K: stop after K launches without improvement
-    min_improvement: float = 0.01  # --min-improvement: what counts as an improvement
-    gpus: str | None = None  # --gpus 0,1,2,3 | all: one worker per GPU (group)
-    tune: tuple[str, ...] = ()  # --tune NAME: opt-in dimensions (opt_in.py)
 
 
 @dataclass(frozen=True)
@@ -85,9 +40,12 @@ class Prepared:
     space: SearchSpace
     env: dict[str, str]
     workload: Workload
+    goal: Goal
 
 
-def _space(options: TuneOptions, spec: ModelSpec, hardware: Hardware, hints: bool) -> SearchSpace:
+def _space(
+    options: TuneOptions, spec: ModelSpec, hardware: Hardware, hints: bool, goal: Goal
+) -> SearchSpace:
     space = build_space(
         spec=spec,
         hardware=hardware,
@@ -98,7 +56,7 @@ def _space(options: TuneOptions, spec: ModelSpec, hardware: Hardware, hints: boo
         image_size_hint=options.image_size_hint if hints else None,
     )
     space = with_opt_in(space, options.tune, extra_args=options.extra_args)
-    budget = parse_budget(options.memory_budget, total_gib=hardware.memory_gib)
+    budget = goal.memory_budget
     user_range = any(options.ranges.get(name) is not None for name in MEMORY_DIMS)
     space = apply_budget(space, budget=budget, total_gib=hardware.memory_gib, user_range=user_range)
     return _bound_seqs(space, options, spec, hardware)
@@ -146,16 +104,9 @@ def prepare(options: TuneOptions) -> Prepared:
     spec = resolve_model(options.model)
     machine = hardware_for(options.gpu, options.device, options.vllm_cmd)
     hardware = engine_hardware(machine, sizes=parallel_sizes(options.extra_args))  # the key
-    command = resolve_command(options.vllm_cmd)
-    hints = supports_size_hints(engine_version(command)) if spec.is_vision else False
-    goal_from(  # bad goal input is one line, before any note
-        objective=options.objective,
-        slos=options.slos,
-        min_throughput=options.min_throughput,
-        memory_budget=options.memory_budget,
-        total_gib=hardware.memory_gib,
-    )
-    space = _space(options, spec, hardware, hints)
+    goal = options.goal(total_gib=hardware.memory_gib)  # bad goal input: one line, first
+    # Every input is checked before the engine command is resolved (no vLLM needed for that).
+    space = _space(options, spec, hardware, False, goal)
     wl = _image_workload(options, spec)
     wl.validate()
     _check_extra_args(options.extra_args, space)
@@ -167,6 +118,10 @@ def prepare(options: TuneOptions) -> Prepared:
                 f"needs (input {wl.input_len} + output {wl.output_len} = {need}); "
                 "raise --min-model-len or shorten the workload"
             )
+    command = resolve_command(options.vllm_cmd)
+    hints = supports_size_hints(engine_version(command)) if spec.is_vision else False
+    if hints:  # this vLLM takes image size hints: the image limit carries them
+        space = _space(options, spec, hardware, hints, goal)
     # Notes only once every input is known to be good, so a bad input stays one line.
     if hardware.is_cpu:
         log.info(hardware.describe())
@@ -177,7 +132,7 @@ def prepare(options: TuneOptions) -> Prepared:
     if not spec.known:
         spec = _prefetch(spec)
         if spec.known:  # now its length is known: search it too
-            space = _space(options, spec, hardware, hints)
+            space = _space(options, spec, hardware, hints, goal)
             wl = _image_workload(options, spec)
     for reason in spec.unknown_reasons:
         log.info(reason)
@@ -188,6 +143,7 @@ def prepare(options: TuneOptions) -> Prepared:
         space=space,
         env=engine_env(hardware),
         workload=wl,
+        goal=goal,
     )
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from autotune.app.lookup import lookup
-from autotune.app.prepare import TuneOptions, engine_env
+from autotune.app.options import TuneOptions
+from autotune.app.prepare import engine_env
 from autotune.errors import UserError
 from autotune.hardware import Hardware
 from autotune.profiles.match import Match, serve_argv

@@ -1,30 +1,18 @@
-"""From ``TuneOptions`` to what a tune run aims at (``Goal``), how it ends (``Finish``), and the
-shape of the load its trials send (concurrency, Poisson rate, warm-up)."""
+"""From ``TuneOptions`` to how a tune run ends (``Finish``) and the shape of the load its trials
+send (concurrency, Poisson rate, warm-up); the goal is ``TuneOptions.goal``."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
 
-from autotune.app.prepare import TuneOptions
+from autotune.app.options import TuneOptions
 from autotune.errors import UserError
-from autotune.hardware import Hardware
 from autotune.load.workload import Workload, build_requests
 from autotune.search.finalize import Finish
-from autotune.search.goal import SLO_METRICS, Goal, goal_from
+from autotune.search.goal import SLO_METRICS, Goal
 
 WARMUP_SEED_OFFSET = 1000  # warm-up prompts differ from the measured ones (no cache hits)
-
-
-def goal_for(options: TuneOptions, hardware: Hardware) -> Goal:
-    """The objective and limits (checked already by ``prepare``)."""
-    return goal_from(
-        objective=options.objective,
-        slos=options.slos,
-        min_throughput=options.min_throughput,
-        memory_budget=options.memory_budget,
-        total_gib=hardware.memory_gib,
-    )
 
 
 def finish_for(options: TuneOptions) -> Finish:

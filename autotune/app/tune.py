@@ -1,225 +1,30 @@
-"""The ``tune`` use case: prepare, run (or resume) the study, choose, soak and save the profile.
-Imported lazily by ``serve`` on a profile miss (this module's imports of the search side are
-inside ``tune``)."""
+"""The ``tune`` use case: one worker here, or one worker per GPU group (``--gpus``), all on one
+study. Imported lazily by ``serve`` on a profile miss."""
 
 from __future__ import annotations
 
-import logging
-import shlex
 from dataclasses import replace
 from pathlib import Path
 
-from autotune import paths
 from autotune.app.interrupt import sigterm_as_interrupt
-from autotune.app.prepare import TuneOptions, prepare
-from autotune.engine.defaults import vllm_defaults
-from autotune.engine.multimodal import image_count
-from autotune.engine.safety import redact, redact_url, split_extra
+from autotune.app.options import TuneOptions
+from autotune.app.worker import run_worker
 from autotune.errors import UserError
-from autotune.hardware import Hardware
-from autotune.load.workload import Workload
-from autotune.model import ModelSpec
-from autotune.profiles.build import Chosen, build_profile
-from autotune.profiles.store import Profile, ProfileStore
-from autotune.search.space import parse_candidate
-from autotune.trial.record import TrialRecord
+from autotune.profiles.store import Profile
 
 __all__ = ["TuneOptions", "tune"]
-log = logging.getLogger(__name__)
 
 
 def tune(options: TuneOptions) -> tuple[Path, Profile] | None:
     """Run (or resume) the study and save the best feasible trial as a profile. None: another
     worker of the study finishes it (``--gpus``, or workers sharing ``--storage``)."""
-    from autotune.app import from_study
-    from autotune.app.settings import finish_for, goal_for, load_shape
-    from autotune.load.workload import build_requests
-    from autotune.report.progress import LineReporter, LiveReporter, make_console, trials_table
-    from autotune.search import finalize
-    from autotune.search import study as st
-    from autotune.search import study_keys as keys
-    from autotune.search.moves.guide import Load, for_goal
-    from autotune.search.screen_by_dtype import Knowledge
-    from autotune.search.workers import coordination as workers
-    from autotune.trial.runner import TrialRunner
+    if options.gpus is None:
+        return run_worker(options)
+    from autotune.app import gpus
 
-    if options.gpus is not None:
-        _tune_on_gpus(options)
-        return None
-    prep = prepare(options)
-    spec, hardware, space = prep.spec, prep.hardware, prep.space
-    wl = prep.workload
-    goal, finish = goal_for(options, hardware), finish_for(options)
-    shape = load_shape(options, goal, wl, vocab_size=spec.vocab_size)
-    num_prompts = wl.num_prompts or max(64, 2 * int(space["max_num_seqs"].high))
-    requests = build_requests(wl, num_prompts=num_prompts, vocab_size=spec.vocab_size)
-    name = st.study_name(
-        model=spec.name,
-        hardware_key=hardware.key,
-        workload=wl.signature(),
-        objective=goal.name(),
-        space=space,
-    )
-    state = paths.state_dir(options.state_dir)
-    storage = st.storage_url(options.storage, state_dir=state)
-    seed = workers.worker_seed(options.seed, shared=options.storage is not None)
-    study = st.open_study(name=name, storage=storage, seed=seed, goal=goal)
-    workers.check_fingerprint(study, hardware.to_dict())
-    study.set_user_attr(keys.MODEL, spec.to_dict() | {"name": spec.name})
-    study.set_user_attr(keys.HARDWARE, hardware.to_dict())
-    study.set_user_attr(keys.WORKLOAD, wl.to_dict() | {"signature": wl.signature()})
-    study.set_user_attr(keys.SPACE, space.describe())
-    study.set_user_attr(
-        keys.INPUTS,
-        from_study.inputs(
-            extra_args=split_extra(options.extra_args)[0],
-            num_prompts=num_prompts,
-            objective=options.objective,
-            goal=goal,
-        ),
-    )
-    fixed = frozenset(d.name for d in space.dims if d.fixed)
-    runner = TrialRunner(
-        env=prep.env,
-        command=prep.command,
-        model=options.model,
-        requests=requests,
-        extra_args=options.extra_args,
-        fixed_by_user=fixed,
-        startup_timeout_s=options.startup_timeout_s,
-        **shape,
-    )
-    knowledge = Knowledge.build(
-        spec=spec,
-        hardware=hardware,
-        space=space,
-        extra_args=options.extra_args,
-        prescreen=options.prescreen,
-    )
-    plan = st.StudyPlan(
-        study=study,
-        space=space,
-        runner=runner,
-        budget=options.trials - finalize.reserve(finish, trials=options.trials),
-        log_dir=state / "logs" / name.replace("/", "--"),
-        default_params=space.default_params(vllm_defaults(hardware, spec)),
-        enqueue=tuple(parse_candidate(space, text) for text in options.enqueue),
-        timeout_s=options.timeout_s,
-        prescreen=knowledge,
-        guide=for_goal(
-            kind=goal.kind,
-            space=space,
-            seed=options.seed,
-            knowledge=knowledge,
-            load=Load.of(
-                requests, concurrency=options.concurrency, image_tokens=spec.image_tokens or 0
-            ),
-        )
-        if options.guide
-        else None,
-        goal=goal,
-        prune=options.prune,
-        patience=options.patience,
-        min_improvement=options.min_improvement,
-    )
-    console = make_console()
-    log.info(f"study {name} ({redact_url(storage)}); space: {space.describe()}")
-    live = not options.quiet and console.is_terminal
-    reporter = LiveReporter(console=console) if live else LineReporter()
-    with sigterm_as_interrupt(), reporter:
-        st.run_study(plan, reporter=reporter)
-        if (others := workers.finisher(study)) is not None:
-            _leave(others)
-            return None
-        finalize.remeasure(plan, finish, reporter=reporter, budget=options.trials)
-        picked = finalize.choose(
-            plan,
-            finish,
-            workload=wl,
-            vocab_size=spec.vocab_size,
-            reporter=reporter,
-            image_tokens=spec.image_tokens,
-        )
-    main, sections = (
-        finalize.sections(picked, study=study, goal=goal, finish=finish) if picked else (None, {})
-    )
-    best = study.trials[main.chosen.number] if main is not None else None
-    if best is not None:
-        study.set_user_attr(keys.CHOSEN, best.number)
-    rows = st.trial_rows(study.get_trials(deepcopy=False))
-    console.print(trials_table(rows, best=best.number if best else None, title=f"study {name}"))
-    log.info(f"trial logs: {plan.log_dir}")
-    if best is None:
-        raise UserError(
-            f"no feasible configuration after {st.launches(study)} launches"
-            + (" (or none survived the soak)" if finish.soak else "")
-            + "; see `autotune trials` and the logs, or widen the ranges"
-        )
-    record = TrialRecord.from_attrs(best.user_attrs)
-    chosen = Chosen(
-        number=best.number,
-        vllm_args=record.vllm_args,
-        vllm_version=record.vllm_version,
-        metrics=record.metrics.to_dict() if record.metrics else {},
-        startup=record.startup.to_dict(),
-        log=record.log,
-        sections=sections,
-        study=name,
-        num_prompts=num_prompts,
-    )
-    return _save(options, spec=spec, hardware=hardware, workload=wl, chosen=chosen, state=state)
-
-
-def _save(
-    options: TuneOptions,
-    *,
-    spec: ModelSpec,
-    hardware: Hardware,
-    workload: Workload,
-    chosen: Chosen,
-    state: Path,
-) -> tuple[Path, Profile]:
-    """Build the profile of ``chosen`` and write it to the profile store."""
-    dropped = split_extra(options.extra_args)[1]
-    if dropped:
-        log.info(
-            "not saved in the profile: %s (pass it after -- to serve)", shlex.join(redact(dropped))
-        )
-    profile = build_profile(
-        model=spec.to_dict() | {"name": spec.name},
-        hardware=hardware.to_dict(),
-        workload=workload.to_dict() | {"signature": workload.signature()},
-        objective=options.objective,
-        extra_args=options.extra_args,
-        chosen=chosen,
-        storage_given=options.storage is not None,
-        state=state,
-    )
-    path = ProfileStore(paths.profiles_dir(options.profiles_dir)).save(profile)
-    if options.images_max:
-        most = image_count(profile.vllm_args)
-        log.info(
-            "largest image count that fits with usable throughput: %s (trial %s)",
-            most,
-            chosen.number,
-        )
-    tput = float(profile.metrics.get("output_throughput") or 0.0)
-    log.info("best: trial %s, %.1f output tok/s; profile saved to %s", chosen.number, tput, path)
-    return path, profile
-
-
-def _tune_on_gpus(options: TuneOptions) -> None:
-    from autotune.app import gpus as parallel
-
-    tp, extra = parallel.tensor_parallel(options)
+    tp, extra = gpus.tensor_parallel(options)
     with sigterm_as_interrupt():
-        failed = parallel.tune_on_gpus(replace(options, extra_args=extra), tensor_parallel=tp)
+        failed = gpus.tune_on_gpus(replace(options, extra_args=extra), tensor_parallel=tp)
     if failed:
         raise UserError(f"{failed} worker(s) failed; see their lines above")
-
-
-def _leave(why: str) -> None:
-    log.info(
-        f"this worker's share of the study is done; {why}: the worker that finishes the study "
-        "saves the profile (or later: autotune profiles save MODEL --from-study)"
-    )
+    return None

@@ -10,7 +10,8 @@ from pathlib import Path
 from autotune import paths
 from autotune.app.interrupt import sigterm_as_interrupt
 from autotune.app.lookup import lookup
-from autotune.app.prepare import TuneOptions, engine_env
+from autotune.app.options import TuneOptions
+from autotune.app.prepare import engine_env
 from autotune.app.serve import announce
 from autotune.errors import UserError
 from autotune.profiles.match import combined_extra

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 from rich.console import Console
@@ -16,8 +16,9 @@ from rich.table import Table
 from autotune import paths
 from autotune.engine.safety import redact_url
 from autotune.errors import UserError
+from autotune.hardware import Device
 from autotune.model import resolve_model
-from autotune.profiles.match import Match, describe_miss, find_profile
+from autotune.profiles.match import Match
 from autotune.profiles.store import ProfileStore
 
 log = logging.getLogger(__name__)
@@ -127,23 +128,22 @@ def print_profiles(*, profiles_dir: Path | None) -> None:
 def _lookup(
     *, model: str, gpu: str | None, device: str, vllm_cmd: str | None, profiles_dir: Path | None
 ) -> tuple[Match, list[str]]:
-    """The profile ``serve`` would use (same matching), and the engine command."""
-    from autotune.app.gpus import engine_lookup
-    from autotune.app.prepare import command_and_version, hardware_for
+    """The profile ``serve`` would use (the one lookup, ``app.lookup``), and the engine command."""
+    from autotune.app.lookup import lookup
+    from autotune.app.options import TuneOptions
 
-    store = ProfileStore(paths.profiles_dir(profiles_dir))
-    spec = resolve_model(model)
-    command, version = command_and_version(vllm_cmd, strict=False)
-    machine = hardware_for(gpu, device, vllm_cmd)
-    hardware, _ = engine_lookup(spec=spec, hardware=machine, extra_args=())  # as serve does
-    match = find_profile(store=store, spec=spec, hardware=hardware, vllm_version=version)
+    options = TuneOptions(
+        model=model,
+        gpu=gpu,
+        device=cast(Device, device),
+        vllm_cmd=vllm_cmd,
+        profiles_dir=profiles_dir,
+    )
+    where = lookup(options, workload=None, strict=False)
+    match = where.find()
     if match is None:
-        raise UserError(
-            describe_miss(
-                store=store, spec=spec, hardware=hardware, workload=None, vllm_version=version
-            )
-        )
-    return match, command
+        raise UserError(where.miss())
+    return match, where.command
 
 
 def show_profile(*, as_json: bool, **where: Any) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from autotune.engine.multimodal import IMAGE_DIM
 from autotune.hardware import Hardware
 from autotune.model import ModelSpec
+from autotune.units import GIB
 
-GIB = 1 << 30
 Value = int | float  # a tuned setting's value
 
 

@@ -19,7 +19,7 @@ import httpx
 from autotune.engine import process as _process
 from autotune.engine.outcome import Classified, Outcome, classify_startup
 from autotune.engine.safety import redact, without_listen_args
-from autotune.errors import StudyStopped, UserError
+from autotune.errors import EngineNotFound, StudyStopped
 from autotune.hardware import (
     gpu_memory_used_bytes,
     release_timeout_s,
@@ -41,16 +41,16 @@ def resolve_command(command: str | None) -> list[str]:
     try:
         argv = shlex.split(text)
     except ValueError as exc:
-        raise UserError(f"--vllm-cmd {text!r}: {exc}") from None
+        raise EngineNotFound(f"--vllm-cmd {text!r}: {exc}") from None
     if not argv:
-        raise UserError("--vllm-cmd is empty")
+        raise EngineNotFound("--vllm-cmd is empty")
     exe = argv[0]
     beside = Path(sys.executable).parent / exe  # vLLM installed in autotune's own environment
     if shutil.which(exe) is None and "/" not in exe and beside.is_file():
         argv[0] = str(beside)
     elif shutil.which(exe) is None:
         hint = " (install vLLM, or point --vllm-cmd at it)" if exe == "vllm" else ""
-        raise UserError(f"--vllm-cmd: executable {exe!r} not found{hint}")
+        raise EngineNotFound(f"--vllm-cmd: executable {exe!r} not found{hint}")
     return argv
 
 

@@ -12,9 +12,9 @@ from types import TracebackType
 import httpx
 
 from autotune.hardware import gpu_memory_used_bytes
+from autotune.units import GIB
 
 _PREEMPTIONS = re.compile(r"^vllm:num_preemptions(?:_total)?(?:\{[^}]*\})?\s+([\d.eE+-]+)", re.M)
-_GIB = 1 << 30
 
 
 def preemptions(base_url: str) -> int | None:
@@ -39,7 +39,7 @@ class PeakMemory:
 
     @property
     def peak_gib(self) -> float | None:
-        return None if self.peak_bytes is None else round(self.peak_bytes / _GIB, 2)
+        return None if self.peak_bytes is None else round(self.peak_bytes / GIB, 2)
 
     @property
     def source(self) -> str:

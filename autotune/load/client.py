@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,18 +17,24 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from autotune.load.arrivals import arrivals
 from autotune.load.metrics import Metrics, RequestRecord, aggregate
-from autotune.load.workload import Request
+from autotune.load.request import Request
+from autotune.load.responses import (
+    describe,
+    error_message,
+    event_error,
+    failed,
+    has_content,
+    summarise_errors,
+)
 
 __all__ = ["BenchResult", "run", "run_benchmark"]
 
 _POLL_S = 0.2
 _MAX_CONSECUTIVE_CONNECTION_ERRORS = 20
-_MAX_DISTINCT_ERRORS = 10
-_MAX_MESSAGE_CHARS = 200
 # The server is gone (or going): refused, reset or cut-off connections. Read timeouts are not.
 _CONNECTION_ERRORS = (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ConnectTimeout)
-_CONTENT_KEYS = ("content", "reasoning_content", "reasoning")
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ async def run_benchmark(
     width = max(1, min(max_concurrency or len(requests), len(requests)))
     slots: list[RequestRecord | None] = [None] * len(requests)
     state = _RunState(total=len(requests), on_progress=on_progress, on_record=on_record)
-    state.arrivals = _arrivals(len(requests), rate=request_rate, seed=seed)
+    state.arrivals = arrivals(len(requests), rate=request_rate, seed=seed)
     semaphore = asyncio.Semaphore(width)
     deadline = time.perf_counter() + timeout_s
     async with httpx.AsyncClient(
@@ -94,13 +99,13 @@ async def run_benchmark(
         if isinstance(outcome, Exception):
             raise outcome  # a bug in a callback, not a failed request
     now = time.perf_counter()
-    records = [slot or _failed(now, "cancelled") for slot in slots]
+    records = [slot or failed(now, "cancelled") for slot in slots]
     duration = max((r.start + r.e2e_s for r in records), default=0.0) - min(
         (r.start for r in records), default=0.0
     )
     return BenchResult(
         metrics=aggregate(records, duration_s=duration),
-        errors=_summarise_errors(records),
+        errors=summarise_errors(records),
         aborted=aborted,
         statuses=dict(Counter(r.status for r in records if r.status and r.status != 200)),
         records=tuple(records),
@@ -208,17 +213,17 @@ async def _send(
     async with semaphore:
         start = time.perf_counter()
         if state.gone is not None:
-            slots[index] = _failed(start, "cancelled")  # the server is gone; don't knock again
+            slots[index] = failed(start, "cancelled")  # the server is gone; don't knock again
             return
         connection_error = False
         try:
             record = await _stream(client, model, request, start)
         except asyncio.CancelledError:
-            slots[index] = _failed(start, "cancelled")
+            slots[index] = failed(start, "cancelled")
             raise
         except Exception as exc:  # one broken answer must not end the benchmark
             connection_error = isinstance(exc, _CONNECTION_ERRORS)
-            record = _failed(start, _describe(exc))
+            record = failed(start, describe(exc))
         slots[index] = record
         state.finished(record, connection_error=connection_error)
 
@@ -250,8 +255,8 @@ async def _stream(
     async with client.stream("POST", path, json=payload) as response:
         if response.status_code != 200:
             body = await response.aread()
-            message = f"{response.status_code} {_error_message(body)}"
-            return _failed(start, message, status=response.status_code)
+            message = f"{response.status_code} {error_message(body)}"
+            return failed(start, message, status=response.status_code)
         async for line in response.aiter_lines():
             if not line.startswith("data:") or error is not None:
                 continue  # read to the end so the connection can be reused
@@ -262,8 +267,8 @@ async def _stream(
             event = json.loads(data)
             if not isinstance(event, dict):
                 continue
-            error = _event_error(event)
-            if _has_content(event):
+            error = event_error(event)
+            if has_content(event):
                 now = time.perf_counter()
                 if ttft is None:
                     ttft = now - start
@@ -292,88 +297,3 @@ async def _stream(
         error=error,
         status=200,
     )
-
-
-def _arrivals(count: int, *, rate: float | None, seed: int) -> list[float]:
-    """Poisson arrival offsets in seconds (exponential gaps), or none for all at once."""
-    if rate is None or rate <= 0:
-        return []
-    rng = random.Random(seed)
-    now, out = 0.0, []
-    for _ in range(count):
-        out.append(now)
-        now += rng.expovariate(rate)
-    return out
-
-
-def _has_content(event: dict[str, object]) -> bool:
-    choices = event.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return False
-    choice = choices[0]
-    if isinstance(choice.get("text"), str) and choice["text"]:
-        return True
-    delta = choice.get("delta")
-    return isinstance(delta, dict) and any(
-        isinstance(delta.get(key), str) and delta[key] for key in _CONTENT_KEYS
-    )
-
-
-def _event_error(event: dict[str, object]) -> str | None:
-    """The message of an error sent inside the stream, if any."""
-    error = event.get("error")
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return _short(error["message"])
-    if isinstance(error, str):
-        return _short(error)
-    if event.get("object") == "error":
-        return _short(str(event.get("message", "error")))
-    return None
-
-
-def _error_message(body: bytes) -> str:
-    """The server's message from an error body: OpenAI-style JSON or plain text."""
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return _short(text) or "(empty body)"
-    if isinstance(obj, dict):
-        message = _event_error(obj)
-        if message is not None:
-            return message
-        for key in ("message", "detail"):
-            if isinstance(obj.get(key), str):
-                return _short(obj[key])
-    return _short(text)
-
-
-def _describe(exc: Exception) -> str:
-    message = _short(str(exc))
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
-def _short(text: str) -> str:
-    line = " ".join(text.split())
-    if len(line) > _MAX_MESSAGE_CHARS:
-        return line[: _MAX_MESSAGE_CHARS - 1] + "…"
-    return line
-
-
-def _failed(start: float, error: str, *, status: int | None = None) -> RequestRecord:
-    return RequestRecord(
-        ok=False,
-        prompt_tokens=0,
-        output_tokens=0,
-        start=start,
-        ttft_s=None,
-        itls_s=(),
-        e2e_s=max(0.0, time.perf_counter() - start),
-        error=error,
-        status=status,
-    )
-
-
-def _summarise_errors(records: Sequence[RequestRecord]) -> tuple[str, ...]:
-    counts = Counter(r.error for r in records if not r.ok and r.error)
-    return tuple(f"{message} (x{n})" for message, n in counts.most_common(_MAX_DISTINCT_ERRORS))

@@ -18,14 +18,14 @@ are compared on the same amount of work.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from autotune.errors import UserError
+from autotune.load.dataset import file_sha256, load_dataset, read_rows, to_int, to_pair
+from autotune.load.request import Request
 
 __all__ = ["Request", "Workload", "build_requests"]
 
@@ -56,7 +56,7 @@ class Workload:
     def signature(self) -> str:
         """A stable short id for study names and profile keys: ``in512-out128(-img2-512x512)``."""
         if self.dataset is not None:
-            return f"ds-{_file_sha256(self.dataset)[:8]}-out{self.output_len}"
+            return f"ds-{file_sha256(self.dataset)[:8]}-out{self.output_len}"
         text = f"in{self.input_len}-out{self.output_len}"
         if self.images_per_request is None:
             return text
@@ -71,7 +71,7 @@ class Workload:
         if self.dataset is not None:
             from autotune.load.images import image_paths
 
-            return max(len(image_paths(row, where)) for where, row in _read_rows(self.dataset))
+            return max(len(image_paths(row, where)) for where, row in read_rows(self.dataset))
         return 0 if self.images_per_request is None else self.images_per_request[1]
 
     def to_dict(self) -> dict[str, object]:
@@ -100,20 +100,20 @@ class Workload:
         num_prompts = d.get("num_prompts")
         ipr = d.get("images_per_request")
         return cls(
-            input_len=_int(d.get("input_len", default.input_len), "input_len"),
-            output_len=_int(d.get("output_len", default.output_len), "output_len"),
-            num_prompts=None if num_prompts is None else _int(num_prompts, "num_prompts"),
+            input_len=to_int(d.get("input_len", default.input_len), "input_len"),
+            output_len=to_int(d.get("output_len", default.output_len), "output_len"),
+            num_prompts=None if num_prompts is None else to_int(num_prompts, "num_prompts"),
             dataset=None if dataset is None else Path(dataset),
-            seed=_int(d.get("seed", default.seed), "seed"),
-            images_per_request=None if ipr is None else _pair(ipr, "images_per_request"),
-            image_size=_pair(d.get("image_size", default.image_size), "image_size"),
+            seed=to_int(d.get("seed", default.seed), "seed"),
+            images_per_request=None if ipr is None else to_pair(ipr, "images_per_request"),
+            image_size=to_pair(d.get("image_size", default.image_size), "image_size"),
         )
 
     def validate(self) -> None:
         """Raise :class:`UserError` with one clear line if the workload cannot be run."""
         self._check()
         if self.dataset is not None:
-            _load_dataset(self.dataset, default_output_len=self.output_len)
+            load_dataset(self.dataset, default_output_len=self.output_len)
 
     def _check(self) -> None:
         """The checks that need no file."""
@@ -136,23 +136,6 @@ class Workload:
             raise UserError(f"workload: image_size must be {side}, got {width}x{height}")
 
 
-@dataclass(frozen=True)
-class Request:
-    """One request: a completion prompt or a chat conversation."""
-
-    prompt: list[int] | str | None
-    """Token ids or text for ``/v1/completions``."""
-    messages: list[dict[str, object]] | None
-    """Chat messages for ``/v1/chat/completions``."""
-    max_tokens: int
-    ignore_eos: bool
-
-    @property
-    def is_chat(self) -> bool:
-        """Whether the request goes to ``/v1/chat/completions``."""
-        return self.messages is not None
-
-
 def build_requests(
     workload: Workload, *, num_prompts: int, vocab_size: int | None
 ) -> list[Request]:
@@ -166,7 +149,7 @@ def build_requests(
         raise UserError(f"workload: num_prompts must be at least 1, got {num_prompts}")
     workload._check()
     if workload.dataset is not None:
-        rows = _load_dataset(workload.dataset, default_output_len=workload.output_len)
+        rows = load_dataset(workload.dataset, default_output_len=workload.output_len)
         return [rows[i % len(rows)] for i in range(num_prompts)]
     if workload.images_per_request is not None:
         from autotune.load.images import WORDS, synthetic_chats
@@ -220,92 +203,3 @@ def _distinct_prefixes(rng: random.Random, size: int, length: int, count: int) -
             digits.append(digit)
         prefixes.append(digits)
     return prefixes
-
-
-def _read_rows(path: Path) -> list[tuple[str, dict[str, object]]]:
-    """The JSON objects of a JSONL file, each with where it is (file and line) for messages."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"dataset {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"dataset {path}: cannot read it ({exc})") from None
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"dataset {path}, line {lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: expected a JSON object")
-        rows.append((where, row))
-    if not rows:
-        raise UserError(f"dataset {path} has no rows")
-    return rows
-
-
-def _load_dataset(path: Path, *, default_output_len: int) -> list[Request]:
-    """Parse a JSONL dataset into one request per row, with its images read."""
-    return [
-        _parse_row(row, where=where, default_output_len=default_output_len, folder=path.parent)
-        for where, row in _read_rows(path)
-    ]
-
-
-def _parse_row(
-    row: dict[str, object], *, where: str, default_output_len: int, folder: Path
-) -> Request:
-    output_len = row.get("output_len", default_output_len)
-    if isinstance(output_len, bool) or not isinstance(output_len, int) or output_len < 1:
-        raise UserError(f"{where}: output_len must be a positive integer")
-    prompt, messages = row.get("prompt"), row.get("messages")
-    if (prompt is None) == (messages is None):
-        raise UserError(f"{where}: expected exactly one of 'prompt' or 'messages'")
-    if prompt is not None and not (
-        (isinstance(prompt, str) and prompt)
-        or (
-            isinstance(prompt, list)
-            and prompt
-            and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
-        )
-    ):
-        raise UserError(f"{where}: 'prompt' must be a non-empty string or list of token ids")
-    if messages is not None and not (
-        isinstance(messages, list)
-        and messages
-        and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)
-    ):
-        raise UserError(f"{where}: 'messages' must be a non-empty list of objects with a 'role'")
-    if "images" in row:
-        from autotune.load.images import chat_with_images, image_paths
-
-        if paths := image_paths(row, where):
-            messages = chat_with_images(prompt, messages, paths, folder=folder, where=where)
-            prompt = None
-    return Request(prompt=prompt, messages=messages, max_tokens=output_len, ignore_eos=True)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise UserError(f"dataset {path}: cannot read it ({exc.strerror or exc})") from None
-    return digest.hexdigest()
-
-
-def _int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"workload: {name} must be an integer, got {value!r}")
-    return value
-
-
-def _pair(value: object, name: str) -> tuple[int, int]:
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise UserError(f"workload: {name} must be a list of two integers, got {value!r}")
-    return _int(value[0], name), _int(value[1], name)

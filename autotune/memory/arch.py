@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autotune.memory.kv import checkpoint_kv_cache_dtype
+from autotune.memory.checkpoint import checkpoint_kv_cache_dtype
+from autotune.model import DTYPE_BYTES, first_of
 
 
 class UnsupportedArchitecture(NotImplementedError):
@@ -67,7 +68,6 @@ _KV_HEAD_KEYS = ("n_head_kv", "num_kv_heads", "num_key_value_heads", "multi_quer
 _NON_GATED = {"opt", "gpt2", "gpt_neox", "gpt_bigcode", "gptj", "phi", "bloom", "falcon",
               "starcoder2"}
 _TIED = {"gemma", "gemma2", "gemma3_text", "opt", "gpt2"}  # tie_word_embeddings default True
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 _DTYPE_ALIASES = {"half": "float16", "float": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # fmt: on
 
@@ -136,18 +136,11 @@ class Architecture:
         return DTYPE_BYTES[self.dtype]
 
 
-def _first(cfg: Mapping[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if cfg.get(key) is not None:
-            return cfg[key]
-    return None
-
-
 def _runtime_dtype(top: Mapping[str, Any], text: Mapping[str, Any], dtype: str) -> str:
     """vLLM's ``--dtype``: ``auto`` keeps fp16/bf16 checkpoints and runs float32 (or unknown)
     ones in bfloat16 (``ModelConfig`` dtype resolution)."""
-    name = dtype if dtype != "auto" else _first(top, "torch_dtype", "dtype")
-    name = name or _first(text, "torch_dtype", "dtype") or "float32"
+    name = dtype if dtype != "auto" else first_of(top, "torch_dtype", "dtype")
+    name = name or first_of(text, "torch_dtype", "dtype") or "float32"
     name = _DTYPE_ALIASES.get(str(name), str(name)).removeprefix("torch.")
     if dtype == "auto" and name not in ("float16", "bfloat16"):
         return "bfloat16"
@@ -236,16 +229,16 @@ def architecture_from_config(config: Mapping[str, Any], *, dtype: str = "auto") 
             raise UnsupportedArchitecture(f"{t}: hybrid/recurrent/cross-attention KV not modelled")
     if config.get("is_encoder_decoder") or text.get("attention_chunk_size"):
         raise UnsupportedArchitecture(f"{model_type}: encoder-decoder or chunked-local attention")
-    layers = _first(text, "num_hidden_layers", "n_layer", "num_layers")
-    hidden = _first(text, "hidden_size", "n_embd", "d_model")
-    heads = _first(text, "num_attention_heads", "n_head")
+    layers = first_of(text, "num_hidden_layers", "n_layer", "num_layers")
+    hidden = first_of(text, "hidden_size", "n_embd", "d_model")
+    heads = first_of(text, "num_attention_heads", "n_head")
     if not (layers and hidden and heads):
         raise UnsupportedArchitecture(f"{model_type}: no layer/hidden/head counts in config")
     # vLLM's CONFIG_FIELD_ALIASES order for KV heads; head size per get_head_size (§4).
-    kv = _first(text, *_KV_HEAD_KEYS) or heads
+    kv = first_of(text, *_KV_HEAD_KEYS) or heads
     head_dim = text.get("head_dim") or text.get("hidden_size_per_head") or hidden // heads
     q: Mapping[str, Any] = (
-        _first(config, "quantization_config") or _first(text, "quantization_config") or {}
+        first_of(config, "quantization_config") or first_of(text, "quantization_config") or {}
     )
     mla = None
     if text.get("kv_lora_rank") is not None:
@@ -258,10 +251,10 @@ def architecture_from_config(config: Mapping[str, Any], *, dtype: str = "auto") 
             qk_nope_head_dim=int(text.get("qk_nope_head_dim", 128)),
             v_head_dim=int(text.get("v_head_dim", 128)),
         )
-    inter = _first(text, "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size")
+    inter = first_of(text, "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size")
     moe = None
-    if experts := _first(text, "n_routed_experts", "num_local_experts", "num_experts"):
-        expert_inter = int(_first(text, "moe_intermediate_size", "intermediate_size"))
+    if experts := first_of(text, "n_routed_experts", "num_local_experts", "num_experts"):
+        expert_inter = int(first_of(text, "moe_intermediate_size", "intermediate_size"))
         shared = int(text.get("n_shared_experts") or 0) * expert_inter or int(
             text.get("shared_expert_intermediate_size") or 0
         )
@@ -270,11 +263,11 @@ def architecture_from_config(config: Mapping[str, Any], *, dtype: str = "auto") 
             expert_intermediate=expert_inter,
             shared_intermediate=shared,
             dense_layers=int(text.get("first_k_dense_replace") or 0),
-            top_k=int(_first(text, "num_experts_per_tok", "experts_per_token") or 1),
+            top_k=int(first_of(text, "num_experts_per_tok", "experts_per_token") or 1),
         )
     bits, experts_only = _weight_bits(q)
-    tie = _first(text, "tie_word_embeddings")
-    tie = _first(config, "tie_word_embeddings") if tie is None else tie
+    tie = first_of(text, "tie_word_embeddings")
+    tie = first_of(config, "tie_word_embeddings") if tie is None else tie
     return Architecture(
         model_type=text_type,
         num_layers=int(layers),
@@ -282,7 +275,7 @@ def architecture_from_config(config: Mapping[str, Any], *, dtype: str = "auto") 
         num_attention_heads=int(heads),
         num_kv_heads=int(kv),
         head_dim=int(head_dim),
-        vocab_size=int(_first(text, "vocab_size", "padded_vocab_size") or 32000),
+        vocab_size=int(first_of(text, "vocab_size", "padded_vocab_size") or 32000),
         intermediate_size=int(inter or 4 * hidden),
         gated_mlp=text_type not in _NON_GATED,
         tie_word_embeddings=bool(tie if tie is not None else text_type in _TIED),
@@ -295,5 +288,5 @@ def architecture_from_config(config: Mapping[str, Any], *, dtype: str = "auto") 
         weight_bits=bits,
         quantized_experts_only=experts_only,
         checkpoint_kv_cache_dtype=checkpoint_kv_cache_dtype(q),
-        max_position_embeddings=_first(text, "max_position_embeddings", "n_positions"),
+        max_position_embeddings=first_of(text, "max_position_embeddings", "n_positions"),
     )

@@ -24,8 +24,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-MIB = 2**20
-GIB = 2**30
+from autotune.units import GIB, MIB
+
 ROUNDING = GIB // 200  # vLLM prints GiB with 2 decimals: +-0.005 GiB
 MARGIN = 64 * MIB  # slack on every bound (run-to-run noise, allocator rounding)
 SIGMAS = 3.0  # posterior standard deviations a model bound keeps as slack

@@ -1,6 +1,6 @@
 """Parameter counts and the rough pre-calibration estimates of what a boot costs besides the KV
 cache: weights, CUDA graph capture sizes and memory, the dummy forward's activation peak and the
-multimodal encoder profile. The first boot's numbers replace them (``MemoryModel.calibrated``,
+multimodal encoder profile. The launches' numbers correct them (``autotune.memory.calibration``,
 ``autotune.search.screen``). Only ``weight_bytes`` reads files (safetensors headers)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from autotune.memory.arch import Architecture
+from autotune.units import MIB
 
-_MIB = 2**20
 _FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 
 
@@ -127,7 +127,7 @@ def _safetensors_header(path: Path) -> dict[str, Any] | None:
     try:
         with path.open("rb") as f:
             size = int.from_bytes(f.read(8), "little")
-            if not 0 < size < 100 * _MIB:
+            if not 0 < size < 100 * MIB:
                 return None
             header = json.loads(f.read(size))
     except (OSError, ValueError):
@@ -166,7 +166,7 @@ def _checkpoint_bytes(model_dir: Path, arch: Architecture) -> int | None:
 
 def weight_bytes(*, arch: Architecture, model_dir: Path | None, tp: int = 1) -> int:
     """Weight memory per GPU: the checkpoint's safetensors when present, else the parameter
-    estimate (``memory_arch.estimated_weight_bytes``); divided by TP (replicated norms and biases
+    estimate (``estimated_weight_bytes``); divided by TP (replicated norms and biases
     are negligible)."""
     total = _checkpoint_bytes(model_dir, arch) if model_dir is not None else None
     return -(-(total if total is not None else estimated_weight_bytes(arch)) // tp)

@@ -5,12 +5,9 @@ block pool's layout in KV cache groups (sliding-window hybrids). Pure."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from autotune.memory.arch import Architecture
+from autotune.memory.arch import Architecture
 
 # fmt: off
 # Element sizes of vLLM's STR_DTYPE_TO_TORCH_DTYPE (vllm/utils/torch_utils.py).
@@ -19,34 +16,6 @@ KV_DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16":
                   "nvfp4": 1, "nvfp4_ds_mla": 1, "int8_per_token_head": 1,
                   "fp8_per_token_head": 1}
 # fmt: on
-
-
-def _first(cfg: Mapping[str, Any], *keys: str) -> Any:
-    return next((cfg[k] for k in keys if cfg.get(k) is not None), None)
-
-
-def checkpoint_kv_cache_dtype(q: Mapping[str, Any]) -> str | None:
-    """What vLLM uses for ``--kv-cache-dtype auto`` from the checkpoint's own KV scheme:
-    ModelOpt's ``kv_cache_quant_algo`` / ``kv_cache_scheme`` (``resolve_kv_cache_dtype_string``)
-    and an llm-compressor ``kv_cache_scheme`` (the Attention layer sets ``fp8``)."""
-    method = str(q.get("quant_method", "")).lower()
-    if method.startswith("modelopt"):
-        inner = q.get("quantization") or q
-        algo = _first(inner, "kv_cache_scheme", "kv_cache_quant_algo") or _first(
-            q, "kv_cache_scheme", "kv_cache_quant_algo"
-        )
-        if isinstance(algo, Mapping):
-            if (
-                algo.get("num_bits") == 8
-                and algo.get("type") == "float"
-                and not algo.get("dynamic")
-            ):
-                return "fp8_e4m3"
-            return "nvfp4" if algo.get("num_bits") == 4 and algo.get("type") == "float" else None
-        return {"fp8": "fp8_e4m3", "nvfp4": "nvfp4"}.get(str(algo).lower()) if algo else None
-    if method == "compressed-tensors" and q.get("kv_cache_scheme") is not None:
-        return "fp8"
-    return None
 
 
 def resolve_kv_cache_dtype(*, arch: Architecture, kv_cache_dtype: str = "auto") -> str:

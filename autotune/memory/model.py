@@ -8,19 +8,18 @@ The budget (vllm-facts §1.2, vLLM 0.33.0 V1 engine)::
 
 CUDA graphs are subtracted in 0.33 (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1``, the default
 since 0.21); in 0.11 they came out of the ``1 - util`` headroom (``cuda_graphs_in_budget=False``).
-Only ``requested`` depends on the utilization, so one boot (``calibrated``) predicts the KV cache at
-any utilization for the same model, TP, batch and image settings (§1.3). What follows from
-``config.json`` alone is in ``autotune.memory.arch``, ``memory_kv`` and ``memory_estimates``
-(public names re-exported here).
+Only ``requested`` depends on the utilization, so one boot predicts the KV cache at any
+utilization for the same model, TP, batch and image settings (§1.3); the study learns from every
+launch in ``autotune.search.screen`` (block geometry) and ``autotune.memory.calibration`` (non-KV
+memory). What follows from ``config.json`` alone is in ``autotune.memory.arch``, ``kv`` and
+``estimates`` (public names re-exported here).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from autotune.hardware import Hardware
 from autotune.memory.arch import Architecture, UnsupportedArchitecture, architecture_from_config
@@ -37,54 +36,23 @@ from autotune.memory.kv import (
     kv_layout,
     resolve_kv_cache_dtype,
 )
+from autotune.units import GIB
 
 # fmt: off
 __all__ = [
-    "Architecture", "KVLayout", "MemoryModel", "StartupNumbers", "UnsupportedArchitecture",
+    "Architecture", "KVLayout", "MemoryModel", "UnsupportedArchitecture",
     "architecture_from_config", "encoder_profile_bytes", "estimate_memory_model",
     "kv_bytes_per_token", "kv_cache_dtype_bytes", "kv_layout", "resolve_kv_cache_dtype",
     "total_bytes_of", "weight_bytes",
 ]
 # fmt: on
 
-GIB = 2**30
-
-
-@dataclass(frozen=True, kw_only=True)
-class StartupNumbers:
-    """What one launch printed (§1.3), each field optional. Names follow ``outcome.StartupInfo``;
-    the rest come from the "Free memory on device … Actual usage is …" breakdown line (0.33:
-    consumed = weights + non-torch; 0.11 prints weights and non-torch separately)."""
-
-    utilization: float | None = None  # the boot's --gpu-memory-utilization
-    total_gib: float | None = None
-    kv_cache_gib: float | None = None  # "Available KV cache memory: X GiB" (per GPU)
-    kv_cache_tokens: int | None = None  # "GPU KV cache size: N tokens"
-    max_concurrency: float | None = None
-    concurrency_len: int | None = None
-    weights_gib: float | None = None  # "Model loading took X GiB"
-    consumed_gib: float | None = None  # weights + non-torch (0.33 breakdown)
-    non_torch_gib: float | None = None  # 0.11 breakdown
-    peak_activation_gib: float | None = None
-    cuda_graph_gib: float | None = None
-    profiled_images: int | None = None
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> StartupNumbers:
-        """From ``StartupInfo.to_dict()`` or stored trial attributes (unknown keys ignored)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
-
-
-def _gib(value: float | None, default: int = 0) -> int:
-    return default if value is None else round(value * GIB)
-
 
 @dataclass(frozen=True, kw_only=True)
 class MemoryModel:
     """Per-GPU memory of one engine configuration (bytes). ``kv_bytes_per_token`` is one token
-    slot of the block pool (``memory_arch.kv_bytes_per_token``); ``kv_windows`` has one entry per
-    KV cache group (None: full attention, else its sliding window)."""
+    slot of the block pool (``autotune.memory.kv.kv_bytes_per_token``); ``kv_windows`` has one
+    entry per KV cache group (None: full attention, else its sliding window)."""
 
     total_bytes: int
     weights_bytes: int
@@ -168,37 +136,6 @@ class MemoryModel:
             util = math.nextafter(util, math.inf)
         return util
 
-    def calibrated(self, *, startup: StartupNumbers) -> MemoryModel:
-        """A copy corrected with a boot's numbers. Components that were printed replace the
-        estimates; then, when the boot's utilization and KV memory are known, the activation peak
-        (then graphs, non-torch, weights, never below 0) absorbs the difference, so that the model
-        reproduces that boot's KV memory exactly."""
-        s = startup
-        weights = _gib(s.weights_gib, self.weights_bytes)
-        non_torch = _gib(s.non_torch_gib, self.non_torch_bytes)
-        if s.consumed_gib is not None:
-            non_torch = max(0, _gib(s.consumed_gib) - weights)
-        model = replace(
-            self,
-            total_bytes=_gib(s.total_gib, self.total_bytes),
-            weights_bytes=weights,
-            non_torch_bytes=non_torch,
-            activation_peak_bytes=_gib(s.peak_activation_gib, self.activation_peak_bytes),
-            cuda_graph_bytes=_gib(s.cuda_graph_gib, self.cuda_graph_bytes),
-        )
-        kv = _gib(s.kv_cache_gib) if s.kv_cache_gib is not None else None
-        if kv is None and s.kv_cache_tokens and self.kv_windows == (None,):
-            kv = s.kv_cache_tokens * self.kv_bytes_per_token  # full attention: tokens = blocks x bs
-        if kv is None or s.utilization is None:
-            return model
-        # The boot's KV line is the ground truth: the least known terms absorb the difference.
-        excess = model.kv_cache_bytes(utilization=s.utilization) - kv
-        names = ["activation_peak_bytes", "non_torch_bytes", "weights_bytes"]
-        for name in names[:1] + ["cuda_graph_bytes"] * model.cuda_graphs_in_budget + names[1:]:
-            value = getattr(model, name) + excess
-            model, excess = replace(model, **{name: max(0, value)}), min(0, value)
-        return model
-
 
 def total_bytes_of(hardware: Hardware) -> int:
     """Memory of one GPU in bytes (vLLM sizes each TP rank's GPU on its own, §1.2)."""
@@ -223,8 +160,8 @@ def estimate_memory_model(
 ) -> MemoryModel:
     """A model before any boot. Defaults are vllm serve 0.33 on a 70+ GiB GPU (§2.1). Non-torch
     memory: 0.5 GiB (+0.5 GiB of NCCL buffers when TP > 1). Activation and CUDA graph estimates:
-    ``memory_arch``. All are rough placeholders that the first boot's numbers replace
-    (``MemoryModel.calibrated``)."""
+    ``autotune.memory.estimates``. All are rough placeholders that the launches' numbers
+    correct (``autotune.memory.calibration``)."""
     layout = kv_layout(
         arch=arch,
         tp=tp,

@@ -20,12 +20,12 @@ from autotune.engine.defaults import vllm_defaults
 from autotune.errors import UserError
 from autotune.hardware import Hardware
 from autotune.memory.kv import resolve_kv_cache_dtype
-from autotune.memory.model import GIB, MemoryModel
+from autotune.memory.model import MemoryModel
 from autotune.memory.setup import base_model, engine_flags
 from autotune.model import ModelSpec
+from autotune.units import GIB, MIB
 
 UTILIZATIONS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.95)
-MIB = 2**20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,12 +127,14 @@ def run(
     request_len: int | None, as_json: bool,
 ) -> None:  # fmt: skip
     """``autotune plan``: resolve the model and hardware, print the plan."""
-    from autotune.hardware import resolve_hardware
+    from autotune.hardware import choose_device, resolve_hardware
     from autotune.model import resolve_model
 
     data = plan(
         spec=resolve_model(model),
-        hardware=resolve_hardware(gpu=gpu, device=device),
+        hardware=resolve_hardware(
+            gpu=gpu, device=choose_device(device=device, gpu=gpu, engine_version=None)
+        ),
         extra_args=extra_args,
         request_len=request_len,
     )

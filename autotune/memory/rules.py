@@ -65,7 +65,7 @@ def graph_count(args: Mapping[str, Any]) -> int | None:
     return len(capture_sizes(max_num_seqs=seqs, max_num_batched_tokens=tokens))
 
 
-class Prescreen:
+class FailureRules:
     """Failures seen so far in a study; ``check`` says why a candidate would fail, if it would."""
 
     def __init__(self, *, image_tokens: int | None) -> None:
@@ -118,7 +118,7 @@ class Prescreen:
         )
 
     def predict_kv_tokens(self, args: Mapping[str, Any]) -> int | None:
-        """Class rules predict no capacity (``predict.MemoryKnowledge`` does)."""
+        """Class rules predict no capacity (``search.screen.MemoryScreen`` does)."""
         return None
 
     def check(self, args: Mapping[str, Any]) -> str | None:

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 from autotune.hardware import Hardware
 from autotune.memory.arch import Architecture, UnsupportedArchitecture
-from autotune.memory.calibration import GIB, MIB, Prior
+from autotune.memory.calibration import Prior
 from autotune.memory.estimates import default_activation_bytes, encoder_profile_bytes
 from autotune.memory.model import MemoryModel, architecture_from_config, estimate_memory_model
 from autotune.model import ModelSpec
+from autotune.units import GIB, MIB
 
 CPU_BLOCK_SIZE = 128  # vLLM's CPU backend (observed: its KV cache is whole 128-token blocks)
 

@@ -13,6 +13,7 @@ from autotune import __version__
 from autotune.engine.safety import parallel_sizes, split_extra
 from autotune.engine.settings import warnings_for
 from autotune.profiles.store import SCHEMA_VERSION, SINGLE_DEVICE, Profile
+from autotune.trial.record import TrialRecord
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +30,29 @@ class Chosen:
     num_prompts: int
     # constraints, memory, noise, soak, variants (``search.finalize.sections``)
     sections: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        record: TrialRecord,
+        *,
+        number: int,
+        study: str,
+        num_prompts: int,
+        sections: Mapping[str, Any],
+    ) -> Chosen:
+        """The chosen trial ``number`` of ``study``, from its record."""
+        return cls(
+            number=number,
+            vllm_args=record.vllm_args,
+            vllm_version=record.vllm_version,
+            metrics=record.metrics.to_dict() if record.metrics else {},
+            startup=record.startup.to_dict(),
+            log=record.log,
+            study=study,
+            num_prompts=num_prompts,
+            sections=sections,
+        )
 
 
 def build_profile(

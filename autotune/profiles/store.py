@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from autotune.engine.safety import check_profile_args, strip_secrets
-from autotune.errors import UserError
+from autotune.errors import ProfileError, UserError
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -103,37 +103,37 @@ class Profile:
     def from_dict(cls, data: Mapping[str, Any], *, source: str) -> Profile:
         """Validate and build; errors name ``source`` (the file)."""
         if not isinstance(data, Mapping):
-            raise UserError(f"{source}: not a profile (expected a mapping)")
+            raise ProfileError(f"{source}: not a profile (expected a mapping)")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         missing = sorted(names - set(data) - set(ADDED_IN_2))
         if unknown:
-            raise UserError(f"{source}: unknown keys {', '.join(unknown)}")
+            raise ProfileError(f"{source}: unknown keys {', '.join(unknown)}")
         if missing:
-            raise UserError(f"{source}: missing keys {', '.join(missing)}")
+            raise ProfileError(f"{source}: missing keys {', '.join(missing)}")
         if data["schema_version"] not in READABLE_VERSIONS:
-            raise UserError(
+            raise ProfileError(
                 f"{source}: schema_version {data['schema_version']} is not supported "
                 f"(this autotune reads {', '.join(map(str, READABLE_VERSIONS))})"
             )
         if data["schema_version"] < 2 and (newer := [k for k in ADDED_IN_2 if k in data]):
-            raise UserError(f"{source}: {', '.join(newer)} need schema_version 2")
+            raise ProfileError(f"{source}: {', '.join(newer)} need schema_version 2")
         _check_added(data, source=source)
         mappings = ("model", "hardware", "workload", "vllm_args", "metrics", "provenance")
         for key in (*mappings, "parallel", "constraints"):
             if not isinstance(data[key], Mapping):
-                raise UserError(f"{source}: {key} must be a mapping")
+                raise ProfileError(f"{source}: {key} must be a mapping")
         extra = data["extra_args"]
         if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
-            raise UserError(f"{source}: extra_args must be a list of strings")
+            raise ProfileError(f"{source}: extra_args must be a list of strings")
         check_profile_args(data["vllm_args"], extra, source=source)
         for name in SINGLE_DEVICE:
             size = data["parallel"].get(name)
             if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-                raise UserError(f"{source}: parallel.{name} must be an integer >= 1")
+                raise ProfileError(f"{source}: parallel.{name} must be an integer >= 1")
         for key, sub in (("model", "name"), ("hardware", "key"), ("workload", "signature")):
             if sub not in data[key]:
-                raise UserError(f"{source}: {key}.{sub} is missing")
+                raise ProfileError(f"{source}: {key}.{sub} is missing")
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
@@ -141,16 +141,16 @@ def _check_added(data: Mapping[str, Any], *, source: str) -> None:
     """The version-2 sections: their shapes, and every variant's flags checked like the main."""
     for key in ("memory", "noise", "soak"):
         if key in data and not isinstance(data[key], Mapping):
-            raise UserError(f"{source}: {key} must be a mapping")
+            raise ProfileError(f"{source}: {key} must be a mapping")
     warnings = data.get("warnings", [])
     if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
-        raise UserError(f"{source}: warnings must be a list of strings")
+        raise ProfileError(f"{source}: warnings must be a list of strings")
     variants = data.get("variants", [])
     if not isinstance(variants, list):
-        raise UserError(f"{source}: variants must be a list")
+        raise ProfileError(f"{source}: variants must be a list")
     for i, v in enumerate(variants):
         if not isinstance(v, Mapping) or not isinstance(v.get("vllm_args"), Mapping):
-            raise UserError(f"{source}: variants[{i}] needs vllm_args")
+            raise ProfileError(f"{source}: variants[{i}] needs vllm_args")
         check_profile_args(v["vllm_args"], [], source=f"{source}: variants[{i}]")
 
 
@@ -219,9 +219,9 @@ class ProfileStore:
         try:
             data = yaml.safe_load(path.read_text())
         except OSError as exc:
-            raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+            raise ProfileError(f"{path}: cannot read ({exc.strerror})") from None
         except yaml.YAMLError as exc:
-            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise ProfileError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         return Profile.from_dict(data, source=str(path))
 
     def all(self) -> list[tuple[Path, Profile]]:

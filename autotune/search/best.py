@@ -30,7 +30,7 @@ def ranked(
     repeats: int = 1,
     most_images: bool = False,
 ) -> list[choice.Candidate]:
-    """Feasible configurations, best first (repeats grouped, see ``choice.rank``)."""
+    """Feasible configurations, best first (repeats grouped, see ``search.ranking.rank``)."""
     cands = choice.candidates(study.get_trials(deepcopy=False), goal=goal, statistic=statistic)
     return choice.rank(cands, goal=goal, noise=noise, repeats=repeats, most_images=most_images)
 

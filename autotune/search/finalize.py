@@ -18,7 +18,7 @@ from autotune.search import best
 from autotune.search import ranking as choice
 from autotune.search import study as st
 from autotune.search import study_keys as keys
-from autotune.search.goal import Goal
+from autotune.search.goal import Goal, Statistic
 from autotune.search.ranking import Candidate
 from autotune.trial.record import attrs
 from autotune.trial.soak import SoakVerdict, run_soak
@@ -32,7 +32,7 @@ class Finish:
 
     repeats: int = 2  # measurements of each finalist (1: no re-measurement)
     finalists: int = 3
-    statistic: str = "worst"  # "worst" or "median" of the repeats
+    statistic: Statistic = "worst"  # of the repeats
     soak: bool = True
     noise: float = 0.05
     most_images: bool = False

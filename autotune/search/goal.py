@@ -9,13 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from autotune.engine.outcome import StartupInfo
 from autotune.errors import UserError
 from autotune.search.space import SearchSpace
 
-OBJECTIVES = ("throughput", "goodput", "memory", "pareto")
 # --slo name → the metric it limits (milliseconds, a percentile of the measured requests).
 SLO_METRICS = {
     "ttft_p95_ms": "ttft_ms_p95",
@@ -28,6 +27,9 @@ SLO_METRICS = {
     "e2e_p99_ms": "e2e_ms_p99",
 }
 Direction = Literal["maximize", "minimize"]
+Objective = Literal["throughput", "goodput", "memory", "pareto"]
+OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
+Statistic = Literal["worst", "median"]  # of a configuration's repeated measurements
 INFEASIBLE = "infeasible"  # the configuration cannot serve (OOM, KV too small, crash, ...)
 SLO = "slo"  # the worst relative excess over an SLO
 FLOOR = "min_throughput"  # the relative shortfall below --min-throughput
@@ -71,7 +73,7 @@ def parse_budget(text: str | None, *, total_gib: float) -> float | None:
 class Goal:
     """The objective and the limits a configuration must meet."""
 
-    kind: str = "throughput"
+    kind: Objective = "throughput"
     slos: tuple[tuple[str, float], ...] = ()
     min_throughput: float | None = None
     memory_budget: float | None = None  # share of total GPU memory, never exceeded
@@ -197,6 +199,8 @@ def goal_from(
     """The goal from the command line's texts; one clear line for a bad combination."""
     if min_throughput is not None and not min_throughput > 0:
         raise UserError(f"--min-throughput {min_throughput}: give output tokens/s > 0")
+    if objective not in OBJECTIVES:
+        raise UserError(f"--objective {objective}: choose one of {', '.join(OBJECTIVES)}")
     return Goal(
         kind=objective,
         slos=parse_slos(slos),

@@ -23,11 +23,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from autotune.engine.outcome import Outcome, StartupInfo
+from autotune.engine.outcome import Outcome
 from autotune.hardware import Hardware
 from autotune.memory.arch import Architecture
 from autotune.memory.calibration import (
-    GIB,
     MARGIN,
     ROUNDING,
     Fit,
@@ -38,21 +37,19 @@ from autotune.memory.calibration import (
     non_kv_floor,
 )
 from autotune.memory.model import MemoryModel
-from autotune.memory.rules import Prescreen, graph_count
+from autotune.memory.observed import blocks_consistent, gib_bytes, kv_interval
+from autotune.memory.rules import FailureRules, graph_count
 from autotune.memory.setup import EngineFlags, base_model, calibration_prior, engine_flags
 from autotune.model import ModelSpec
 from autotune.search.screen_rules import launched, learn_classes
 from autotune.trial.record import TrialRecord
+from autotune.units import GIB
 
 UTIL, KV_BYTES = "gpu_memory_utilization", "kv_cache_memory_bytes"
 _BLOCK_SIZES = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
-def _gib(value: Any) -> int | None:
-    return None if value is None else round(float(value) * GIB)
-
-
-class MemoryKnowledge:
+class MemoryScreen:
     """What the study knows about memory; ``check`` and ``predict_kv_tokens`` answer for a
     candidate's vLLM arguments, ``learn_trial`` takes a launched trial's user attributes."""
 
@@ -65,7 +62,7 @@ class MemoryKnowledge:
         flags: EngineFlags | None = None,
         prescreen: bool = True,
     ) -> None:
-        self.classes = Prescreen(image_tokens=image_tokens)
+        self.classes = FailureRules(image_tokens=image_tokens)
         self.base, self.arch, self.prescreen = base, arch, prescreen
         self.flags = flags or EngineFlags()
         self.pool = base  # block geometry and total memory, corrected by launches
@@ -78,7 +75,7 @@ class MemoryKnowledge:
     def build(
         cls, *, spec: ModelSpec, hardware: Hardware, extra_args: Sequence[str] = (),
         prescreen: bool = True,
-    ) -> MemoryKnowledge:  # fmt: skip
+    ) -> MemoryScreen:  # fmt: skip
         flags = engine_flags(extra_args)
         found = base_model(spec=spec, hardware=hardware, flags=flags)
         base, arch = found if found is not None else (None, None)
@@ -103,13 +100,13 @@ class MemoryKnowledge:
     def _refresh(self) -> None:
         if self.base is None or self.arch is None:
             return
-        totals = [_gib(r.startup.total_gib) for _, r in self.launches]
+        totals = [gib_bytes(r.startup.total_gib) for _, r in self.launches]
         total = next((t for t in reversed(totals) if t), None)
         pool = self.base
         if total is not None and abs(total - pool.total_bytes) > ROUNDING:
             pool = replace(pool, total_bytes=total)
         self.pool, self.geometry_known = self._geometry(pool)
-        weights = [_gib(r.startup.weights_gib) for _, r in self.launches]
+        weights = [gib_bytes(r.startup.weights_gib) for _, r in self.launches]
         known = next((w for w in reversed(weights) if w), None)
         observations = [o for o in map(self._observation, self.launches) if o is not None]
         prior = calibration_prior(self.base, arch=self.arch, tp=self.flags.tp, weights=known)
@@ -120,7 +117,7 @@ class MemoryKnowledge:
         out = []
         for _, record in self.launches:
             s, args = record.startup, record.vllm_args
-            kv = self._kv_bytes(args, s)
+            kv = kv_interval(args, s)
             est = record.estimated_max_model_len or None
             if kv is not None and (s.kv_cache_tokens or est):
                 out.append((*kv, s.kv_cache_tokens, args.get("max_model_len"), est))
@@ -135,36 +132,12 @@ class MemoryKnowledge:
         first = [b for b in logged if b] + [pool.block_size]
         for bs in dict.fromkeys([*first, *_BLOCK_SIZES]):
             candidate = replace(pool, block_size=int(bs))
-            if all(self._consistent(candidate, *sample) for sample in samples):
+            if all(blocks_consistent(candidate, *sample) for sample in samples):
                 return candidate, True
         lo, hi, tokens, _, _ = samples[0]  # the analytic bytes per token is off: measure it
         if tokens:
             return replace(pool, kv_bytes_per_token=max(1, round((lo + hi) / 2 / tokens))), False
         return pool, False
-
-    @staticmethod
-    def _consistent(
-        pool: MemoryModel, lo: int, hi: int, tokens: int | None, length: int | None, est: int | None
-    ) -> bool:
-        bs, bpb = pool.block_size, pool.bytes_per_block
-        for blocks in range(max(0, lo // bpb), max(0, hi // bpb) + 1):
-            if est is not None and est != (blocks - 1) * bs:
-                continue
-            forms = {blocks * bs}
-            if length:
-                forms.add(int(blocks / pool.blocks_per_request(int(length)) * int(length)))
-            if tokens is None or tokens in forms:
-                return True
-        return False
-
-    def _kv_bytes(self, args: Mapping[str, Any], s: StartupInfo) -> tuple[int, int] | None:
-        """The launch's KV cache in bytes, as an interval as exact as its log allows."""
-        if KV_BYTES in args:
-            return int(args[KV_BYTES]), int(args[KV_BYTES])
-        if s.kv_cache_bytes is not None:
-            return s.kv_cache_bytes, s.kv_cache_bytes
-        gib = _gib(s.kv_cache_gib)
-        return None if gib is None else (gib - ROUNDING, gib + ROUNDING)
 
     def _observation(self, launch: tuple[int, TrialRecord]) -> Observation | None:
         trial, record = launch
@@ -173,7 +146,7 @@ class MemoryKnowledge:
         if point is None or self.pool is None:
             return None
         non_kv = None
-        kv = self._kv_bytes(args, s) if UTIL in args else None
+        kv = kv_interval(args, s) if UTIL in args else None
         if kv is not None:
             lo, hi = kv
             if self.geometry_known:  # whole blocks narrow the interval
@@ -187,9 +160,9 @@ class MemoryKnowledge:
             trial=trial,
             point=point,
             non_kv=non_kv,
-            consumed=_gib(s.consumed_gib),
-            peak=_gib(s.peak_activation_gib),
-            graph_bytes=_gib(s.cuda_graph_gib),
+            consumed=gib_bytes(s.consumed_gib),
+            peak=gib_bytes(s.peak_activation_gib),
+            graph_bytes=gib_bytes(s.cuda_graph_gib),
         )
 
     def _blocks(self, tokens: Any, args: Mapping[str, Any], record: TrialRecord) -> int | None:
@@ -248,7 +221,7 @@ class MemoryKnowledge:
         per_size, over = 0.0, 0.0
         for _, record in self.launches:
             s, count = record.startup, graph_count(record.vllm_args)
-            est, actual = _gib(s.cuda_graph_gib), _gib(s.cuda_graph_actual_gib)
+            est, actual = gib_bytes(s.cuda_graph_gib), gib_bytes(s.cuda_graph_actual_gib)
             if est and count:
                 per_size = max(per_size, est / count)
                 if actual:
@@ -264,7 +237,7 @@ class MemoryKnowledge:
 
     def _latest(self, key: str, pick: Any = None) -> int | None:
         """A startup number over the launches (bytes): the latest, or ``pick`` of them all."""
-        seen = [g for _, r in self.launches if (g := _gib(getattr(r.startup, key)))]
+        seen = [g for _, r in self.launches if (g := gib_bytes(getattr(r.startup, key)))]
         return (pick(seen) if pick else seen[-1]) if seen else None
 
     def _profiling(self, args: Mapping[str, Any]) -> str | None:

@@ -1,4 +1,4 @@
-"""The study's memory knowledge across opt-in settings: one ``MemoryKnowledge`` per KV cache
+"""The study's memory knowledge across opt-in settings: one ``MemoryScreen`` per KV cache
 dtype when ``--tune kv-cache-dtype`` searches it (bytes per token, block geometry and the
 failure rules all differ), and the rule that skips a candidate without chunked prefill whose
 batch is shorter than its context."""
@@ -12,16 +12,16 @@ from autotune.engine.settings import KV_DTYPE, unchunked_too_short
 from autotune.hardware import Hardware
 from autotune.memory.setup import engine_flags
 from autotune.model import ModelSpec
-from autotune.search.screen import MemoryKnowledge
+from autotune.search.screen import MemoryScreen
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord
 
 
-class Knowledge:
-    """``MemoryKnowledge`` per KV cache dtype; each candidate is answered, and each launch
+class DtypeScreens:
+    """``MemoryScreen`` per KV cache dtype; each candidate is answered, and each launch
     learned, by the one of its own dtype."""
 
-    def __init__(self, by_dtype: Mapping[str, MemoryKnowledge], *, default: str) -> None:
+    def __init__(self, by_dtype: Mapping[str, MemoryScreen], *, default: str) -> None:
         self.by_dtype, self.default = dict(by_dtype), default
         self.prescreen = all(k.prescreen for k in self.by_dtype.values())
 
@@ -34,14 +34,14 @@ class Knowledge:
         space: SearchSpace,
         extra_args: Sequence[str] = (),
         prescreen: bool = True,
-    ) -> Knowledge:
+    ) -> DtypeScreens:
         default = engine_flags(extra_args).kv_cache_dtype
         dtypes = [default]
         if KV_DTYPE in space:
             dtypes = [str(c) for c in space[KV_DTYPE].choices]
             default = dtypes[0]
         by_dtype = {
-            dtype: MemoryKnowledge.build(
+            dtype: MemoryScreen.build(
                 spec=spec,
                 hardware=hardware,
                 extra_args=[*extra_args, "--kv-cache-dtype", dtype],
@@ -51,7 +51,7 @@ class Knowledge:
         }
         return cls(by_dtype, default=default)
 
-    def _of(self, args: Mapping[str, Any]) -> MemoryKnowledge:
+    def _of(self, args: Mapping[str, Any]) -> MemoryScreen:
         dtype = str(args.get(KV_DTYPE, self.default))
         return self.by_dtype.get(dtype, self.by_dtype[self.default])
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from autotune.memory.rules import Prescreen
+from autotune.memory.rules import FailureRules
 from autotune.trial.record import TrialRecord
 
 
@@ -14,7 +14,7 @@ def launched(record: TrialRecord) -> bool:
     return record.launched and bool(record.outcome) and bool(record.vllm_args)
 
 
-def learn_classes(rules: Prescreen, *, trial: int, record: TrialRecord) -> None:
+def learn_classes(rules: FailureRules, *, trial: int, record: TrialRecord) -> None:
     """Teach the failure-class rules one launched trial."""
     rules.learn_launch(
         trial=trial, outcome=record.outcome, args=record.vllm_args, startup=record.startup
@@ -25,7 +25,7 @@ class ClassScreen:
     """The failure-class rules alone as a study's pre-screen (no memory model, no predictions)."""
 
     def __init__(self, *, image_tokens: int | None) -> None:
-        self.rules = Prescreen(image_tokens=image_tokens)
+        self.rules = FailureRules(image_tokens=image_tokens)
 
     def learn_all(self, trials: Iterable[tuple[int, TrialRecord]]) -> None:
         for number, record in trials:
@@ -39,4 +39,7 @@ class ClassScreen:
         return self.rules.check(args)
 
     def predict_kv_tokens(self, args: Mapping[str, Any]) -> int | None:
+        return None
+
+    def memory_edge(self, args: Mapping[str, Any]) -> float | None:
         return None

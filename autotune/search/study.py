@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
 from autotune.engine.safety import redact_url
-from autotune.errors import UserError
+from autotune.errors import StorageError, UserError
 from autotune.search import study_keys as keys
 from autotune.search.goal import Goal
 from autotune.search.moves.guide import Guide
@@ -39,8 +39,10 @@ CONSTRAINT = "infeasible"  # > 0: the configuration cannot serve (OOM, KV too sm
 
 
 class Screen(Protocol):
-    """The study's memory knowledge (``predict.MemoryKnowledge``; ``feasibility.Prescreen`` for
-    the class rules alone): learns from launched trials, predicts and pre-screens candidates."""
+    """The pre-screen: the study's memory knowledge (``search.screen.MemoryScreen``, one per KV
+    cache dtype in ``search.screen_by_dtype.DtypeScreens``; ``search.screen_rules.ClassScreen``
+    for the failure-class rules alone). Learns from launched trials, predicts and pre-screens
+    candidates."""
 
     def learn_all(self, trials: Iterable[tuple[int, TrialRecord]]) -> None: ...
 
@@ -52,7 +54,7 @@ class Screen(Protocol):
 
 
 class Reporter(Protocol):
-    """Progress sink (``progress.py``): a live display or plain log lines."""
+    """Progress sink (``autotune.report.progress``): a live display or plain log lines."""
 
     def trial_started(
         self, *, number: int, launch: int, budget: int, args: dict[str, Any]
@@ -111,7 +113,7 @@ def open_study(
             )
     except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as exc:
         url = redact_url(str(storage))
-        raise UserError(f"cannot open study storage {url}: {redact_url(str(exc))}") from None
+        raise StorageError(f"cannot open study storage {url}: {redact_url(str(exc))}") from None
     if [d.name.lower() for d in study.directions] != list(goal.directions):
         raise UserError(f"study {name!r} exists with other objectives; use another --storage")
     return study

@@ -9,8 +9,8 @@ import math
 from dataclasses import dataclass, field
 
 from autotune.testing._fake_model import FakeEnv, ModelInfo, ServeConfig
+from autotune.units import GIB
 
-GIB = 1024**3
 CONTEXT_GIB = 0.5
 DOCS = "https://docs.vllm.ai/en/latest/configuration/conserving_memory/"
 

@@ -17,10 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from autotune.gpu_dir import count, held, used_bytes
+from autotune.units import GIB
 
 __all__ = ["count", "create", "free", "hold", "others_gib", "too_few", "used_bytes"]
-
-GIB = 1024**3
 
 
 def create(directory: Path, count: int) -> Path:

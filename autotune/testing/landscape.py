@@ -12,8 +12,8 @@ Nothing is modelled here: the fake's own pieces decide.
   with requests fed as the scheduler can take them (the same schedule, no waiting);
 - the benchmark's verdict: ``metrics.aggregate`` and ``TrialRunner._judge``.
 
-``LandscapeRunner`` is a ``TrialRunner`` that returns this truth as a ``TrialResult``, so
-autotune's real study loop can run on it in milliseconds per trial.
+``landscape_runner.LandscapeRunner`` is a ``TrialRunner`` that returns this truth as a
+``TrialResult``, so autotune's real study loop can run on it in milliseconds per trial.
 """
 
 from __future__ import annotations
@@ -21,14 +21,10 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import json
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from queue import Queue
 from typing import Any, cast
-from unittest import mock
 
 from autotune.engine.launcher import ArgValue, vllm_flags
 from autotune.engine.outcome import (
@@ -41,132 +37,18 @@ from autotune.engine.outcome import (
 )
 from autotune.load import client as loadgen
 from autotune.load.metrics import RequestRecord, aggregate
-from autotune.load.workload import Request
-from autotune.testing import _fake_batch
-from autotune.testing._fake_batch import BatchEngine
+from autotune.load.request import Request
+from autotune.load.responses import summarise_errors
 from autotune.testing._fake_boot import CONTEXT_GIB, Boot, oom_text, plan_boot
 from autotune.testing._fake_cli import ConfigError, build_parser, resolve_config
 from autotune.testing._fake_log import CORE_FAILED, ENGINE_DEAD, VERSION, Out
 from autotune.testing._fake_model import FakeEnv, ModelInfo, ServeConfig
 from autotune.testing._fake_prompt import PromptError, image_tokens, prompt_parts
+from autotune.testing._truth_log import API, CORE, fail_text, fake_lines, raw_lines
+from autotune.testing._virtual_serve import Job, Served, serve_jobs
 from autotune.trial.runner import TrialResult, TrialRunner
 
-__all__ = ["FakeTruth", "Job", "LandscapeRunner", "Served", "serve_jobs"]
-
-Job = tuple[int, int, int]  # (prompt tokens, tokens to generate, max_tokens) as the engine gets it
-_API, _CORE = "APIServer pid=1", "EngineCore pid=2"
-_STAMP = "01-01 00:00:00"
-
-
-# --- serving: the fake's BatchEngine on a virtual clock ---------------------------------------
-
-
-class _Drained(Exception):
-    """The engine loop went idle: every request is done."""
-
-
-class _NoWait(threading.Condition):
-    """The engine's condition variable; going idle ends the run instead of blocking."""
-
-    def wait(self, timeout: float | None = None) -> bool:
-        raise _Drained
-
-
-class _Clock:
-    """Stands in for the ``time`` module of ``_fake_batch``: a step's sleep advances the clock,
-    and lets the caller submit more requests before the next step is scheduled."""
-
-    def __init__(self, between_steps: Callable[[], None]) -> None:
-        self.now = 0.0
-        self._between_steps = between_steps
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        self._between_steps()
-
-
-class _Tokens(Queue[int | str | None]):
-    """A request's output queue that keeps the virtual time of each token and the final item."""
-
-    def __init__(self, clock: _Clock) -> None:  # no Queue.__init__: nothing waits on it
-        self.clock = clock
-        self.times: list[float] = []
-        self.end: str | None = None
-
-    def put(self, item: int | str | None, block: bool = True, timeout: float | None = None) -> None:
-        if isinstance(item, int):
-            self.times.append(self.clock.now)
-        else:
-            self.end = item  # "stop" / "length", or None: the engine died
-
-
-@dataclass(frozen=True)
-class Served:
-    """What the engine did with the jobs, on the virtual clock (seconds from the first send)."""
-
-    token_times: tuple[tuple[float, ...], ...]  # per job, the time each token was emitted
-    finished: tuple[bool, ...]  # per job: got its finish reason (False: the engine died first)
-    crashed: str | None  # the BatchEngine's death reason ("load", "requests"), if it died
-
-
-_SIM_LOCK = threading.Lock()  # the clock replaces a module global of _fake_batch
-
-
-def serve_jobs(
-    jobs: Sequence[Job],
-    *,
-    max_num_seqs: int,
-    max_num_batched_tokens: int,
-    capacity: int,
-    time_scale: float,
-    crash_under_load: bool = False,
-    crash_after: int | None = None,
-    lazy: bool = True,
-) -> Served:
-    """Run the fake's scheduling loop over ``jobs``, all sent at once at time 0.
-
-    ``lazy``: requests enter the engine's waiting queue as the loop can take them (never fewer
-    waiting than ``max_num_seqs``). Admission only ever looks at the head of the queue, so the
-    schedule is the one of submitting everything first (``lazy=False``), without the engine's
-    per-step scan of thousands of waiting requests.
-    """
-    death: list[str] = []
-    engine = BatchEngine(
-        max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=max_num_batched_tokens,
-        capacity=capacity,
-        time_scale=time_scale,
-        crash_under_load=crash_under_load,
-        crash_after=crash_after,
-        on_death=death.append,
-    )
-    engine._cond = _NoWait()
-    pending: Iterator[Job] = iter(jobs)
-    outs: list[_Tokens] = []
-
-    def feed() -> None:
-        while (not lazy or len(engine.waiting) <= max_num_seqs) and not (engine.dead or death):
-            job = next(pending, None)
-            if job is None:
-                return
-            req = engine.submit(*job)
-            req.out = out = _Tokens(clock)
-            outs.append(out)
-
-    clock = _Clock(feed)
-    with _SIM_LOCK, mock.patch.object(_fake_batch, "time", clock):
-        feed()
-        if outs:
-            with contextlib.suppress(_Drained):
-                engine._loop()
-    times = [tuple(o.times) for o in outs]
-    done = [o.end in ("stop", "length") for o in outs]
-    missing = len(jobs) - len(outs)  # never submitted: the engine had died
-    return Served(
-        token_times=(*times, *([()] * missing)),
-        finished=(*done, *([False] * missing)),
-        crashed=death[0] if death else None,
-    )
+__all__ = ["FakeTruth", "Job", "Served", "serve_jobs"]
 
 
 # --- one configuration ----------------------------------------------------------------------
@@ -183,19 +65,6 @@ class _Startup:
     failure: Classified | None  # None: the engine came up
     startup: StartupInfo
     startup_s: float
-
-
-def _lines(proc: str, level: str, src: str, msg: str) -> list[str]:
-    return [f"({proc}) {level} {_STAMP} [{src}] {line}" for line in msg.splitlines()]
-
-
-def _raw(proc: str, text: str) -> list[str]:
-    return [f"({proc}) {line}" for line in text.splitlines()]
-
-
-def _fail_text(exc: str) -> str:
-    tb = "Traceback (most recent call last):\n"
-    return tb + '  File "/fake/bin/vllm", line 10, in <module>\n    sys.exit(main())\n' + exc
 
 
 class FakeTruth:
@@ -233,7 +102,7 @@ class FakeTruth:
         return self._startups[key]
 
     def _start(self, args: Mapping[str, ArgValue]) -> _Startup:
-        log = _lines(_API, "INFO", "api_server.py:1956", f"vLLM API server version {VERSION}")
+        log = fake_lines(API, "INFO", "api_server.py:1956", f"vLLM API server version {VERSION}")
         usage = io.StringIO()
         try:
             with contextlib.redirect_stderr(usage):
@@ -243,10 +112,10 @@ class FakeTruth:
         try:
             cfg = resolve_config(ns, self.model, self.env.total)
         except ConfigError as exc:
-            log += _raw(_API, _fail_text(str(exc)))
+            log += raw_lines(API, fail_text(str(exc)))
             return self._judged(None, None, log)
         init = f"Initializing a V1 LLM engine (v{VERSION}) with config: model='{self.model_tag}'"
-        log += _lines(_CORE, "INFO", "core.py:98", init)
+        log += fake_lines(CORE, "INFO", "core.py:98", init)
         boot = plan_boot(cfg, self.model, self.env)
         for phase in boot.phases:  # printed as FakeServer._run prints them
             for level, pairs in (
@@ -255,13 +124,15 @@ class FakeTruth:
                 ("ERROR", phase.before_error),
             ):
                 for src, msg in pairs:
-                    log += _lines(_CORE, level, src, msg)
+                    log += fake_lines(CORE, level, src, msg)
             if phase.error:
                 tb = self._out.traceback(phase.where, phase.error, phase.frames)
-                log += _lines(_CORE, "ERROR", "core.py:1081", "EngineCore failed to start.\n" + tb)
-                log += _raw(_API, _fail_text(CORE_FAILED))
+                log += fake_lines(
+                    CORE, "ERROR", "core.py:1081", "EngineCore failed to start.\n" + tb
+                )
+                log += raw_lines(API, fail_text(CORE_FAILED))
                 return self._judged(cfg, boot, log)
-        log += _lines(_CORE, "INFO", "gpu_worker.py:460", boot.breakdown)
+        log += fake_lines(CORE, "INFO", "gpu_worker.py:460", boot.breakdown)
         return self._judged(cfg, boot, log)
 
     def _judged(self, cfg: ServeConfig | None, boot: Boot | None, lines: list[str]) -> _Startup:
@@ -392,7 +263,7 @@ class FakeTruth:
         duration = max((r.e2e_s for r in records), default=0.0)
         bench = loadgen.BenchResult(
             metrics=aggregate(records, duration_s=duration),
-            errors=loadgen._summarise_errors(records),
+            errors=summarise_errors(records),
             aborted=None,
             statuses={},
             records=tuple(records),
@@ -419,11 +290,11 @@ class FakeTruth:
         left = env.total - env.used - CONTEXT_GIB - cfg.util * env.total
         exc = oom_text(max(left, 0.0) + 0.25, env.total, left, env.total - env.used - left)
         tb = self._out.traceback("step", exc)
-        lines = _lines(
-            _CORE, "ERROR", "core.py:1120", "EngineCore encountered a fatal error.\n" + tb
+        lines = fake_lines(
+            CORE, "ERROR", "core.py:1120", "EngineCore encountered a fatal error.\n" + tb
         )
         failed = "AsyncLLM output_handler failed.\n" + ENGINE_DEAD
-        lines += _lines(_API, "ERROR", "async_llm.py:540", failed)
+        lines += fake_lines(API, "ERROR", "async_llm.py:540", failed)
         return "\n".join(lines) + "\n"
 
 
@@ -452,29 +323,3 @@ class _Alive:
 
 
 _JUDGE = TrialRunner(command=(), model="-", requests=())
-
-
-@dataclass(frozen=True, kw_only=True)
-class LandscapeRunner(TrialRunner):
-    """A ``TrialRunner`` that answers from ``FakeTruth`` instead of launching the fake engine.
-
-    ``write_logs``: also write the engine log each trial would have left (off: no files)."""
-
-    truth: FakeTruth
-    write_logs: bool = False
-    command: Sequence[str] = ()
-    model: str = "model"
-    requests: Sequence[Request] = field(default=())
-
-    def run(
-        self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
-    ) -> TrialResult:
-        on_phase("starting engine (in-process ground truth)")
-        st = self.truth.startup(args)
-        if st.failure is not None:
-            self._stop_on_user_error(st.failure)  # model not found / the user's invalid flags
-        result = self.truth.result(args, log_path=log_path)
-        if self.write_logs:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_path.write_text(f"$ {json.dumps(dict(args))}\n{st.log}")
-        return result if result.log_path == log_path else replace(result, log_path=log_path)

@@ -1,7 +1,8 @@
 """One trial: candidate arguments → launch → benchmark → classified result.
 
-No Optuna here: ``study.py`` turns a ``TrialResult`` into ``tell``. That keeps this module usable
-for one-off measurements (``profiles verify`` later) and testable without a study.
+No Optuna here: ``autotune.search.tell`` turns a ``TrialResult`` into Optuna's ``tell``. That
+keeps this module usable for one-off measurements (``profiles verify``) and testable without a
+study.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from autotune.engine.probes import PeakMemory, preemptions
 from autotune.errors import StudyStopped
 from autotune.load import client as loadgen
 from autotune.load.metrics import Metrics, RequestRecord, goodput
-from autotune.load.workload import Request
+from autotune.load.request import Request
 from autotune.trial.record import TrialRecord
 
 MAX_FAILED_SHARE = 0.1  # more failed requests than this makes a configuration unusable

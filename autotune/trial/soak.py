@@ -15,7 +15,8 @@ from typing import Any
 
 from autotune.engine.multimodal import image_count
 from autotune.engine.outcome import Outcome
-from autotune.load.workload import Request, Workload, build_requests
+from autotune.load.request import Request
+from autotune.load.workload import Workload, build_requests
 from autotune.trial.runner import TrialRunner
 
 NEAR_MAX_SHARE = 0.25  # of the soak's requests have prompts near max_model_len

@@ -25,7 +25,7 @@ from autotune.hardware import detect_cpu
 from autotune.load import client as loadgen
 from autotune.load.workload import Workload, build_requests
 from autotune.model import resolve_model
-from autotune.search.screen import MemoryKnowledge
+from autotune.search.screen import MemoryScreen
 from autotune.trial.record import TrialRecord
 
 EAGER = ["--", "--enforce-eager", "--dtype", "bfloat16"]
@@ -106,7 +106,7 @@ def test_memory_model_after_the_first_real_launch(tuned: dict[str, Any], tiny_te
             actual = (t.user_attrs["estimated_max_model_len"] // 128 + 1) * 128
         assert abs(predicted / actual - 1) <= 0.05, (predicted, actual, t.user_attrs)
     # with the pre-screen on, what the first launch taught rejects the 1M candidate
-    know = MemoryKnowledge.build(spec=resolve_model(str(tiny_text)), hardware=detect_cpu(),
+    know = MemoryScreen.build(spec=resolve_model(str(tiny_text)), hardware=detect_cpu(),
                                  extra_args=EAGER[1:])  # fmt: skip
     know.learn_all([(first.number, TrialRecord.from_attrs(first.user_attrs))])
     kv = next(t for t in trials if t.user_attrs.get("source") == "--enqueue")

@@ -4,7 +4,7 @@ free-memory, CUDA-graph and under-load failures). A sampler finds the region but
 on the last steps of a one-sided cliff, so the study bisects them itself: the best trial's
 configuration, one memory setting between its own and the lowest one known to fail above it.
 
-Pure: no Optuna. ``study.py`` turns trials into ``Tried`` and enqueues what ``next_climb``
+Pure: no Optuna. ``search.moves.guide`` turns trials into ``Tried`` and enqueues what ``next_climb``
 proposes (source ``edge``), so the climb is visible in ``autotune trials``.
 """
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import TrialState
 
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
-from autotune.load.workload import Request
+from autotune.load.request import Request
 from autotune.search.moves import edge, kv_fit
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord, attrs
@@ -133,17 +134,26 @@ def _message_tokens(content: object, *, image_tokens: int) -> int:
     )
 
 
+class Guesses(Protocol):
+    """What the guide asks of the study's memory knowledge (``search.screen.MemoryScreen``):
+    guesses that aim its moves, never reasons to reject a candidate."""
+
+    def memory_edge(self, args: Mapping[str, Any]) -> float | None: ...
+
+    def predict_kv_tokens(self, args: Mapping[str, Any]) -> int | None: ...
+
+
 def for_goal(
     *,
     kind: str,
     space: SearchSpace,
     seed: int | None,
-    knowledge: object | None,
+    knowledge: Guesses | None,
     load: Load | None = None,
 ) -> Guide | None:
     """The guide of a study with this objective (None: the sampler alone)."""
     if kind not in CLIMBING:
         return None
-    expected = getattr(knowledge, "memory_edge", None)
-    kv_tokens = getattr(knowledge, "predict_kv_tokens", None)
+    expected = knowledge.memory_edge if knowledge is not None else None
+    kv_tokens = knowledge.predict_kv_tokens if knowledge is not None else None
     return Guide(space=space, seed=seed, expected=expected, load=load, kv_tokens=kv_tokens)

@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 
 from autotune.engine.safety import redact_url
-from autotune.errors import UserError
+from autotune.errors import StorageError
 from autotune.search.workers.coordination import heartbeat_s, retry_stale
 
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -58,7 +58,7 @@ def rdb_storage(url: str) -> optuna.storages.BaseStorage | str:
                     heartbeat_stale_trial_callback=retry_stale,
                 )
         except ImportError:
-            raise UserError(
+            raise StorageError(
                 f"cannot open study storage {redact_url(url)}: its database driver is not "
                 "installed (pip install 'vllm-autotune[postgres]')"
             ) from None
@@ -69,7 +69,7 @@ def rdb_storage(url: str) -> optuna.storages.BaseStorage | str:
         if sqlite:
             lock_sqlite_transactions(storage.engine)
         return storage
-    raise UserError(f"cannot open study storage {redact_url(url)}: {redact_url(str(last))}")
+    raise StorageError(f"cannot open study storage {redact_url(url)}: {redact_url(str(last))}")
 
 
 def lock_sqlite_transactions(engine: Any) -> None:

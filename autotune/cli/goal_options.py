@@ -1,0 +1,86 @@
+"""Click options for what "best" means: objective, SLOs, memory budget, repeats, soak, stopping."""
+
+from __future__ import annotations
+
+import click
+
+from autotune.cli.options import options
+
+goals = options(
+    click.option(
+        "--objective",
+        type=click.Choice(["throughput", "goodput", "memory", "pareto"]),
+        default="throughput",
+        show_default=True,
+        help="throughput: output tok/s; goodput: requests/s meeting the SLOs; memory: the "
+        "smallest reservation above --min-throughput; pareto: throughput against memory.",
+    ),
+    click.option(
+        "--slo",
+        "slos",
+        multiple=True,
+        metavar="NAME=MS",
+        help="Latency limit (repeatable): ttft_p95_ms, tpot_p95_ms, itl_p99_ms, e2e_p99_ms "
+        "(and the p95/p99 of each); a trial that misses one is infeasible.",
+    ),
+    click.option(
+        "--min-throughput", type=float, help="Output tok/s floor (needed by --objective memory)."
+    ),
+    click.option(
+        "--memory-budget",
+        metavar="FRACTION|GIB",
+        help="Never reserve more GPU memory than this (0.6, or 18GiB).",
+    ),
+    click.option(
+        "--concurrency", type=click.IntRange(min=1), help="Requests in flight at most [all]."
+    ),
+    click.option(
+        "--request-rate",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Poisson arrivals per second instead of all at once.",
+    ),
+    click.option(
+        "--warmup",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Requests sent before the measured ones, not measured.",
+    ),
+    click.option(
+        "--repeats",
+        type=click.IntRange(min=1),
+        default=2,
+        show_default=True,
+        help="Measurements of each finalist (1: no re-measurement); count against --trials.",
+    ),
+    click.option(
+        "--finalists",
+        type=click.IntRange(min=1),
+        default=3,
+        show_default=True,
+        help="How many of the best are re-measured.",
+    ),
+    click.option(
+        "--statistic",
+        type=click.Choice(["worst", "median"]),
+        default="worst",
+        show_default=True,
+        help="How repeats are summarised before choosing.",
+    ),
+    click.option("--no-soak", is_flag=True, help="Skip the worst-case load run of the winner."),
+    click.option("--no-prune", is_flag=True, help="Never stop a clearly worse benchmark early."),
+    click.option(
+        "--patience",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Stop after this many launches without improving by --min-improvement (0: never).",
+    ),
+    click.option(
+        "--min-improvement",
+        type=click.FloatRange(0, 1),
+        default=0.01,
+        show_default=True,
+        help="What counts as an improvement for --patience (a share of the best).",
+    ),
+)

@@ -1,0 +1,166 @@
+"""``autotune profiles``: list, show, export, verify and save profiles."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from autotune.cli.options import hardware
+
+
+@click.group()
+def profiles() -> None:
+    """Saved profiles."""
+
+
+@profiles.command("list")
+@click.option("--profiles-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_PROFILES_DIR]")
+def profiles_list(profiles_dir: Path | None) -> None:
+    """List saved profiles."""
+    from autotune.app import views as reports
+
+    reports.print_profiles(profiles_dir=profiles_dir)
+
+
+@profiles.command("save")
+@click.argument("model", required=False)
+@click.option("--from-study", is_flag=True, required=True,
+              help="From the best trial of a study (one whose workers stopped early).")  # fmt: skip
+@click.option("--study", "study_name", metavar="NAME", help="The study (default: the newest).")
+@click.option("--storage", metavar="URL", help="Optuna storage URL (default: the state dir).")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_STATE_DIR]")
+@click.option("--profiles-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_PROFILES_DIR]")
+@click.option("--noise", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Results within this share of the best count as equal.")  # fmt: skip
+def profiles_save(
+    model: str | None,
+    from_study: bool,
+    study_name: str | None,
+    storage: str | None,
+    state_dir: Path | None,
+    profiles_dir: Path | None,
+    noise: float,
+) -> None:
+    """Save the profile of a study (of MODEL) that no worker finished."""
+    from autotune.app.from_study import save_from_study
+
+    path = save_from_study(
+        model=model, storage=storage, study_name=study_name, state_dir=state_dir,
+        profiles_dir=profiles_dir, noise=noise,
+    )  # fmt: skip
+    click.echo(str(path))
+
+
+@profiles.command("show")
+@click.argument("model")
+@hardware
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
+def profiles_show(
+    model: str,
+    gpu: str | None,
+    device: str,
+    vllm_cmd: str | None,
+    profiles_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Show the profile serve would use for MODEL on this hardware."""
+    from autotune.app import views as reports
+
+    reports.show_profile(
+        model=model,
+        gpu=gpu,
+        device=device,
+        vllm_cmd=vllm_cmd,
+        profiles_dir=profiles_dir,
+        as_json=as_json,
+    )
+
+
+@profiles.command("export")
+@click.argument("model")
+@hardware
+@click.option(
+    "--format", "fmt", type=click.Choice(["vllm-config", "cli", "json", "k8s"]),
+    default="vllm-config", show_default=True, help="What to write to stdout.",
+)  # fmt: skip
+def profiles_export(
+    model: str,
+    gpu: str | None,
+    device: str,
+    vllm_cmd: str | None,
+    profiles_dir: Path | None,
+    fmt: str,
+) -> None:
+    """Write the profile serve would use for MODEL as a vLLM config, command line, JSON or a
+    Kubernetes Deployment."""
+    from autotune.app import views as reports
+
+    reports.export_profile(
+        model=model, gpu=gpu, device=device, vllm_cmd=vllm_cmd, profiles_dir=profiles_dir, fmt=fmt
+    )
+
+
+@profiles.command("verify", context_settings={"ignore_unknown_options": True})
+@click.argument("model")
+@hardware
+@click.option("--workload", "workload_sig", metavar="SIGNATURE", help="Verify this workload's.")
+@click.option(
+    "--profile",
+    "profile_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Verify this profile file.",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Largest accepted loss of output throughput or KV cache tokens (a fraction).",
+)
+@click.option(
+    "--repeats", type=int, default=1, show_default=True, help="Runs; their median is compared."
+)
+@click.option("--state-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_STATE_DIR]")
+@click.option("--startup-timeout", type=float, default=900.0, show_default=True, help="Seconds.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def profiles_verify(
+    model: str,
+    workload_sig: str | None,
+    profile_file: Path | None,
+    tolerance: float,
+    repeats: int,
+    extra: tuple[str, ...],
+    **kw: Any,
+) -> None:
+    """Re-measure the profile serve would use on this machine, compare with its stored metrics
+    and exit 1 when throughput or KV cache capacity dropped beyond the tolerance (after a vLLM
+    or driver upgrade). Arguments after `--` go to vLLM."""
+    from autotune.app.options import TuneOptions
+    from autotune.app.verify import verify
+
+    options = TuneOptions(
+        model=model,
+        gpu=kw["gpu"],
+        device=kw["device"],
+        vllm_cmd=kw["vllm_cmd"],
+        profiles_dir=kw["profiles_dir"],
+        state_dir=kw["state_dir"],
+        startup_timeout_s=kw["startup_timeout"],
+        quiet=kw["quiet"],
+        extra_args=extra,
+    )
+    result = verify(
+        options,
+        workload=workload_sig,
+        profile_file=profile_file,
+        tolerance=tolerance,
+        repeats=repeats,
+    )
+    if result.failure:
+        click.echo(f"autotune: {result.failure}", err=True)
+        sys.exit(1)
+    click.echo(f"autotune: the profile holds within {tolerance:.0%}", err=True)

@@ -1,0 +1,100 @@
+"""A JSONL dataset of prompts (``--dataset``): reading its rows into requests, with their images,
+and the small value checks the workload record shares."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from autotune.errors import UserError
+from autotune.load.request import Request
+
+
+def read_rows(path: Path) -> list[tuple[str, dict[str, object]]]:
+    """The JSON objects of a JSONL file, each with where it is (file and line) for messages."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"dataset {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"dataset {path}: cannot read it ({exc})") from None
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"dataset {path}, line {lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected a JSON object")
+        rows.append((where, row))
+    if not rows:
+        raise UserError(f"dataset {path} has no rows")
+    return rows
+
+
+def load_dataset(path: Path, *, default_output_len: int) -> list[Request]:
+    """Parse a JSONL dataset into one request per row, with its images read."""
+    return [
+        _parse_row(row, where=where, default_output_len=default_output_len, folder=path.parent)
+        for where, row in read_rows(path)
+    ]
+
+
+def _parse_row(
+    row: dict[str, object], *, where: str, default_output_len: int, folder: Path
+) -> Request:
+    output_len = row.get("output_len", default_output_len)
+    if isinstance(output_len, bool) or not isinstance(output_len, int) or output_len < 1:
+        raise UserError(f"{where}: output_len must be a positive integer")
+    prompt, messages = row.get("prompt"), row.get("messages")
+    if (prompt is None) == (messages is None):
+        raise UserError(f"{where}: expected exactly one of 'prompt' or 'messages'")
+    if prompt is not None and not (
+        (isinstance(prompt, str) and prompt)
+        or (
+            isinstance(prompt, list)
+            and prompt
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+        )
+    ):
+        raise UserError(f"{where}: 'prompt' must be a non-empty string or list of token ids")
+    if messages is not None and not (
+        isinstance(messages, list)
+        and messages
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)
+    ):
+        raise UserError(f"{where}: 'messages' must be a non-empty list of objects with a 'role'")
+    if "images" in row:
+        from autotune.load.images import chat_with_images, image_paths
+
+        if paths := image_paths(row, where):
+            messages = chat_with_images(prompt, messages, paths, folder=folder, where=where)
+            prompt = None
+    return Request(prompt=prompt, messages=messages, max_tokens=output_len, ignore_eos=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise UserError(f"dataset {path}: cannot read it ({exc.strerror or exc})") from None
+    return digest.hexdigest()
+
+
+def to_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"workload: {name} must be an integer, got {value!r}")
+    return value
+
+
+def to_pair(value: object, name: str) -> tuple[int, int]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise UserError(f"workload: {name} must be a list of two integers, got {value!r}")
+    return to_int(value[0], name), to_int(value[1], name)

@@ -1,0 +1,249 @@
+"""The memory-edge climb, the local moves, the lift (autotune/edge.py) and the KV-fit moves
+(autotune/kv_fit.py): pure functions."""
+
+from __future__ import annotations
+
+import random
+
+from autotune.load.request import Request
+from autotune.search.moves.edge import Tried, lift, local_move, next_climb
+from autotune.search.moves.guide import Load
+from autotune.search.moves.kv_fit import fill, repair
+from autotune.search.space import Dim, SearchSpace
+
+SPACE = SearchSpace(
+    dims=(
+        Dim("gpu_memory_utilization", 0.70, 0.98, is_float=True),
+        Dim("max_num_seqs", 8, 256, log=True),
+        Dim("max_num_batched_tokens", 512, 8192, log=True),
+    )
+)
+
+
+def ok(util: float, seqs: int, tokens: int, value: float) -> Tried:
+    p = {"gpu_memory_utilization": util, "max_num_seqs": seqs, "max_num_batched_tokens": tokens}
+    return Tried(params=p, outcome="ok", value=value)
+
+
+def failed(util: float, seqs: int, tokens: int, outcome: str) -> Tried:
+    p = {"gpu_memory_utilization": util, "max_num_seqs": seqs, "max_num_batched_tokens": tokens}
+    return Tried(params=p, outcome=outcome)
+
+
+def test_climb_bisects_between_the_best_and_the_top_of_the_range() -> None:
+    move = next_climb(space=SPACE, tried=[ok(0.90, 64, 2048, 100.0), ok(0.95, 8, 512, 50.0)])
+    assert move is not None
+    assert move.params == {
+        "gpu_memory_utilization": 0.94,
+        "max_num_seqs": 64,
+        "max_num_batched_tokens": 2048,
+    }
+    assert "up to 0.98" in move.why
+
+
+def test_climb_stops_below_a_covering_failure_and_at_the_resolution() -> None:
+    best = ok(0.94, 64, 2048, 100.0)
+    graphs = failed(0.97, 32, 1024, "oom_cuda_graphs")  # smaller batches failed: so would ours
+    move = next_climb(space=SPACE, tried=[best, graphs])
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.95
+    assert "0.97 fails" in move.why
+    done = [best, graphs, ok(0.95, 64, 2048, 101.0), failed(0.96, 64, 2048, "oom_cuda_graphs")]
+    assert next_climb(space=SPACE, tried=done) is None
+
+
+def test_a_larger_configuration_failing_above_is_no_ceiling_but_free_memory_is() -> None:
+    best = ok(0.90, 64, 2048, 100.0)
+    bigger = failed(0.92, 128, 4096, "oom_cuda_graphs")  # needs more: says nothing about ours
+    move = next_climb(space=SPACE, tried=[best, bigger])
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.94
+    free = failed(0.92, 256, 8192, "insufficient_free_memory")  # the device's own limit
+    move = next_climb(space=SPACE, tried=[best, free])
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.91
+
+
+def test_the_memory_model_guess_is_tried_first_inside_the_open_interval() -> None:
+    best = ok(0.90, 64, 2048, 100.0)
+    move = next_climb(space=SPACE, tried=[best], expected=lambda params: 0.9671)
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.96
+    below = next_climb(space=SPACE, tried=[best], expected=lambda params: 0.85)
+    assert below is not None and below.params["gpu_memory_utilization"] == 0.91  # one step up
+
+
+def test_no_climb_without_a_served_trial_or_a_tuned_memory_dimension() -> None:
+    assert next_climb(space=SPACE, tried=[failed(0.9, 64, 2048, "oom_cuda_graphs")]) is None
+    fixed = SearchSpace(dims=(Dim("gpu_memory_utilization", 0.9, 0.9, is_float=True),))
+    p = {"gpu_memory_utilization": 0.9}
+    assert next_climb(space=fixed, tried=[Tried(params=p, outcome="ok", value=1.0)]) is None
+
+
+def test_lift_only_to_what_a_configuration_needing_as_much_served_at() -> None:
+    seen = [ok(0.95, 128, 4096, 100.0), ok(0.97, 8, 512, 10.0)]
+    proposal = {"gpu_memory_utilization": 0.80, "max_num_seqs": 64, "max_num_batched_tokens": 2048}
+    assert lift(space=SPACE, tried=seen, params=proposal)["gpu_memory_utilization"] == 0.95
+    larger = proposal | {"max_num_seqs": 200}
+    assert lift(space=SPACE, tried=seen, params=larger) == larger  # nothing as large served
+    high = proposal | {"gpu_memory_utilization": 0.96}
+    assert lift(space=SPACE, tried=seen, params=high) == high  # never lowered
+
+
+def test_local_moves_are_a_compass_search_on_the_batch_settings() -> None:
+    best = ok(0.95, 64, 2048, 100.0)
+    seen = [best, ok(0.90, 8, 512, 10.0)]
+    rng = random.Random(3)
+    up = {"max_num_seqs": 128, "max_num_batched_tokens": 4096}
+    down = {"max_num_seqs": 32, "max_num_batched_tokens": 1024}
+    for step in range(4):  # the four neighbours at factor 2 (larger first), then finer ones
+        move = local_move(space=SPACE, tried=seen, rng=rng)
+        assert move is not None and move.params["gpu_memory_utilization"] == 0.95
+        changed = [k for k in up if move.params[k] != best.params[k]]
+        assert len(changed) == 1
+        assert move.params[changed[0]] == (up if step < 2 else down)[changed[0]]
+        seen.append(Tried(params=move.params, outcome="ok", value=50.0))
+    finer = local_move(space=SPACE, tried=seen, rng=rng)
+    assert finer is not None and finer.params["max_num_seqs"] in (45, 64, 91)
+    assert finer.params["max_num_batched_tokens"] >= finer.params["max_num_seqs"]
+
+
+def test_no_climb_or_lift_once_more_memory_served_slower() -> None:
+    seen = [ok(0.85, 64, 2048, 100.0), ok(0.90, 64, 2048, 80.0)]
+    assert next_climb(space=SPACE, tried=seen) is None
+    proposal = {"gpu_memory_utilization": 0.75, "max_num_seqs": 32, "max_num_batched_tokens": 1024}
+    assert lift(space=SPACE, tried=seen, params=proposal) == proposal
+    # Other batch settings become the best: the climb tests them (the lift stays off).
+    other = [*seen, ok(0.80, 32, 1024, 120.0)]
+    move = next_climb(space=SPACE, tried=other)
+    assert move is not None and move.params["max_num_seqs"] == 32
+    assert move.params["gpu_memory_utilization"] > 0.80
+    assert lift(space=SPACE, tried=other, params=proposal) == proposal
+
+
+def test_repair_retries_a_kv_too_small_failure_at_the_length_vllm_estimated() -> None:
+    space = SearchSpace(dims=(*SPACE.dims, Dim("max_model_len", 32768, 131072)))
+    p = {
+        "gpu_memory_utilization": 0.9,
+        "max_num_seqs": 256,
+        "max_num_batched_tokens": 2048,
+        "max_model_len": 131072,
+    }
+    failed = Tried(params=p, outcome="kv_too_small", estimated_max_model_len=40007)
+    move = repair(space=space, tried=[failed])
+    assert move is not None and move.params == p | {"max_model_len": 40000}
+    short = Tried(params=p, outcome="kv_too_small", estimated_max_model_len=20000)
+    # Below the range: its low end, at the model's edge (without a guess: vLLM's 0.9)
+    move = repair(space=space, tried=[short], expected=lambda params: 0.9681)
+    assert move is not None
+    assert move.params == p | {"max_model_len": 32768, "gpu_memory_utilization": 0.96}
+    assert repair(space=space, tried=[short]) is None  # already at 0.9: nothing to raise
+    low = Tried(
+        params=p | {"gpu_memory_utilization": 0.8},
+        outcome="kv_too_small",
+        estimated_max_model_len=20000,
+    )
+    move = repair(space=space, tried=[low])
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.9
+    served = Tried(params=p | {"max_model_len": 40000}, outcome="ok", value=1.0)
+    assert repair(space=space, tried=[failed, served]) is None
+    # After a boot: only the last launch, when it was one of the study's own larger moves.
+    bigger = Tried(
+        params=p | {"max_num_seqs": 512, "max_model_len": 65536},
+        outcome="kv_too_small",
+        estimated_max_model_len=50000,
+        source="fill: …",
+    )
+    move = repair(space=space, tried=[served, bigger])
+    assert move is not None and move.params["max_model_len"] == 50000
+    sampled = Tried(params=bigger.params, outcome="kv_too_small", estimated_max_model_len=50000)
+    assert repair(space=space, tried=[served, sampled]) is None
+
+
+def test_an_opt_in_switch_must_match_to_lift_or_to_be_a_ceiling() -> None:
+    switch = {"enable_prefix_caching": 1}
+    seen = [
+        Tried(params=dict(ok(0.95, 128, 4096, 100.0).params) | switch, outcome="ok", value=100.0)
+    ]
+    proposal = {"gpu_memory_utilization": 0.80, "max_num_seqs": 64, "max_num_batched_tokens": 2048}
+    assert lift(space=SPACE, tried=seen, params=proposal | {"enable_prefix_caching": 0}) == (
+        proposal | {"enable_prefix_caching": 0}
+    )
+    lifted = lift(space=SPACE, tried=seen, params=proposal | switch)
+    assert lifted["gpu_memory_utilization"] == 0.95
+
+
+def test_fill_sets_max_num_seqs_to_the_requests_the_kv_cache_holds() -> None:
+    best = Tried(
+        params=ok(0.90, 16, 4096, 100.0).params, outcome="ok", value=100.0, kv_cache_tokens=40_000
+    )
+    move = fill(space=SPACE, tried=[best], request_tokens=500, most=1000)
+    assert move is not None and move.params["max_num_seqs"] == 80
+    assert move.params["gpu_memory_utilization"] == 0.90
+    capped = fill(space=SPACE, tried=[best], request_tokens=500, most=64)
+    assert capped is not None and capped.params["max_num_seqs"] == 64  # the requests in flight
+    # The model says the larger batches start only up to 0.87 and hold 30,000 tokens there.
+    move = fill(
+        space=SPACE,
+        tried=[best],
+        request_tokens=500,
+        most=1000,
+        expected=lambda p: 0.875,
+        capacity=lambda p: 30_000,
+    )
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.87
+    assert move.params["max_num_seqs"] == 60
+    there = Tried(
+        params=dict(best.params) | {"max_num_seqs": 82},
+        outcome="ok",
+        value=100.0,
+        kv_cache_tokens=40_000,
+    )
+    assert fill(space=SPACE, tried=[there], request_tokens=500, most=1000) is None
+
+
+def test_fill_lowers_max_model_len_to_what_the_larger_batches_leave() -> None:
+    space = SearchSpace(dims=(*SPACE.dims, Dim("max_model_len", 32768, 131072)))
+    params = dict(ok(0.95, 16, 4096, 1.0).params) | {"max_model_len": 60000}
+    best = Tried(params=params, outcome="ok", value=1.0, kv_cache_tokens=64_000)
+    move = fill(
+        space=space,
+        tried=[best],
+        request_tokens=544,
+        most=1000,
+        capacity=lambda p: 50_000 if p["max_num_seqs"] > 16 else 64_000,
+    )
+    assert move is not None and move.params["max_num_seqs"] == 91
+    assert move.params["max_model_len"] == 50_000 // 16 * 16
+
+
+def test_fill_tries_configurations_near_the_best_once_each() -> None:
+    a = Tried(
+        params=ok(0.9, 80, 8192, 1.0).params, outcome="ok", value=100.0, kv_cache_tokens=40_000
+    )  # already full
+    b = Tried(
+        params=ok(0.9, 16, 2048, 1.0).params, outcome="ok", value=97.0, kv_cache_tokens=48_000
+    )  # within the noise of the best
+    far = Tried(
+        params=ok(0.9, 8, 512, 1.0).params, outcome="ok", value=50.0, kv_cache_tokens=50_000
+    )
+    move = fill(space=SPACE, tried=[a, b, far], request_tokens=500, most=1000)
+    assert move is not None and move.params == dict(b.params) | {"max_num_seqs": 96}
+    done = [a, b, far, Tried(params=move.params, outcome="ok", value=99.0)]
+    assert fill(space=SPACE, tried=done, request_tokens=500, most=1000) is None
+
+
+def test_moves_start_from_the_most_memory_among_equal_results() -> None:
+    low, high = ok(0.80, 16, 2048, 100.0), ok(0.95, 16, 2048, 99.5)  # within 1%: equal
+    rng = random.Random(0)
+    move = local_move(space=SPACE, tried=[low, high], rng=rng)
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.95
+
+
+def test_the_load_counts_prompt_output_and_image_tokens() -> None:
+    text = [Request(prompt=[1] * 500, messages=None, max_tokens=44, ignore_eos=True)] * 3
+    assert Load.of(text, concurrency=None, image_tokens=576) == Load(544, 3)
+    assert Load.of(text, concurrency=2, image_tokens=576).in_flight == 2
+    parts: list[object] = [
+        {"type": "image_url", "image_url": {"url": "data:"}},
+        {"type": "text", "text": "x" * 400},
+    ]
+    chat = [Request(prompt=None, messages=[{"role": "user", "content": parts}], max_tokens=24,
+                    ignore_eos=True)]  # fmt: skip
+    assert Load.of(chat, concurrency=None, image_tokens=576).request_tokens == 576 + 100 + 24
