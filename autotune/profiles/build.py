@@ -12,7 +12,7 @@ from typing import Any
 from autotune import __version__
 from autotune.engine.safety import parallel_sizes, split_extra
 from autotune.engine.settings import warnings_for
-from autotune.profiles.store import SCHEMA_VERSION, SINGLE_DEVICE, Profile
+from autotune.profiles.store import SCHEMA_VERSION, SINGLE_DEVICE, Profile, Variant
 from autotune.trial.record import TrialRecord
 
 
@@ -71,7 +71,10 @@ def build_profile(
     (with ``name`` and ``signature``); extra arguments autotune does not keep are dropped here
     (``split_extra``). Logs are recorded relative to the state directory."""
     kept, _dropped = split_extra(extra_args)
-    variants = chosen.sections.get("variants") or []
+    variants = [
+        Variant.from_dict(v, source=f"variants[{i}]")
+        for i, v in enumerate(chosen.sections.get("variants") or [])
+    ]
     provenance: dict[str, Any] = {
         "study": chosen.study,
         "storage": "--storage" if storage_given else "default (state directory)",
@@ -91,7 +94,7 @@ def build_profile(
         objective=objective,
         vllm_args=dict(chosen.vllm_args),
         warnings=warnings_for(
-            extra_args, vllm_args=[chosen.vllm_args, *(v["vllm_args"] for v in variants)]
+            extra_args, vllm_args=[chosen.vllm_args, *(v.vllm_args for v in variants)]
         ),
         **dict(chosen.sections),
         extra_args=kept,

@@ -34,9 +34,37 @@ from autotune.errors import ProfileError, UserError
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 ADDED_IN_2 = ("memory", "noise", "soak", "warnings", "variants")
+VLLM_ARGS = "vllm_args"  # the tuned flags, in the profile and in each variant
 PICKS = ("throughput", "memory", "balanced")
 SINGLE_DEVICE = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1}
 DERIVED_LIMIT = "memory_budget_gib"  # the budget share times this GPU's memory: not a key
+
+
+@dataclass(frozen=True, kw_only=True)
+class Variant:
+    """One configuration of a Pareto profile's front (``serve --pick``)."""
+
+    picks: list[str]  # the --pick names it answers: throughput, memory, balanced
+    trial: int
+    vllm_args: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    noise: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str) -> Variant:
+        """Validate and build; the flags are checked like the profile's own."""
+        args = data.get(VLLM_ARGS) if isinstance(data, Mapping) else None
+        if not isinstance(args, Mapping):
+            raise ProfileError(f"{source} needs {VLLM_ARGS}")
+        check_profile_args(args, [], source=source)
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {"picks": [], "trial": -1}
+        values |= {k: v for k, v in data.items() if k in known}
+        return cls(**values | {VLLM_ARGS: dict(args)})
 
 
 @dataclass(frozen=True)
@@ -69,16 +97,15 @@ class Profile:
             raise UserError(f"--pick {pick}: choose one of {', '.join(PICKS)}")
         if not self.variants:
             return self
-        found = [v for v in self.variants if pick in v.get("picks", [])]
+        found = [v for v in self.all_variants() if pick in v.picks]
         if not found:
             raise UserError(f"the profile has no variant picked for {pick}")
         v = found[0]
-        return replace(
-            self,
-            vllm_args=dict(v["vllm_args"]),
-            metrics=dict(v.get("metrics") or {}),
-            memory=dict(v.get("memory") or {}),
-        )
+        return replace(self, vllm_args=dict(v.vllm_args), metrics=v.metrics, memory=v.memory)
+
+    def all_variants(self) -> list[Variant]:
+        """The Pareto front, typed (empty for a single-configuration profile)."""
+        return [Variant.from_dict(v, source=f"variants[{i}]") for i, v in enumerate(self.variants)]
 
     @property
     def model_name(self) -> str:
@@ -119,14 +146,14 @@ class Profile:
         if data["schema_version"] < 2 and (newer := [k for k in ADDED_IN_2 if k in data]):
             raise ProfileError(f"{source}: {', '.join(newer)} need schema_version 2")
         _check_added(data, source=source)
-        mappings = ("model", "hardware", "workload", "vllm_args", "metrics", "provenance")
+        mappings = ("model", "hardware", "workload", VLLM_ARGS, "metrics", "provenance")
         for key in (*mappings, "parallel", "constraints"):
             if not isinstance(data[key], Mapping):
                 raise ProfileError(f"{source}: {key} must be a mapping")
         extra = data["extra_args"]
         if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
             raise ProfileError(f"{source}: extra_args must be a list of strings")
-        check_profile_args(data["vllm_args"], extra, source=source)
+        check_profile_args(data[VLLM_ARGS], extra, source=source)
         for name in SINGLE_DEVICE:
             size = data["parallel"].get(name)
             if not isinstance(size, int) or isinstance(size, bool) or size < 1:
@@ -149,9 +176,7 @@ def _check_added(data: Mapping[str, Any], *, source: str) -> None:
     if not isinstance(variants, list):
         raise ProfileError(f"{source}: variants must be a list")
     for i, v in enumerate(variants):
-        if not isinstance(v, Mapping) or not isinstance(v.get("vllm_args"), Mapping):
-            raise ProfileError(f"{source}: variants[{i}] needs vllm_args")
-        check_profile_args(v["vllm_args"], [], source=f"{source}: variants[{i}]")
+        Variant.from_dict(v, source=f"{source}: variants[{i}]")
 
 
 def _slug(text: str) -> str:

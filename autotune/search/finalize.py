@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 
 from autotune.load.workload import Workload
+from autotune.profiles.store import Variant
 from autotune.search import best
 from autotune.search import ranking as choice
 from autotune.search import study as st
@@ -181,14 +182,14 @@ def variants(front: list[Candidate], *, study: optuna.Study, soak: bool) -> list
         ]
         soaked = soak_of(study, c, enabled=soak)
         out.append(
-            {
-                "picks": picks,
-                "trial": c.trials[0].number,
-                "vllm_args": c.args,
-                "metrics": _metrics(c),
-                "memory": memory_of(c, soak=soaked, budget=None),
-                "noise": c.spread(),
-            }
+            Variant(
+                picks=picks,
+                trial=c.trials[0].number,
+                vllm_args=c.args,
+                metrics=_metrics(c),
+                memory=memory_of(c, soak=soaked, budget=None),
+                noise=c.spread(),
+            ).to_dict()
         )
     return out
 
