@@ -39,6 +39,25 @@ def test_bad_input_is_one_line(args: list[str], needle: str, model_dir: Path) ->
     one_clear_line(run_autotune(*args, timeout=60), needle)
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--max-num-seqs", "0:8"], "vLLM's limits"),
+        (["--max-model-len", "999999"], "model's maximum"),
+        (["--objective", "memory"], "--min-throughput"),
+        (["--input-len", "9000", "--max-model-len", "4096"], "shorter than the workload"),
+    ],
+)
+def test_input_is_checked_before_the_engine_command(
+    args: list[str], needle: str, model_dir: Path
+) -> None:
+    """No vLLM needed to learn that the input is bad: an engine command that does not exist is
+    only reported once every input is good."""
+    common = ["tune", str(model_dir), "--gpu", "L4:24", "--vllm-cmd", "no-such-vllm serve"]
+    one_clear_line(run_autotune(*common, *args, timeout=60), needle)
+    one_clear_line(run_autotune(*common, timeout=60), "not found")
+
+
 @pytest.mark.skipif(detect_nvml() is not None, reason="this machine has a GPU")
 def test_no_gpu_and_no_flag(model_dir: Path) -> None:
     done = run_autotune("tune", str(model_dir), "--vllm-cmd", FAKE_CMD, timeout=60)
