@@ -50,8 +50,11 @@ def test_twenty_launches_learn_the_failure_region(model_dir: Path) -> None:
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
     launched = [t for t in trials if t.user_attrs.get("launched")]
     assert len(launched) == 20
-    late = [t.user_attrs["outcome"] for t in launched[5:] if t.user_attrs["outcome"] != "ok"]
-    assert len(late) <= 2, late  # startup failures after the 5th launch
+    # startup failures after the 5th launch (a served trial pruned as slow, which depends on
+    # how loaded the machine is, is not one)
+    served = ("ok", "pruned", "crash_under_load", "request_errors")
+    late = [t.user_attrs["outcome"] for t in launched[5:] if t.user_attrs["outcome"] not in served]
+    assert len(late) <= 2, late
 
     for t in trials:  # never rejects a configuration that would have started
         if t.user_attrs["outcome"] == "skipped":
