@@ -25,7 +25,7 @@ from tests.conftest import FAKE_CMD, run_autotune
 pytestmark = pytest.mark.timeout(180)
 
 ARGS = [
-    "--gpu", "L4:24", "--repeats", "1", "--no-soak",
+    "--gpu", "L4:24", "--repeats", "1", "--no-soak", "--no-prune",
     "--gpu-memory-utilization", "0.80:0.95", "--max-num-seqs", "8:128",
     "--min-model-len", "2048", "--input-len", "128", "--output-len", "16", "--num-prompts", "32",
     "--quiet", "--vllm-cmd", FAKE_CMD,
@@ -80,7 +80,7 @@ def test_parse_and_group_gpus() -> None:
 @pytest.mark.slow
 def test_four_simulated_gpus_run_four_engines_at_once(model_dir: Path, tmp_path: Path) -> None:
     gpus = fake_gpus.create(tmp_path / "gpus", 4)
-    done = tune(model_dir, gpus, "--gpus", "all", "--trials", "8", "--no-prune")
+    done = tune(model_dir, gpus, "--gpus", "all", "--trials", "8")
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("profile saved to") == 1, done.stderr
     study = study_of(Path(os.environ["AUTOTUNE_STATE_DIR"]))

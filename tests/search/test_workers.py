@@ -19,7 +19,7 @@ from autotune.search.workers.storage import rdb_storage
 from tests.conftest import FAKE_CMD, run_autotune
 
 ARGS = [
-    "--gpu", "L4:24", "--repeats", "1", "--no-soak", "--max-num-seqs", "8:128",
+    "--gpu", "L4:24", "--repeats", "1", "--no-soak", "--no-prune", "--max-num-seqs", "8:128",
     "--min-model-len", "2048", "--input-len", "128", "--output-len", "16", "--num-prompts", "16",
     "--quiet", "--vllm-cmd", FAKE_CMD,
 ]  # fmt: skip

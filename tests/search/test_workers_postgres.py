@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(240)]
 
 BUDGET = 8
 ARGS = [
-    "--gpu", "L4:24", "--trials", str(BUDGET), "--repeats", "1", "--no-soak",
+    "--gpu", "L4:24", "--trials", str(BUDGET), "--repeats", "1", "--no-soak", "--no-prune",
     "--gpu-memory-utilization", "0.80:0.95", "--max-num-seqs", "8:128",
     "--min-model-len", "2048", "--input-len", "128", "--output-len", "16", "--num-prompts", "32",
     "--seed", "0", "--quiet", "--vllm-cmd", FAKE_CMD,
