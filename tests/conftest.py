@@ -30,6 +30,22 @@ LLAMA_8B = {
     "vocab_size": 128256,
 }
 
+LLAMA_70B: dict[str, object] = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "max_position_embeddings": 131072,
+    "num_attention_heads": 64,
+    "num_hidden_layers": 80,
+    "num_key_value_heads": 8,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 128256,
+}
+# An FP8 checkpoint of it: 67.7 GiB of weights (autotune.memory.estimates.weight_bytes).
+LLAMA_70B_FP8: dict[str, object] = {**LLAMA_70B, "quantization_config": {"quant_method": "fp8"}}
+
 
 def write_model(directory: Path, config: Mapping[str, object] | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)

@@ -23,10 +23,8 @@ from multiprocessing.process import BaseProcess
 
 from autotune import logs, paths
 from autotune.app.options import TuneOptions
-from autotune.engine.safety import parallel_sizes
 from autotune.errors import UserError
-from autotune.hardware import ENV_GPU, Hardware, device_count, engine_hardware, parse_gpu_spec
-from autotune.model import ModelSpec
+from autotune.hardware import ENV_GPU, Hardware, device_count, parse_gpu_spec
 
 log = logging.getLogger(__name__)
 
@@ -155,60 +153,3 @@ def tune_on_gpus(options: TuneOptions, *, tensor_parallel: int) -> int:
                 proc.join()
         raise
     return sum(1 for p in procs if p.exitcode != 0)
-
-
-FIT_SHARE = 0.8  # weights may take this share of a GPU; the rest is activations and KV cache
-
-
-def tensor_parallel(options: TuneOptions) -> tuple[int, tuple[str, ...]]:
-    """GPUs per engine and the extra arguments that say so (see ``engine_args``)."""
-    from autotune.app.prepare import hardware_for
-    from autotune.model import resolve_model
-
-    given = parallel_sizes(options.extra_args).get("tensor_parallel_size")
-    if given:
-        return given, options.extra_args
-    try:
-        spec = resolve_model(options.model)
-        hardware = hardware_for(options.gpu, options.device, options.vllm_cmd)
-    except UserError:
-        return 1, options.extra_args  # the workers say what is wrong, one line each
-    extra = engine_args(spec=spec, hardware=hardware, extra_args=options.extra_args)
-    return parallel_sizes(extra).get("tensor_parallel_size", 1), extra
-
-
-def engine_args(
-    *, spec: ModelSpec, hardware: Hardware, extra_args: tuple[str, ...]
-) -> tuple[str, ...]:
-    """The extra arguments with the tensor parallel size one engine runs with: the user's
-    ``-tp``, else none when the memory model says the weights fit one GPU (or cannot say),
-    else the smallest power of two that fits them (a fixed setting, added after ``--``).
-    ``tune --gpus`` and ``serve`` both ask here, so they agree on the engine's GPUs."""
-    from autotune.memory.setup import base_model, engine_flags
-
-    if "tensor_parallel_size" in parallel_sizes(extra_args) or hardware.is_cpu:
-        return extra_args
-    one = replace(hardware, count=1)
-    found = base_model(spec=spec, hardware=one, flags=engine_flags(extra_args))
-    if found is None:
-        return extra_args
-    weights, fits = found[0].weights_bytes, FIT_SHARE * one.memory_gib * 2**30
-    tp = 1
-    while weights / tp > fits and tp < 64:
-        tp *= 2
-    if tp == 1:
-        return extra_args
-    log.info(
-        f"the weights ({weights / 2**30:.1f} GiB) do not fit one {one.gpu_name}: "
-        f"--tensor-parallel-size {tp}, {tp} GPUs per engine"
-    )
-    return (*extra_args, "--tensor-parallel-size", str(tp))
-
-
-def engine_lookup(
-    *, spec: ModelSpec, hardware: Hardware, extra_args: tuple[str, ...]
-) -> tuple[Hardware, tuple[str, ...]]:
-    """What ``serve`` looks a profile up with: the GPUs one engine will run on (its tensor ×
-    pipeline parallel group, as ``tune`` keys it) and the extra arguments that say so."""
-    extra = engine_args(spec=spec, hardware=hardware, extra_args=extra_args)
-    return engine_hardware(hardware, sizes=parallel_sizes(extra)), extra

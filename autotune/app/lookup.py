@@ -3,15 +3,16 @@ version, hardware and parallel sizes resolved as ``serve`` does. Never imports O
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from autotune import paths
 from autotune.app.options import TuneOptions
+from autotune.app.parallel import TP, Need, decide
 from autotune.app.prepare import command_and_version, hardware_for
 from autotune.engine.safety import parallel_sizes
-from autotune.hardware import Hardware
+from autotune.hardware import Hardware, engine_hardware
 from autotune.model import ModelSpec, resolve_model
 from autotune.profiles.match import Match, describe_miss, find_profile
 from autotune.profiles.store import ProfileStore, limits_key
@@ -23,7 +24,7 @@ class ProfileLookup:
 
     store: ProfileStore
     spec: ModelSpec
-    hardware: Hardware
+    hardware: Hardware  # the GPUs one engine runs on (``under``), as tune keys its profile
     command: list[str]
     version: str | None
     workload: str | None
@@ -43,6 +44,18 @@ class ProfileLookup:
             limits=self.limits,
         )
 
+    def under(self, extra_args: tuple[str, ...]) -> ProfileLookup:
+        """This lookup for an engine run with ``extra_args`` (``self.hardware``: the machine):
+        the GPUs one engine runs on (its tensor x pipeline group, as ``tune`` keys its profile)
+        and the parallel sizes those arguments set."""
+        sizes = parallel_sizes(extra_args)
+        return replace(
+            self,
+            hardware=engine_hardware(self.hardware, sizes=sizes),
+            parallel=sizes,
+            extra_args=extra_args,
+        )
+
     def miss(self) -> str:
         return describe_miss(
             store=self.store,
@@ -56,24 +69,43 @@ class ProfileLookup:
 
 
 def lookup(options: TuneOptions, *, workload: str | None, strict: bool) -> ProfileLookup:
-    """Resolve model, engine command and version, and hardware as ``serve`` does."""
-    from autotune.app.gpus import engine_lookup
-
+    """Resolve model, engine command and version, hardware and the engine's tensor-parallel
+    size (``app.parallel.decide``: the user's ``-tp``, else a layout the store holds a profile
+    under, else what the memory model says ``tune`` needs) as ``serve`` does."""
     spec = resolve_model(options.model)
     command, version = command_and_version(options.vllm_cmd, strict=strict)
     machine = hardware_for(options.gpu, options.device, options.vllm_cmd)
-    hardware, extra = engine_lookup(spec=spec, hardware=machine, extra_args=options.extra_args)
-    return ProfileLookup(
+    at = ProfileLookup(
         store=ProfileStore(paths.profiles_dir(options.profiles_dir)),
         spec=spec,
-        hardware=hardware,  # the GPUs one engine runs on, as tune keys its profile
+        hardware=machine,
         command=command,
         version=version,
         workload=workload,
-        parallel=parallel_sizes(extra),
-        extra_args=extra,
-        limits=limits_of(options, total_gib=hardware.memory_gib),
+        parallel=parallel_sizes(options.extra_args),
+        extra_args=options.extra_args,
+        limits=limits_of(options, total_gib=machine.memory_gib),
     )
+    layout = decide(
+        spec=spec,
+        hardware=machine,
+        extra_args=options.extra_args,
+        need=Need.of(options, memory_gib=machine.memory_gib),
+        stored=lambda: stored_layouts(at),
+    )
+    return at.under(layout.extra_args)
+
+
+def stored_layouts(at: ProfileLookup) -> list[int]:
+    """The tensor-parallel sizes under which the store holds a profile that ``at`` would use
+    (this model and ``config.json``, the machine's GPUs, the vLLM release, workload and limits,
+    as ``find_profile`` matches them), with the pipeline size the user gave."""
+    tried = {prof.parallel.get(TP, 1) for _, prof in at.store.find(model_name=at.spec.name)}
+    return [
+        tp
+        for tp in sorted(tried)
+        if at.under((*at.extra_args, "--tensor-parallel-size", str(tp))).find() is not None
+    ]
 
 
 def limits_of(options: TuneOptions, *, total_gib: float) -> dict[str, Any] | None:

@@ -1,30 +1,147 @@
-"""What a running engine shows besides its answers: ``/metrics`` counters and GPU memory (NVML).
+"""What a running engine shows besides its answers: ``/metrics`` and GPU memory (NVML).
 
-Both are best effort: a probe that cannot read returns ``None``, never fails a trial.
+All are best effort: a probe that cannot read returns ``None``, never fails a trial.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import threading
+from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
 
 import httpx
 
 from autotune.hardware import gpu_memory_used_bytes
 from autotune.units import GIB
 
-_PREEMPTIONS = re.compile(r"^vllm:num_preemptions(?:_total)?(?:\{[^}]*\})?\s+([\d.eE+-]+)", re.M)
+# vLLM's Prometheus names (``vllm/v1/metrics/loggers.py``); counters carry ``_total``.
+PREEMPTIONS = ("vllm:num_preemptions_total", "vllm:num_preemptions")
+KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # 0-1; the 2nd before 0.11
+WAITING = ("vllm:num_requests_waiting",)
+RUNNING = ("vllm:num_requests_running",)
+_SAMPLE = re.compile(
+    r'^(?P<name>[A-Za-z_:][\w:]*)(?:\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})?[ \t]+(?P<value>\S+)', re.M
+)
+SCRAPE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """One read of vLLM's ``/metrics``, summed over its engines (None: not exposed)."""
+
+    preemptions: int | None = None  # vllm:num_preemptions_total
+    kv_cache_usage: float | None = None  # 0-1, the fullest engine's KV cache
+    requests_waiting: int | None = None
+    requests_running: int | None = None
+
+
+def parse_metrics(text: str) -> EngineStats:
+    """The numbers a tuner reads from Prometheus text (``vllm:kv_cache_usage_perc``, or
+    ``vllm:gpu_cache_usage_perc`` of older vLLM)."""
+    samples: dict[str, list[float]] = {}
+    for m in _SAMPLE.finditer(text):
+        try:
+            value = float(m.group("value"))
+        except ValueError:
+            continue
+        if math.isfinite(value):
+            samples.setdefault(m.group("name"), []).append(value)
+
+    def first(names: tuple[str, ...]) -> list[float] | None:
+        return next((samples[n] for n in names if n in samples), None)
+
+    def total(names: tuple[str, ...]) -> int | None:
+        found = first(names)
+        return None if found is None else int(sum(found))
+
+    usage = first(KV_USAGE)
+    return EngineStats(
+        preemptions=total(PREEMPTIONS),
+        kv_cache_usage=None if usage is None else min(max(max(usage), 0.0), 1.0),
+        requests_waiting=total(WAITING),
+        requests_running=total(RUNNING),
+    )
+
+
+def scrape(
+    base_url: str, *, client: httpx.Client | None = None, timeout_s: float = SCRAPE_TIMEOUT_S
+) -> EngineStats | None:
+    """``/metrics`` read and parsed, or None when it cannot be read."""
+    url = base_url.rstrip("/") + "/metrics"
+    try:
+        if client is not None:
+            response = client.get(url, timeout=timeout_s)
+        else:
+            response = httpx.get(url, timeout=timeout_s, trust_env=False)
+    except httpx.HTTPError:
+        return None
+    return parse_metrics(response.text) if response.status_code == 200 else None
 
 
 def preemptions(base_url: str) -> int | None:
     """``vllm:num_preemptions_total`` summed over engines, or None when ``/metrics`` is unread."""
-    try:
-        text = httpx.get(base_url.rstrip("/") + "/metrics", timeout=5.0, trust_env=False).text
-    except httpx.HTTPError:
-        return None
-    found = _PREEMPTIONS.findall(text)
-    return int(sum(float(v) for v in found)) if found else None
+    stats = scrape(base_url)
+    return None if stats is None else stats.preemptions
+
+
+class PeakLoad:
+    """Polls ``/metrics`` every ``interval_s`` while it is entered (from a background thread,
+    stopped and joined on exit): the peak KV-cache usage and the most requests waiting and
+    running. Each is None when no read showed it (``/metrics`` unreadable)."""
+
+    def __init__(self, base_url: str, *, interval_s: float = 0.5, timeout_s: float = 2.0) -> None:
+        self.base_url, self.interval_s, self.timeout_s = base_url, interval_s, timeout_s
+        self.samples = 0  # successful reads
+        self.kv_cache_usage: float | None = None
+        self.requests_waiting: int | None = None
+        self.requests_running: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def kv_cache_usage_pct(self) -> float | None:
+        """The peak KV-cache usage in percent (0-100)."""
+        return None if self.kv_cache_usage is None else round(100 * self.kv_cache_usage, 1)
+
+    def add(self, stats: EngineStats) -> None:
+        """One read's numbers into the peaks."""
+        self.samples += 1
+        self.kv_cache_usage = _most(self.kv_cache_usage, stats.kv_cache_usage)
+        self.requests_waiting = _most(self.requests_waiting, stats.requests_waiting)
+        self.requests_running = _most(self.requests_running, stats.requests_running)
+
+    def _run(self) -> None:
+        with httpx.Client(trust_env=False, timeout=self.timeout_s) as client:
+            while not self._stop.is_set():
+                stats = scrape(self.base_url, client=client, timeout_s=self.timeout_s)
+                if stats is not None:
+                    self.add(stats)
+                self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakLoad:
+        self._thread = threading.Thread(target=self._run, name="peak-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:  # a read in flight ends within its timeout
+            self._thread.join(timeout=self.timeout_s * 4 + 1)
+            self._thread = None
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _most(seen: _N | None, new: _N | None) -> _N | None:
+    if new is None:
+        return seen
+    return new if seen is None else max(seen, new)
 
 
 class PeakMemory:

@@ -41,12 +41,14 @@ class Chosen:
         num_prompts: int,
         sections: Mapping[str, Any],
     ) -> Chosen:
-        """The chosen trial ``number`` of ``study``, from its record."""
+        """The chosen trial ``number`` of ``study``, from its record. Its ``metrics`` are the
+        benchmark's, with what vLLM's ``/metrics`` showed during it (preemptions, the peak
+        KV-cache usage and requests waiting and running) when they were read."""
         return cls(
             number=number,
             vllm_args=record.vllm_args,
             vllm_version=record.vllm_version,
-            metrics=record.metrics.to_dict() if record.metrics else {},
+            metrics=record.metrics.to_dict() | record.engine_stats if record.metrics else {},
             startup=record.startup.to_dict(),
             log=record.log,
             study=study,

@@ -160,7 +160,8 @@ def make_console() -> Console:
 
 
 def trials_table(rows: Sequence[TrialRow], *, best: int | None, title: str) -> Table:
-    """All trials of a study: outcome, arguments, key metrics and why a trial failed."""
+    """All trials of a study: outcome, arguments, key metrics (with the peak KV-cache usage
+    and the preemptions vLLM reported during the benchmark) and why a trial failed."""
     table = Table(title=title, title_justify="left")
     names = [n for n in _SHORT if any(n in row.args for row in rows)]
     for col in (
@@ -170,6 +171,8 @@ def trials_table(rows: Sequence[TrialRow], *, best: int | None, title: str) -> T
         "tok/s",
         "TTFT p95",
         "KV tokens",
+        "KV peak %",
+        "preempt",
         "reason",
     ):
         if col == "reason":
@@ -190,6 +193,8 @@ def trials_table(rows: Sequence[TrialRow], *, best: int | None, title: str) -> T
             num(row.throughput),
             num(row.ttft_p95_ms),
             num(row.kv_cache_tokens, "{:,}"),
+            num(row.peak_kv_cache_usage_pct),
+            num(row.preemptions, "{:,}"),
             reason,
         )
     return table

@@ -1,8 +1,9 @@
 """After the study: re-measure the best candidates, soak them, and say what the profile saves.
 
-Re-measurements are trials of the study (enqueued with the same parameters), so they count
-against the launch budget and survive a resume. Soak verdicts cannot change a finished trial:
-they are kept in the study's ``soak`` attribute, keyed by the configuration's arguments.
+Re-measurements are trials of the study (enqueued with the parameters and arguments the finalist
+ran with), so they count against the launch budget and survive a resume. Soak verdicts cannot
+change a finished trial: they are kept in the study's ``soak`` attribute, keyed by the
+configuration's arguments.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from autotune.search import study as st
 from autotune.search import study_keys as keys
 from autotune.search.goal import Goal, Statistic
 from autotune.search.ranking import Candidate
-from autotune.trial.record import attrs
+from autotune.trial.record import attrs, remeasure_source
 from autotune.trial.soak import SoakVerdict, run_soak
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,9 @@ def reserve(finish: Finish, *, trials: int) -> int:
 
 def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budget: int) -> int:
     """Launch the best candidates again until each has ``repeats`` measurements (one pass),
-    within the launch ``budget`` (``--trials``, the study's launches included)."""
+    within the launch ``budget`` (``--trials``, the study's launches included). A re-measure
+    runs exactly the arguments its finalist ran with: never lifted by the guide, never skipped
+    by the pre-screen (``search.study.run_study``)."""
     study = plan.study
     left = budget - st.launches(study)
     if finish.repeats < 2 or left <= 0:
@@ -55,9 +58,12 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
     cands = best.ranked(study, goal=plan.goal, noise=finish.noise, most_images=finish.most_images)
     wanted = 0
     for cand in cands[: finish.finalists]:
+        ran = choice.record_of(cand.chosen)
+        # What ran (after the guide's lift), not Optuna's params (the sampler's own proposal).
+        params = dict(ran.params if ran.params is not None else cand.chosen.params)
+        marks = attrs(source=remeasure_source(cand.trials[0].number), vllm_args=ran.vllm_args)
         for _ in range(min(finish.repeats - len(cand.trials), left - wanted)):
-            source = f"re-measure of trial {cand.trials[0].number}"
-            study.enqueue_trial(dict(cand.chosen.params), user_attrs=attrs(source=source))
+            study.enqueue_trial(params, user_attrs=marks)
             wanted += 1
     if wanted:
         log.info(f"re-measuring the {min(len(cands), finish.finalists)} best: {wanted} launches")
@@ -212,5 +218,5 @@ def sections(
 
 
 def _metrics(cand: Candidate) -> dict[str, Any]:
-    metrics = choice.record_of(cand.chosen).metrics
-    return metrics.to_dict() if metrics is not None else {}
+    record = choice.record_of(cand.chosen)
+    return record.metrics.to_dict() | record.engine_stats if record.metrics is not None else {}

@@ -170,14 +170,17 @@ def run_study(plan: StudyPlan, *, reporter: Reporter) -> None:
         if plan.guide is not None and workers.leads(plan.study):
             plan.guide.before_ask(plan.study)
         trial = workers.ask(plan.study)
+        asked = TrialRecord.from_attrs(trial.user_attrs)  # what was enqueued with it, if any
         params = plan.space.sample(trial)
-        if plan.guide is not None and not TrialRecord.from_attrs(trial.user_attrs).source:
+        if plan.guide is not None and not asked.source:
             params = plan.guide.lift(plan.study, params)  # the sampler's own proposal stays
         store(trial, params=params)
-        args = plan.space.args(params)
+        # A re-measure runs exactly what its finalist ran (finalize.remeasure).
+        ran = asked.vllm_args if asked.remeasure else None  # (None: enqueued by an older version)
+        args = dict(ran) if ran else plan.space.args(params)
         why = prescreen.check(args) if prescreen is not None else None
-        if why is not None and workers.is_retry(plan.study, trial):
-            why = None  # its worker died mid-launch: re-run it as it was
+        if why is not None and (asked.remeasure or workers.is_retry(plan.study, trial)):
+            why = None  # a finalist, or a trial whose worker died mid-launch: run it as it was
         if why is not None:  # known to fail: recorded as infeasible, never launched
             store(trial, vllm_args=args, outcome=Outcome.SKIPPED, reason=why)
             tell_infeasible(plan.study, trial, goal=plan.goal)
@@ -211,7 +214,12 @@ def run_study(plan: StudyPlan, *, reporter: Reporter) -> None:
             # Ctrl-C / SIGTERM: the engine is already stopped; run this candidate again next time.
             store(trial, outcome=INTERRUPTED, log=str(log_path))
             plan.study.tell(trial, state=TrialState.FAIL)
-            plan.study.enqueue_trial(params, user_attrs=attrs(source=f"retry of {trial.number}"))
+            again = (  # a re-measure stays one
+                attrs(source=asked.source, vllm_args=args)
+                if asked.remeasure
+                else attrs(source=f"retry of {trial.number}")
+            )
+            plan.study.enqueue_trial(params, user_attrs=again)
             raise
         try:
             tell(plan.study, trial, result, goal=plan.goal)

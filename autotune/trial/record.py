@@ -24,6 +24,12 @@ STOPPED = "stopped"  # the user's own error stopped the study
 INTERRUPTED = "interrupted"  # Ctrl-C / SIGTERM: the candidate runs again next time
 OVER_BUDGET = "over_budget"  # another worker took the last launch
 NO_RESULT = (INTERRUPTED, Outcome.PRUNED.value, STOPPED, OVER_BUDGET)
+REMEASURE = "re-measure of trial"  # source of a finalist launched again exactly as it ran
+
+
+def remeasure_source(trial: int) -> str:
+    """The source of a re-measure of ``trial``."""
+    return f"{REMEASURE} {trial}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,7 +41,8 @@ class TrialRecord:
     reason: str = ""
     vllm_args: dict[str, Any] = field(default_factory=dict)  # every argument the engine ran with
     params: dict[str, Any] | None = None  # the parameters that ran (after the guide's lift)
-    source: str = ""  # who proposed it: vllm-defaults, --enqueue, edge: ..., retry of N
+    source: str = ""  # who proposed it: vllm-defaults, --enqueue, edge: ..., retry of N,
+    # re-measure of trial N
     launched: bool = False
     log: str | None = None
     metrics: Metrics | None = None
@@ -48,6 +55,10 @@ class TrialRecord:
     goodput: float | None = None  # requests/s meeting the SLOs (when SLOs are given)
     preemptions: int | None = None  # vllm:num_preemptions_total during the benchmark
     peak_memory_gib: float | None = None  # NVML's peak, else None
+    # /metrics sampled during the benchmark (None: unread, or written by an earlier version)
+    peak_kv_cache_usage_pct: float | None = None  # vllm:kv_cache_usage_perc x 100 at its peak
+    peak_requests_waiting: int | None = None  # vllm:num_requests_waiting at its peak
+    peak_requests_running: int | None = None  # vllm:num_requests_running at its peak
     reserved_gib: float | None = None  # GPU memory the configuration reserves
     reserved_source: str | None = None  # where that number came from
     missed: tuple[str, ...] = ()  # SLOs (or the floor) a served configuration missed
@@ -57,6 +68,18 @@ class TrialRecord:
     @property
     def ok(self) -> bool:
         return self.outcome == Outcome.OK.value
+
+    @property
+    def remeasure(self) -> bool:
+        """A finalist's configuration launched again (``search.finalize.remeasure``)."""
+        return self.source.startswith(REMEASURE)
+
+    @property
+    def engine_stats(self) -> dict[str, float | int]:
+        """What vLLM's ``/metrics`` showed during the benchmark, the numbers it had (for the
+        profile's ``metrics``)."""
+        values = {name: getattr(self, name) for name in ENGINE_STATS}
+        return {name: value for name, value in values.items() if value is not None}
 
     @property
     def throughput(self) -> float | None:
@@ -88,10 +111,14 @@ class TrialRecord:
         return attrs(**{name: getattr(self, name) for name in names})
 
 
+# What vLLM's /metrics showed during the benchmark.
+ENGINE_STATS = (
+    "preemptions", "peak_kv_cache_usage_pct", "peak_requests_waiting", "peak_requests_running",
+)  # fmt: skip
 # The fields a launch's result sets (``TrialResult.record``); the rest are set around it.
 RESULT_FIELDS = (
     "outcome", "reason", "vllm_args", "log", "metrics", "startup", "estimated_max_model_len",
-    "vllm_version", "startup_s", "errors", "goodput", "preemptions", "peak_memory_gib",
+    "vllm_version", "startup_s", "errors", "goodput", "peak_memory_gib", *ENGINE_STATS,
 )  # fmt: skip
 
 
@@ -154,6 +181,10 @@ class TrialRow:
     tpot_p95_ms: float | None
     kv_cache_tokens: int | None
     predicted_kv_cache_tokens: int | None
+    preemptions: int | None
+    peak_kv_cache_usage_pct: float | None
+    peak_requests_waiting: int | None
+    peak_requests_running: int | None
     reason: str
     estimated_max_model_len: int | None
     log: str
@@ -180,6 +211,10 @@ class TrialRow:
             tpot_p95_ms=m.tpot_ms_p95 if m else None,
             kv_cache_tokens=record.startup.kv_cache_tokens,
             predicted_kv_cache_tokens=record.predicted_kv_cache_tokens,
+            preemptions=record.preemptions,
+            peak_kv_cache_usage_pct=record.peak_kv_cache_usage_pct,
+            peak_requests_waiting=record.peak_requests_waiting,
+            peak_requests_running=record.peak_requests_running,
             reason=record.reason,
             estimated_max_model_len=record.estimated_max_model_len,
             log=record.log or "",

@@ -23,7 +23,7 @@ from autotune.engine.outcome import (
     classify_runtime,
     parse_startup,
 )
-from autotune.engine.probes import PeakMemory, preemptions
+from autotune.engine.probes import PeakLoad, PeakMemory, preemptions
 from autotune.errors import StudyStopped
 from autotune.load import client as loadgen
 from autotune.load.metrics import Metrics, RequestRecord, goodput
@@ -56,6 +56,10 @@ class TrialResult:
     goodput: float | None = None  # requests/s meeting the SLOs (when SLOs are given)
     preemptions: int | None = None  # vllm:num_preemptions_total during the benchmark
     peak_memory_gib: float | None = None  # GPU memory in use at its peak (NVML), else None
+    # sampled from /metrics while the benchmark ran (None: /metrics unread)
+    peak_kv_cache_usage_pct: float | None = None  # vllm:kv_cache_usage_perc x 100 at its peak
+    peak_requests_waiting: int | None = None  # vllm:num_requests_waiting at its peak
+    peak_requests_running: int | None = None  # vllm:num_requests_running at its peak
 
     @property
     def throughput(self) -> float:
@@ -78,6 +82,9 @@ class TrialResult:
             goodput=self.goodput,
             preemptions=self.preemptions,
             peak_memory_gib=self.peak_memory_gib,
+            peak_kv_cache_usage_pct=self.peak_kv_cache_usage_pct,
+            peak_requests_waiting=self.peak_requests_waiting,
+            peak_requests_running=self.peak_requests_running,
         )
 
 
@@ -154,7 +161,7 @@ class TrialRunner:
             self._bench(engine, ready, on_phase, requests=self.warmup)
         on_phase(f"benchmark: {len(self.requests)} requests")
         before = preemptions(ready.base_url)
-        with PeakMemory() as peak:
+        with PeakMemory() as peak, PeakLoad(ready.base_url) as load:
             result = self._bench(
                 engine, ready, on_phase, requests=self.requests, report=self.report
             )
@@ -176,6 +183,9 @@ class TrialRunner:
             else None,
             preemptions=None if before is None or after is None else after - before,
             peak_memory_gib=peak.peak_gib,
+            peak_kv_cache_usage_pct=load.kv_cache_usage_pct,
+            peak_requests_waiting=load.requests_waiting,
+            peak_requests_running=load.requests_running,
         )
 
     def _bench(

@@ -3,7 +3,8 @@
 A configuration that boots can still run out of memory under load (vllm issue #21410). The soak
 sends ``max_num_seqs`` requests at once: the workload's longest prompts, a share of them near
 ``max_model_len``, and the most images per prompt the profile allows for a vision model. It
-records peak GPU memory (NVML, when there is one), preemptions (``/metrics``) and errors.
+records peak GPU memory (NVML, when there is one), preemptions and the peak KV-cache usage
+(``/metrics``) and errors.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class SoakVerdict:
     peak_memory_source: str
     log: str
     trial: int | None = None  # the study's trial whose configuration was soaked
+    peak_kv_cache_usage_pct: float | None = None  # vllm:kv_cache_usage_perc x 100 (/metrics)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,6 +136,7 @@ def run_soak(
         else "unavailable (no NVML)",
         log=str(log_path),
         trial=trial,
+        peak_kv_cache_usage_pct=result.peak_kv_cache_usage_pct,
     )
 
 

@@ -130,7 +130,9 @@ def test_soak_catches_the_fastest_configuration_crashing_under_load(model: Path)
     for verdict in soaks.values():
         seqs = trials[verdict["trial"]].user_attrs["vllm_args"]["max_num_seqs"]
         assert verdict["passed"] is (seqs in (8, 16)), soaks
-        assert verdict["passed"] or verdict["outcome"] == "crash_under_load", soaks
+        assert verdict["passed"] or verdict["outcome"] in ("crash_under_load", "request_errors"), (
+            soaks
+        )
     chosen = profile["vllm_args"]["max_num_seqs"]
     assert chosen in (8, 16) and profile["soak"]["passed"] is True
     assert profile["soak"]["requests"] == chosen

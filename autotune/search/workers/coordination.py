@@ -249,7 +249,9 @@ def give_back(study: optuna.Study, trial: optuna.Trial, params: Mapping[str, Any
         kept = {k: frozen.system_attrs[k] for k in ("failed_trial", "retry_history")}
         _requeue(study, frozen, source=source, system_attrs=kept)
     elif "fixed_params" in frozen.system_attrs:
-        study.enqueue_trial(dict(params), user_attrs=attrs(source=source))
+        ran = _record(frozen)  # a re-measure keeps the arguments it is to run
+        kept = {"vllm_args": ran.vllm_args} if ran.remeasure else {}
+        study.enqueue_trial(dict(params), user_attrs=attrs(source=source, **kept))
     pause()
 
 
