@@ -92,7 +92,7 @@ def run(work: Path, *, gpus: int, trials: int, startup_s: float, seed: int) -> R
     storage = f"sqlite:///{work / 'state' / 'studies.db'}"
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
-    records = [TrialRecord.from_attrs(t.user_attrs) for t in study.trials]
+    records = [TrialRecord.of(t) for t in study.trials]
     launched = [(t, r) for t, r in zip(study.trials, records, strict=True) if r.vllm_args]
     ok = [t.value for t, r in launched if r.ok and t.value]
     ((_, profile),) = ProfileStore(work / "profiles").all()

@@ -93,7 +93,7 @@ def main() -> None:
     for t in trials:
         assert t.datetime_start and t.datetime_complete
         wall = (t.datetime_complete - t.datetime_start).total_seconds()
-        record = TrialRecord.from_attrs(t.user_attrs)
+        record = TrialRecord.of(t)
         own = (record.startup_s or 0) + (record.metrics.duration_s if record.metrics else 0)
         if record.ok:
             overheads.append(wall - own)

@@ -628,7 +628,7 @@ def run_autotune(
     study = autotune_study(key, seed, budget, sampler, screen, guide)
     launched, skipped = [], 0
     for t in study.get_trials(deepcopy=False):
-        record = TrialRecord.from_attrs(t.user_attrs)
+        record = TrialRecord.of(t)
         if not record.launched:
             skipped += record.outcome == Outcome.SKIPPED.value
             continue
@@ -686,7 +686,7 @@ def trace(key: str, seed: int, budget: int, ns: argparse.Namespace, optimum: flo
     best = 0.0
     print(f"\n== trace of landscape {key}, seed {seed}, {budget} launches")
     for t in study.get_trials(deepcopy=False):
-        record = TrialRecord.from_attrs(t.user_attrs)
+        record = TrialRecord.of(t)
         args = record.vllm_args
         ran = " ".join(f"{k.removeprefix('--')}={v}" for k, v in args.items())
         if record.launched:

@@ -80,7 +80,7 @@ def save_from_study(
     if best is None:
         raise UserError(f"no feasible trial in study {name!r} ({seen.done} launches)")
     chosen = Chosen.of(
-        TrialRecord.from_attrs(best.user_attrs),
+        TrialRecord.of(best),
         number=best.number,
         study=name,
         num_prompts=saved["num_prompts"],

@@ -152,7 +152,7 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
             + "; see `autotune trials` and the logs, or widen the ranges"
         )
     chosen = Chosen.of(
-        TrialRecord.from_attrs(best.user_attrs),
+        TrialRecord.of(best),
         number=best.number,
         study=name,
         num_prompts=num_prompts,

@@ -56,7 +56,7 @@ def points(study: optuna.Study) -> list[Point]:
     """Every trial: feasible ones with their throughput, the others with their class."""
     out = []
     for t in study.get_trials(deepcopy=False):
-        record = TrialRecord.from_attrs(t.user_attrs)
+        record = TrialRecord.of(t)
         outcome = record.outcome or ""
         if t.state == TrialState.COMPLETE:
             violated = any(v > 0 for v in t.constraints.values())

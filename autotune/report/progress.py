@@ -54,7 +54,7 @@ def short_args(args: Mapping[str, Any]) -> str:
 
 
 def _result_text(trial: FrozenTrial) -> str:
-    record = TrialRecord.from_attrs(trial.user_attrs)
+    record = TrialRecord.of(trial)
     if record.ok:
         text = f"ok {record.throughput or 0.0:.1f} tok/s"
         missed = record.missed
@@ -99,7 +99,7 @@ class LiveReporter:
         self.progress.update(self.task, phase=text)
 
     def trial_finished(self, trial: FrozenTrial) -> None:
-        record = TrialRecord.from_attrs(trial.user_attrs)
+        record = TrialRecord.of(trial)
         if record.ok and record.throughput is not None:
             self.best = max(self.best or 0.0, record.throughput)
         self.progress.advance(self.task)
@@ -139,7 +139,7 @@ class LineReporter:
         self._say(f"trial {trial.number}: {_result_text(trial)}")
 
     def trial_finished(self, trial: FrozenTrial) -> None:
-        log = TrialRecord.from_attrs(trial.user_attrs).log
+        log = TrialRecord.of(trial).log
         self._say(f"trial {trial.number}: {_result_text(trial)} (log: {log})")
 
 

@@ -15,7 +15,7 @@ def feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if TrialRecord.from_attrs(t.user_attrs).ok
+        if TrialRecord.of(t).ok
         and t.values is not None
         and all(v <= 0 for v in t.constraints.values())
     ]

@@ -22,7 +22,7 @@ from autotune.search import study as st
 from autotune.search import study_keys as keys
 from autotune.search.goal import Goal, Statistic
 from autotune.search.ranking import Candidate
-from autotune.trial.record import attrs, remeasure_source
+from autotune.trial.record import TrialRecord, attrs, remeasure_source
 from autotune.trial.soak import SoakVerdict, run_soak
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
     cands = best.ranked(study, goal=plan.goal, noise=finish.noise, most_images=finish.most_images)
     wanted = 0
     for cand in cands[: finish.finalists]:
-        ran = choice.record_of(cand.chosen)
+        ran = TrialRecord.of(cand.chosen)
         # What ran (after the guide's lift), not Optuna's params (the sampler's own proposal).
         params = dict(ran.params if ran.params is not None else cand.chosen.params)
         marks = attrs(source=remeasure_source(cand.trials[0].number), vllm_args=ran.vllm_args)
@@ -158,7 +158,7 @@ def soak_of(study: optuna.Study, cand: Candidate, *, enabled: bool) -> dict[str,
 
 def memory_of(cand: Candidate, *, soak: dict[str, Any], budget: float | None) -> dict[str, Any]:
     """The profile's ``memory`` section: the reservation, the measured peak, their sources."""
-    chosen = choice.record_of(cand.chosen)
+    chosen = TrialRecord.of(cand.chosen)
     peak = soak.get("peak_memory_gib")
     if peak is None:
         peak = chosen.peak_memory_gib
@@ -218,5 +218,5 @@ def sections(
 
 
 def _metrics(cand: Candidate) -> dict[str, Any]:
-    record = choice.record_of(cand.chosen)
+    record = TrialRecord.of(cand.chosen)
     return record.metrics.to_dict() | record.engine_stats if record.metrics is not None else {}

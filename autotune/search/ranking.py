@@ -53,7 +53,7 @@ class Candidate:
 
     @property
     def args(self) -> dict[str, Any]:
-        return dict(record_of(self.chosen).vllm_args)
+        return dict(TrialRecord.of(self.chosen).vllm_args)
 
     @property
     def measured(self) -> list[float]:
@@ -72,7 +72,7 @@ class Candidate:
 
 
 def _throughput(t: Finished) -> float:
-    return record_of(t).throughput or 0.0
+    return TrialRecord.of(t).throughput or 0.0
 
 
 def _pick(items: Sequence[Finished], key: Any, *, statistic: str, worst_first: bool) -> Finished:
@@ -85,7 +85,7 @@ def candidates(trials: Iterable[Finished], *, goal: Goal, statistic: str) -> lis
     """Launched trials grouped by their arguments; a group is feasible only if every run was."""
     groups: dict[str, list[Finished]] = {}
     for t in trials:
-        record = record_of(t)
+        record = TrialRecord.of(t)
         if not record.launched or record.outcome in (None, *NO_RESULT):
             continue
         if record.outcome == Outcome.HARNESS_ERROR.value:
@@ -95,7 +95,9 @@ def candidates(trials: Iterable[Finished], *, goal: Goal, statistic: str) -> lis
     maximize = goal.directions[0] == "maximize"
     for runs in groups.values():
         ok = all(
-            record_of(t).ok and t.values is not None and all(v <= 0 for v in t.constraints.values())
+            TrialRecord.of(t).ok
+            and t.values is not None
+            and all(v <= 0 for v in t.constraints.values())
             for t in runs
         )
         if not ok:
@@ -107,7 +109,7 @@ def candidates(trials: Iterable[Finished], *, goal: Goal, statistic: str) -> lis
 
         chosen = _pick(runs, primary, statistic=statistic, worst_first=maximize)
         slow = _pick(runs, _throughput, statistic=statistic, worst_first=True)
-        reserved = max(record_of(t).reserved_gib or 0.0 for t in runs)
+        reserved = max(TrialRecord.of(t).reserved_gib or 0.0 for t in runs)
         out.append(
             Candidate(tuple(runs), True, primary(chosen), chosen, _throughput(slow), reserved)
         )
@@ -180,8 +182,3 @@ def balanced(front: Sequence[Candidate]) -> Candidate:
         return float(dt * dt + dm * dm)
 
     return min(front, key=distance)
-
-
-def record_of(t: Finished) -> TrialRecord:
-    """A finished trial's record."""
-    return TrialRecord.from_attrs(t.user_attrs)

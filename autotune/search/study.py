@@ -161,8 +161,7 @@ def run_study(plan: StudyPlan, *, reporter: Reporter) -> None:
     prescreen = plan.prescreen
     if prescreen is not None:
         prescreen.learn_all(
-            (t.number, TrialRecord.from_attrs(t.user_attrs))
-            for t in plan.study.get_trials(deepcopy=False)
+            (t.number, TrialRecord.of(t)) for t in plan.study.get_trials(deepcopy=False)
         )
     started = time.monotonic()
     skipped = 0
@@ -170,7 +169,7 @@ def run_study(plan: StudyPlan, *, reporter: Reporter) -> None:
         if plan.guide is not None and workers.leads(plan.study):
             plan.guide.before_ask(plan.study)
         trial = workers.ask(plan.study)
-        asked = TrialRecord.from_attrs(trial.user_attrs)  # what was enqueued with it, if any
+        asked = TrialRecord.of(trial)  # what was enqueued with it, if any
         params = plan.space.sample(trial)
         if plan.guide is not None and not asked.source:
             params = plan.guide.lift(plan.study, params)  # the sampler's own proposal stays
@@ -279,7 +278,7 @@ def trial_rows(trials: Sequence[FrozenTrial]) -> list[TrialRow]:
         TrialRow.of(
             number=t.number,
             state=t.state.name,
-            record=TrialRecord.from_attrs(t.user_attrs),
+            record=TrialRecord.of(t),
             params=t.params,
             running=t.state == TrialState.RUNNING,
         )

@@ -102,7 +102,7 @@ def stagnated(study: optuna.Study, *, patience: int, threshold: float) -> bool:
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if TrialRecord.from_attrs(t.user_attrs).launched and t.value is not None
+        if TrialRecord.of(t).launched and t.value is not None
     ]
     if len(done) <= patience:
         return False

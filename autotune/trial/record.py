@@ -1,7 +1,7 @@
 """The trial record: what one trial of a study says, typed. The only module that knows the keys
 of a trial's user attributes in Optuna's storage; every reader goes through ``TrialRecord``.
 
-``TrialRecord.from_attrs(trial.user_attrs)`` reads a trial (unknown keys are ignored, missing ones
+``TrialRecord.of(trial)`` reads a trial (unknown keys are ignored, missing ones
 take their defaults, so studies written by earlier versions still read); ``attrs(**fields)`` turns
 typed values into the JSON-safe attributes to store, key by key, as a trial's life goes on
 (``launched`` and ``vllm_args`` before the launch, the result after it). No Optuna here.
@@ -30,6 +30,13 @@ REMEASURE = "re-measure of trial"  # source of a finalist launched again exactly
 def remeasure_source(trial: int) -> str:
     """The source of a re-measure of ``trial``."""
     return f"{REMEASURE} {trial}"
+
+
+class HasAttrs(Protocol):
+    """A trial as Optuna keeps it (``FrozenTrial``, ``Trial``): its user attributes."""
+
+    @property
+    def user_attrs(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +96,11 @@ class TrialRecord:
     @property
     def kv_cache_tokens(self) -> int | None:
         return self.startup.kv_cache_tokens
+
+    @classmethod
+    def of(cls, trial: HasAttrs) -> TrialRecord:
+        """The record of a trial (anything with Optuna's ``user_attrs``)."""
+        return cls.from_attrs(trial.user_attrs)
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> TrialRecord:

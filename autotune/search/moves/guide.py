@@ -32,7 +32,7 @@ def tried(study: optuna.Study) -> list[edge.Tried]:
     """Finished trials as the climb sees them (pre-screened ones as the class they would hit)."""
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        record = TrialRecord.from_attrs(t.user_attrs)
+        record = TrialRecord.of(t)
         outcome = record.outcome or ""
         if outcome == Outcome.SKIPPED.value:
             outcome = record.reason.split(":")[0].removeprefix("predicted ")

@@ -62,7 +62,7 @@ def heartbeat_s() -> int:
 def retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
     """Heartbeat-stale (its worker died): queue the same parameters again, a few times."""
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    if len(history) > MAX_RETRIES or not _record(trial).launched:
+    if len(history) > MAX_RETRIES or not TrialRecord.of(trial).launched:
         return
     if any(
         t.system_attrs.get("retry_history") == history for t in study.get_trials(deepcopy=False)
@@ -133,7 +133,7 @@ class Counts:
 def counts(study: optuna.Study, *, exclude: int | None = None) -> Counts:
     done = running = mine = 0
     for t in study.get_trials(deepcopy=False):
-        record = _record(t)
+        record = TrialRecord.of(t)
         if not record.launched or t.number == exclude:
             continue
         if t.state == TrialState.RUNNING:
@@ -184,13 +184,13 @@ def finisher(study: optuna.Study) -> str | None:
     finished = [
         t
         for t in study.get_trials(deepcopy=False)
-        if _record(t).launched and t.datetime_complete is not None
+        if TrialRecord.of(t).launched and t.datetime_complete is not None
     ]
-    told = any(_record(t).worker == WORKER_ID for t in finished)
+    told = any(TrialRecord.of(t).worker == WORKER_ID for t in finished)
     if not told or not finished:
         return None
     last = max(finished, key=lambda t: (t.datetime_complete, t.number))
-    worker = _record(last).worker
+    worker = TrialRecord.of(last).worker
     if worker not in (None, WORKER_ID):
         return f"worker {worker} finished the study last"
     return None
@@ -244,12 +244,12 @@ def give_back(study: optuna.Study, trial: optuna.Trial, params: Mapping[str, Any
     frozen = study.trials[trial.number]
     store(trial, launched=False, outcome=OVER_BUDGET)
     study.tell(trial, state=TrialState.FAIL)
-    source = _record(frozen).source or f"given back by trial {trial.number}"
+    source = TrialRecord.of(frozen).source or f"given back by trial {trial.number}"
     if "failed_trial" in frozen.system_attrs:  # a retry stays one: its history caps the retries
         kept = {k: frozen.system_attrs[k] for k in ("failed_trial", "retry_history")}
         _requeue(study, frozen, source=source, system_attrs=kept)
     elif "fixed_params" in frozen.system_attrs:
-        ran = _record(frozen)  # a re-measure keeps the arguments it is to run
+        ran = TrialRecord.of(frozen)  # a re-measure keeps the arguments it is to run
         kept = {"vllm_args": ran.vllm_args} if ran.remeasure else {}
         study.enqueue_trial(dict(params), user_attrs=attrs(source=source, **kept))
     pause()
@@ -258,7 +258,3 @@ def give_back(study: optuna.Study, trial: optuna.Trial, params: Mapping[str, Any
 def is_retry(study: optuna.Study, trial: optuna.Trial) -> bool:
     """The trial re-runs one whose worker stopped (``retry_stale``)."""
     return "failed_trial" in study.trials[trial.number].system_attrs
-
-
-def _record(trial: FrozenTrial) -> TrialRecord:
-    return TrialRecord.from_attrs(trial.user_attrs)
