@@ -54,22 +54,27 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 
 from autotune.app.options import TuneOptions
 from autotune.app.prepare import Prepared, prepare
+from autotune.app.settings import finish_for
 from autotune.engine.defaults import Value, vllm_defaults
 from autotune.engine.outcome import Outcome
 from autotune.load.request import Request
 from autotune.load.workload import Workload, build_requests
+from autotune.search import best, finalize
 from autotune.search import study as st
-from autotune.search.moves.guide import Load, for_goal
+from autotune.search.moves.guide import Guesses, Load, for_goal
 from autotune.search.screen_rules import ClassScreen
 from autotune.search.space import UTIL_STEP, Dim, SearchSpace
+from autotune.testing._fake_model import speed_factor
 from autotune.testing.landscape import FakeTruth
 from autotune.testing.landscape_runner import LandscapeRunner
+from autotune.testing.scenarios import Scenario as Landscape
+from autotune.testing.scenarios import split
 from autotune.trial.record import TrialRecord
 from autotune.trial.runner import TrialResult, TrialRunner
 
@@ -127,23 +132,6 @@ MISTRAL_7B = {
     "torch_dtype": "bfloat16",
     "vocab_size": 32000,
 }
-
-
-@dataclass(frozen=True)
-class Landscape:
-    """A model on a GPU under a workload, and the ranges a user would give ``autotune tune``."""
-
-    key: str
-    name: str
-    shape: str
-    config: Mapping[str, Any]
-    gpu: str
-    env: Mapping[str, str]  # AUTOTUNE_FAKE_* knobs
-    workload: Workload
-    ranges: Mapping[str, str] = field(default_factory=dict)
-    min_model_len: int | None = None
-    min_images: int | None = None
-    image_size: tuple[int, int] | None = None
 
 
 LANDSCAPES: tuple[Landscape, ...] = (
@@ -238,6 +226,7 @@ class Problem:
     requests: list[Request]
     truth: FakeTruth
     default_params: dict[str, Value]
+    options: TuneOptions
 
     @property
     def space(self) -> SearchSpace:
@@ -267,7 +256,7 @@ def make_problem(land: Landscape, workdir: Path) -> Problem:
     requests = build_requests(wl, num_prompts=num_prompts, vocab_size=prep.spec.vocab_size)
     truth = FakeTruth(config=land.config, env=land.env, requests=requests, model_tag=str(model_dir))
     defaults = space.default_params(vllm_defaults(prep.hardware, prep.spec))
-    return Problem(land, model_dir, prep, requests, truth, defaults)
+    return Problem(land, model_dir, prep, requests, truth, defaults, options)
 
 
 # --- suggesters for the baselines (SearchSpace.sample asks them like an Optuna trial) ---------
@@ -524,18 +513,24 @@ def optima(keys: Sequence[str], pool: Pool, *, cache: bool) -> dict[str, Optimum
 
 @dataclass(frozen=True)
 class Run:
-    """One tuning run: the best throughput its launches found, and how they ended."""
+    """One tuning run: the true value of the configuration it chose, and how its launches
+    ended. Launches are measured with the scenario's noise; ``best`` and ``found`` are exact."""
 
     key: str
     method: str
     seed: int
     budget: int
-    best: float
+    best: float  # the chosen configuration's true throughput (0: chose nothing)
     launches: int
     startup_failures: int
     runtime_failures: int
     skipped: int = 0  # autotune: candidates the pre-screen recorded without a launch
-    best_params: dict[str, Value] = field(default_factory=dict)
+    best_params: dict[str, Any] = field(default_factory=dict)  # the chosen vLLM arguments
+    found: float = 0.0  # the best true throughput among its launches
+    late_failures: int = 0  # startup failures after the 5th launch
+
+
+LATE_AFTER = 5
 
 
 def _summarise(
@@ -543,22 +538,48 @@ def _summarise(
     method: str,
     seed: int,
     budget: int,
-    launched: Sequence[tuple[dict[str, Value], TrialResult]],
+    launched: Sequence[tuple[dict[str, Any], TrialResult]],
+    chosen: Mapping[str, Any] | None,
     skipped: int = 0,
 ) -> Run:
-    best, best_params = 0.0, {}
-    startup = runtime = 0
-    for params, result in launched:
+    """``launched``: each launch's vLLM arguments and exact result, in launch order."""
+    found, startup, runtime, late = 0.0, 0, 0, 0
+    for i, (_, result) in enumerate(launched):
         if result.outcome is Outcome.OK:
-            if result.throughput > best:
-                best, best_params = result.throughput, dict(params)
+            found = max(found, result.throughput)
         elif result.outcome in RUNTIME_FAILURES:
             runtime += 1
         else:
             startup += 1
+            late += i >= LATE_AFTER
+    best = PROBLEMS[key].truth.throughput(chosen) if chosen is not None else 0.0
     return Run(
-        key, method, seed, budget, best, len(launched), startup, runtime, skipped, best_params
+        key,
+        method,
+        seed,
+        budget,
+        best,
+        len(launched),
+        startup,
+        runtime,
+        skipped,
+        dict(chosen or {}),
+        found,
+        late,
     )
+
+
+def _noisy_choice(
+    problem: Problem, launched: Sequence[tuple[dict[str, Any], TrialResult]], rng: random.Random
+) -> dict[str, Any] | None:
+    """What a baseline keeps: the launch with the best measured (noisy) throughput."""
+    best: tuple[float, dict[str, Any]] | None = None
+    for args, result in launched:
+        if result.outcome is Outcome.OK:
+            seen = result.throughput * speed_factor(problem.truth.env.noise, rng)
+            if best is None or seen > best[0]:
+                best = (seen, args)
+    return None if best is None else best[1]
 
 
 class _Quiet:
@@ -623,25 +644,28 @@ def make_screen(problem: Problem, mode: str) -> st.Screen | None:
 def run_autotune(
     key: str, seed: int, budget: int, sampler: str, screen: str = "memory", guide: bool = True
 ) -> Run:
-    """autotune's own study loop, built as ``api.tune`` builds it, on the in-process runner."""
+    """autotune's own study loop, built as ``api.tune`` builds it, on the in-process runner:
+    the study, the finalists' re-measures within the budget, then its choice (no soak)."""
     problem = PROBLEMS[key]
-    study = autotune_study(key, seed, budget, sampler, screen, guide)
+    study, chosen = autotune_study(key, seed, budget, sampler, screen, guide)
     launched, skipped = [], 0
     for t in study.get_trials(deepcopy=False):
         record = TrialRecord.of(t)
         if not record.launched:
             skipped += record.outcome == Outcome.SKIPPED.value
             continue
-        args = record.vllm_args
-        launched.append((dict(args), problem.truth.result(args, log_path=Path("-"))))
-    return _summarise(key, "autotune", seed, budget, launched, skipped)
+        args = dict(record.vllm_args)
+        launched.append((args, problem.truth.result(args, log_path=Path("-"))))
+    return _summarise(key, "autotune", seed, budget, launched, chosen, skipped)
 
 
 def autotune_study(
     key: str, seed: int, budget: int, sampler: str, screen: str, guide: bool
-) -> optuna.Study:
+) -> tuple[optuna.Study, dict[str, Any] | None]:
+    """The study after ``budget`` launches, and the arguments autotune would save."""
     problem = PROBLEMS[key]
     prep = problem.prep
+    finish = finish_for(problem.options)
     name = st.study_name(
         model=prep.spec.name,
         hardware_key=prep.hardware.key,
@@ -655,11 +679,12 @@ def autotune_study(
     if custom is not None:
         study.sampler = custom
     knowledge = make_screen(problem, screen)
+    guesses = cast(Guesses | None, knowledge)  # every screen make_screen builds answers the guide
     plan = st.StudyPlan(
         study=study,
         space=prep.space,
-        runner=LandscapeRunner(truth=problem.truth),
-        budget=budget,
+        runner=LandscapeRunner(truth=problem.truth, seed=seed),
+        budget=budget - finalize.reserve(finish, trials=budget),
         log_dir=Path(tempfile.gettempdir()) / "autotune-tuning-quality" / "logs",
         default_params=problem.default_params,
         prescreen=knowledge,
@@ -667,7 +692,7 @@ def autotune_study(
             kind="throughput",
             space=prep.space,
             seed=seed,
-            knowledge=knowledge,
+            knowledge=guesses,
             load=Load.of(
                 problem.requests, concurrency=None, image_tokens=prep.spec.image_tokens or 0
             ),
@@ -676,13 +701,22 @@ def autotune_study(
         else None,
     )
     st.run_study(plan, reporter=_Quiet())
-    return study
+    finalize.remeasure(plan, finish, reporter=_Quiet(), budget=budget)
+    ranked = best.ranked(
+        study,
+        goal=plan.goal,
+        noise=finish.noise,
+        statistic=finish.statistic,
+        repeats=finish.repeats,
+        most_images=finish.most_images,
+    )
+    return study, (ranked[0].args if ranked else None)
 
 
 def trace(key: str, seed: int, budget: int, ns: argparse.Namespace, optimum: float) -> None:
     """Every trial of one autotune study: where it came from, what ran, how it ended."""
     problem = PROBLEMS[key]
-    study = autotune_study(key, seed, budget, ns.sampler, ns.prescreen, not ns.no_guide)
+    study, chosen = autotune_study(key, seed, budget, ns.sampler, ns.prescreen, not ns.no_guide)
     best = 0.0
     print(f"\n== trace of landscape {key}, seed {seed}, {budget} launches")
     for t in study.get_trials(deepcopy=False):
@@ -698,15 +732,23 @@ def trace(key: str, seed: int, budget: int, ns: argparse.Namespace, optimum: flo
             end = f"{record.outcome}: {record.reason}"[:90]
         source = record.source or "sampler"
         print(f"  {t.number:3d} {source[:28]:28s} {ran}\n       -> {end}")
+    value = problem.truth.throughput(chosen) if chosen else 0.0
+    print(f"  chosen: {json.dumps(chosen)} -> {value / optimum:.3f}")
 
 
 def run_random(key: str, seed: int, budgets: Sequence[int]) -> list[Run]:
     """Uniform draws; the draws do not depend on the budget, so one run gives every budget."""
     problem = PROBLEMS[key]
     rng = random.Random(f"random-{key}-{seed}")
-    draws = [problem.space.sample(RandomSuggester(rng)) for _ in range(max(budgets))]
-    launched = [(p, evaluate(problem, p)) for p in draws]
-    return [_summarise(key, "random", seed, b, launched[:b]) for b in budgets]
+    draws = [
+        problem.space.args(problem.space.sample(RandomSuggester(rng))) for _ in range(max(budgets))
+    ]
+    launched = [(a, problem.truth.result(a, log_path=Path("-"))) for a in draws]
+    runs = []
+    for b in budgets:
+        chosen = _noisy_choice(problem, launched[:b], random.Random(f"noise-{key}-{seed}"))
+        runs.append(_summarise(key, "random", seed, b, launched[:b], chosen))
+    return runs
 
 
 def run_grid(key: str, seed: int, budget: int) -> Run:
@@ -716,9 +758,10 @@ def run_grid(key: str, seed: int, budget: int) -> Run:
     random.Random(f"grid-{key}-{seed}").shuffle(points)
     launched = []
     for point in points[:budget]:
-        params = normalise(problem.space, point)
-        launched.append((params, evaluate(problem, params)))
-    return _summarise(key, "grid", seed, budget, launched)
+        args = problem.space.args(normalise(problem.space, point))
+        launched.append((args, problem.truth.result(args, log_path=Path("-"))))
+    chosen = _noisy_choice(problem, launched, random.Random(f"noise-{key}-{seed}"))
+    return _summarise(key, "grid", seed, budget, launched, chosen)
 
 
 # --- samplers to compare ------------------------------------------------------------------------
@@ -963,6 +1006,7 @@ class Pool:
 
 
 METHODS = ("autotune", "grid", "random")
+SETS = ("regression", "dev", "eval", "all")
 
 
 def _ratios(runs: Iterable[Run], optimum: Mapping[str, float]) -> list[float]:
@@ -1117,7 +1161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--budgets", default="10,20,40", help="launches per study (default 10,20,40)"
     )
-    parser.add_argument("--landscapes", default=",".join(land.key for land in LANDSCAPES))
+    parser.add_argument(
+        "--set",
+        choices=SETS,
+        default="regression",
+        help="regression: the seven hand-made landscapes; dev: the generated development "
+        "scenarios (tune the tuner on these); eval: the generated evaluation scenarios (report "
+        "only); all",
+    )
+    parser.add_argument("--landscapes", default="", help="keys (overrides --set)")
     parser.add_argument("--sampler", default="default", help=SAMPLER_HELP)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument(
@@ -1147,8 +1199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the optima and every run here")
     ns = parser.parse_args(argv)
     budgets = sorted({int(b) for b in ns.budgets.split(",")})
+    dev, evaluation = split()
+    sets = {"regression": LANDSCAPES, "dev": dev, "eval": evaluation}
+    sets["all"] = LANDSCAPES + dev + evaluation
+    known = {land.key: land for land in sets["all"]}
     keys = [k.strip() for k in ns.landscapes.split(",") if k.strip()]
-    known = {land.key: land for land in LANDSCAPES}
+    keys = keys or [land.key for land in sets[ns.set]]
     if unknown := [k for k in keys if k not in known]:
         raise SystemExit(f"--landscapes: unknown {unknown}; known: {', '.join(known)}")
     check_sampler(ns.sampler)

@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from queue import Queue
+from typing import Protocol
 
 
 @dataclass(eq=False)
@@ -35,6 +36,16 @@ class Request:
         return self.filled + self.decoded
 
 
+class StepCost(Protocol):
+    """Seconds one engine step takes (before the time scale)."""
+
+    def __call__(self, *, batch: int, tokens: int, context: int) -> float: ...
+
+
+def _default_step(*, batch: int, tokens: int, context: int) -> float:
+    return 0.015 + 0.00025 * batch + 0.00001 * tokens
+
+
 class EngineDead(Exception):
     """The simulated engine has died; no request can be served."""
 
@@ -52,6 +63,7 @@ class BatchEngine:
         crash_under_load: bool = False,
         crash_after: int | None = None,
         token_limit: int | None = None,
+        step: StepCost | None = None,
         on_death: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.max_num_seqs, self.mbt, self.capacity = max_num_seqs, max_num_batched_tokens, capacity
@@ -61,6 +73,7 @@ class BatchEngine:
             crash_after,
         )
         self.on_death = on_death
+        self.step = step or _default_step
         self.token_limit = token_limit  # more tokens in the running batch: OOM under load
         self.dead = self._stop = False
         self.waiting: deque[Request] = deque()
@@ -186,7 +199,8 @@ class BatchEngine:
                 self.dead, batch = reason is not None, len(self.running)
             if reason is None:
                 tokens = sum(n for _, n in prefill)
-                time.sleep((0.015 + 0.00025 * batch + 0.00001 * tokens) * self.scale)
+                context = sum(r.kv for r in self.running)
+                time.sleep(self.step(batch=batch, tokens=tokens, context=context) * self.scale)
                 with self._cond:
                     if self._stop:
                         return

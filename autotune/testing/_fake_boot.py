@@ -217,7 +217,8 @@ def plan_boot(cfg: ServeConfig, m: ModelInfo, env: FakeEnv) -> Boot:
     cg = 0.0
     if not cfg.enforce_eager:
         sizes = capture_sizes(cfg.max_num_seqs, cfg.max_num_batched_tokens)
-        cg = len(sizes) * (0.01 + w * 0.002)
+        per_size = 0.01 + w * 0.002 if env.graph_mib is None else env.graph_mib / 1024
+        cg = len(sizes) * per_size
         graphs = f"PIECEWISE={len(sizes)} (largest={sizes[-1]}), FULL={len(sizes)}"
         lines = [
             ("gpu_model_runner.py:4890", f"Profiling CUDA graph memory: {graphs}"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,16 @@ from typing import Any
 
 class ModelError(Exception):
     """The model cannot be resolved; the message is the final error line to print."""
+
+
+def speed_factor(noise: float, rng: random.Random) -> float:
+    """One launch's speed on a machine with ``noise``: mostly within a quarter of it, one launch
+    in five a slow outlier down to ``1 - noise`` (other work on the machine)."""
+    if noise <= 0:
+        return 1.0
+    if rng.random() < 0.2:
+        return 1.0 - rng.uniform(noise / 2, noise)
+    return min(max(1.0 + rng.gauss(0.0, noise / 4), 1.0 - noise), 1.0 + noise)
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,12 @@ class FakeEnv:
     crash_after: int | None = None
     image_mib: float = 64.0  # encoder-profile memory of one full-size dummy image
     load_mib_per_ktoken: float | None = None  # unprofiled runtime memory per 1000 batch tokens
+    graph_mib: float | None = None  # CUDA-graph memory per captured size (None: from the weights)
+    step_fixed_ms: float = 15.0  # one engine step: fixed cost,
+    step_seq_ms: float = 0.25  # per running sequence,
+    step_token_us: float = 10.0  # per prefilled token,
+    step_kv_ms: float = 0.0  # per 1000 tokens of context in the running batch (attention reads)
+    noise: float = 0.0  # per-launch speed factor drawn within 1 +- noise (a loaded machine)
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> FakeEnv:
@@ -54,7 +71,31 @@ class FakeEnv:
             crash_after=None if crash is None else int(crash),
             image_mib=get("IMAGE_MIB", 64.0),
             load_mib_per_ktoken=num("LOAD_MIB_PER_KTOKEN"),
+            graph_mib=num("GRAPH_MIB"),
+            step_fixed_ms=get("STEP_FIXED_MS", 15.0),
+            step_seq_ms=get("STEP_SEQ_MS", 0.25),
+            step_token_us=get("STEP_TOKEN_US", 10.0),
+            step_kv_ms=get("STEP_KV_MS", 0.0),
+            noise=get("NOISE", 0.0),
         )
+
+    def step_seconds(self, *, batch: int, tokens: int, context: int) -> float:
+        """One engine step's duration (before ``time_scale``): ``batch`` running sequences,
+        ``tokens`` prefilled, ``context`` tokens of KV cache held by the running batch."""
+        return (
+            self.step_fixed_ms / 1e3
+            + self.step_seq_ms / 1e3 * batch
+            + self.step_token_us / 1e6 * tokens
+            + self.step_kv_ms / 1e6 * context
+        )
+
+    def token_limit(self, util: float, context_gib: float) -> int | None:
+        """LOAD_MIB_PER_KTOKEN: tokens in the running batch whose unprofiled runtime memory
+        fills what the reservation leaves free; more than that is an OOM under load."""
+        if not self.load_mib_per_ktoken:
+            return None
+        left_gib = self.total - self.used - context_gib - util * self.total
+        return max(0, int(left_gib * 1024 / self.load_mib_per_ktoken * 1000))
 
 
 @dataclass(frozen=True)

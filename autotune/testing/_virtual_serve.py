@@ -11,7 +11,7 @@ from queue import Queue
 from unittest import mock
 
 from autotune.testing import _fake_batch
-from autotune.testing._fake_batch import BatchEngine
+from autotune.testing._fake_batch import BatchEngine, StepCost
 
 Job = tuple[int, int, int]  # (prompt tokens, tokens to generate, max_tokens) as the engine gets it
 
@@ -76,6 +76,8 @@ def serve_jobs(
     time_scale: float,
     crash_under_load: bool = False,
     crash_after: int | None = None,
+    token_limit: int | None = None,
+    step: StepCost | None = None,
     lazy: bool = True,
 ) -> Served:
     """Run the fake's scheduling loop over ``jobs``, all sent at once at time 0.
@@ -93,6 +95,8 @@ def serve_jobs(
         time_scale=time_scale,
         crash_under_load=crash_under_load,
         crash_after=crash_after,
+        token_limit=token_limit,
+        step=step,
         on_death=death.append,
     )
     engine._cond = _NoWait()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from autotune.testing._fake_model import (
     ModelInfo,
     ServeConfig,
     resolve_model,
+    speed_factor,
 )
 
 _CHILD = """
@@ -144,10 +146,11 @@ class FakeServer:
             max_num_seqs=cfg.max_num_seqs,
             max_num_batched_tokens=cfg.max_num_batched_tokens,
             capacity=boot.num_blocks * cfg.block_size,
-            time_scale=self.env.time_scale,
+            time_scale=self.env.time_scale / speed_factor(self.env.noise, random.Random()),
             crash_under_load=oom_util is not None and cfg.util >= oom_util,
             crash_after=self.env.crash_after,
-            token_limit=self._token_limit(cfg),
+            token_limit=self.env.token_limit(cfg.util, CONTEXT_GIB),
+            step=self.env.step_seconds,
             on_death=self._on_death,
         )
         self.engine.start()
@@ -168,15 +171,6 @@ class FakeServer:
             pass
         time.sleep(0.5)
         return 1
-
-    def _token_limit(self, cfg: ServeConfig) -> int | None:
-        """LOAD_MIB_PER_KTOKEN: tokens in the running batch whose unprofiled runtime memory
-        fills what the reservation leaves free; more than that is an OOM under load."""
-        per_ktoken, env = self.env.load_mib_per_ktoken, self.env
-        if not per_ktoken:
-            return None
-        left_gib = env.total - env.used - CONTEXT_GIB - cfg.util * env.total
-        return max(0, int(left_gib * 1024 / per_ktoken * 1000))
 
     def _on_death(self, reason: str) -> None:
         env, cfg = self.env, self.cfg

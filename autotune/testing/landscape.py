@@ -191,7 +191,10 @@ class FakeTruth:
         longest = max((j[0] + j[2] for j in jobs), default=1)
         mbt = min(cfg.max_num_batched_tokens, seqs * (longest + 1))
         capacity = min(capacity, seqs * longest)
-        key = (tuple(jobs), seqs, mbt, capacity, crash_under_load)
+        limit = env.token_limit(cfg.util, CONTEXT_GIB)
+        if limit is not None and limit >= seqs * longest:
+            limit = None  # the running batch can never hold more
+        key = (tuple(jobs), seqs, mbt, capacity, crash_under_load, limit)
         if key not in self._served:
             self._served[key] = serve_jobs(
                 jobs,
@@ -201,6 +204,8 @@ class FakeTruth:
                 time_scale=env.time_scale,
                 crash_under_load=crash_under_load,
                 crash_after=env.crash_after,
+                token_limit=limit,
+                step=env.step_seconds,
             )
         return self._served[key]
 
