@@ -229,6 +229,11 @@ class Problem:
     options: TuneOptions
 
     @property
+    def coarse(self) -> bool:
+        """A generated scenario: its optimum starts from the coarser grid."""
+        return self.land not in LANDSCAPES
+
+    @property
     def space(self) -> SearchSpace:
         return self.prep.space
 
@@ -345,9 +350,14 @@ def _distinct(dim: Dim) -> int:
 # --- the landscape's optimum ---------------------------------------------------------------------
 
 GRID_LEVELS = 16  # log-spaced values of max_num_seqs and max_num_batched_tokens, ends included
+# Generated scenarios (dozens of them): a coarser grid (every other utilization step, 8 batch
+# levels) before the same local search, which walks single utilization and integer steps.
+COARSE_UTIL_EVERY = 2
+COARSE_LEVELS = 8
 LEN_LEVELS = 4  # of max_model_len
 IMAGE_LEVELS = 5  # of the image limit (its lowest values included)
 REFINE_STARTS = 4  # best grid points a local integer search starts from
+REFINE_SHARES = (0.16, 0.04, 0.01)  # its move sizes, in turn
 
 PROBLEMS: dict[str, Problem] = {}  # built before the worker processes fork
 
@@ -366,16 +376,20 @@ def value_of(problem: Problem, params: Mapping[str, Value]) -> float:
     return result.throughput if result.outcome is Outcome.OK else 0.0
 
 
-def fine_axes(space: SearchSpace) -> list[list[Value]]:
-    """Every utilization step; log-spaced batch sizes and lengths; the lowest image limits."""
+def fine_axes(space: SearchSpace, *, coarse: bool = False) -> list[list[Value]]:
+    """Every utilization step; log-spaced batch sizes and lengths; the lowest image limits.
+    ``coarse``: every other utilization step (the top one kept), fewer batch levels."""
     axes: list[list[Value]] = []
     for d in space.tuned:
         if d.is_float:
             steps = round((float(d.high) - float(d.low)) / UTIL_STEP)
-            axes.append([round(float(d.low) + i * UTIL_STEP, 2) for i in range(steps + 1)])
+            every = COARSE_UTIL_EVERY if coarse else 1
+            picked = sorted({*range(steps, -1, -every), 0})
+            axes.append([round(float(d.low) + i * UTIL_STEP, 2) for i in picked])
             continue
         low, high = int(d.low), int(d.high)
-        k = {"max_model_len": LEN_LEVELS, "image_limit": IMAGE_LEVELS}.get(d.name, GRID_LEVELS)
+        batch = COARSE_LEVELS if coarse else GRID_LEVELS
+        k = {"max_model_len": LEN_LEVELS, "image_limit": IMAGE_LEVELS}.get(d.name, batch)
         if high - low + 1 <= k:
             axes.append(list(range(low, high + 1)))
         elif not d.log:  # the image limit: its lowest values, then evenly spaced
@@ -395,7 +409,7 @@ def _grid_chunk(
     """Evaluate the fine grid's points whose first dimension is ``first``."""
     problem = PROBLEMS[key]
     space = problem.space
-    axes = fine_axes(space)
+    axes = fine_axes(space, coarse=problem.coarse)
     names = [d.name for d in space.tuned]
     scored: dict[tuple[Value, ...], float] = {}
     outcomes: dict[str, int] = {}
@@ -410,12 +424,13 @@ def _grid_chunk(
 
 
 def _refine(key: str, start: dict[str, Value]) -> tuple[float, dict[str, Value]]:
-    """Pattern search on the integer/step lattice: moves of 16%, 4%, then single steps."""
+    """Pattern search on the integer/step lattice: moves of 16%, 4%, then 1% (at least one
+    step; single utilization steps throughout)."""
     problem = PROBLEMS[key]
     space = problem.space
     x = normalise(space, start)
     fx = value_of(problem, x)
-    for share in (0.16, 0.04, 0.0):
+    for share in REFINE_SHARES:
         while True:
             best = (fx, x)
             for d in space.tuned:
@@ -450,7 +465,9 @@ def _cache_key(problem: Problem) -> str:
     h = hashlib.sha256()
     land = problem.land
     h.update(repr((land, problem.space.describe(), len(problem.requests))).encode())
-    h.update(repr((GRID_LEVELS, LEN_LEVELS, IMAGE_LEVELS, REFINE_STARTS)).encode())
+    h.update(repr((GRID_LEVELS, LEN_LEVELS, IMAGE_LEVELS, REFINE_STARTS, REFINE_SHARES)).encode())
+    if problem.coarse:
+        h.update(repr((COARSE_UTIL_EVERY, COARSE_LEVELS)).encode())
     sources = sorted((ROOT / "autotune" / "testing").glob("*.py"))
     sources += [
         ROOT / "autotune" / n
@@ -481,7 +498,13 @@ def optima(keys: Sequence[str], pool: Pool, *, cache: bool) -> dict[str, Optimum
             todo.append((key, path))
     started = {key: time.monotonic() for key, _ in todo}
     chunks = {
-        key: pool.map(_grid_chunk, [(key, first) for first in fine_axes(PROBLEMS[key].space)[0]])
+        key: pool.map(
+            _grid_chunk,
+            [
+                (key, first)
+                for first in fine_axes(PROBLEMS[key].space, coarse=PROBLEMS[key].coarse)[0]
+            ],
+        )
         for key, _ in todo
     }
     for key, path in todo:

@@ -46,9 +46,9 @@ class TuneOptions:
     concurrency: int | None = None  # --concurrency: requests in flight at most
     request_rate: float | None = None  # --request-rate: Poisson arrivals per second
     warmup: int = 0  # --warmup: requests sent first, not measured
-    repeats: int = 2  # --repeats: measurements of each finalist
-    finalists: int = 3  # --finalists: candidates re-measured
-    statistic: Statistic = "worst"  # --statistic: of the repeats
+    repeats: int = 3  # --repeats: measurements of each finalist
+    finalists: int = 2  # --finalists: candidates re-measured
+    statistic: Statistic = "median"  # --statistic: of the repeats
     soak: bool = True  # --no-soak skips the worst-case load run of the winner
     prune: bool = True  # --no-prune: never stop a benchmark early
     patience: int = 0  # --patience K: stop after K launches without improvement

@@ -210,8 +210,9 @@ tuning = options(
         type=click.FloatRange(0, 1),
         default=0.05,
         show_default=True,
-        help="Results within this share of the best count as equal; the longest "
-        "max_model_len among them wins.",
+        help="Results within this share of the best (and, when re-measured, inside each "
+        "other's spread) count as equal; the longest max_model_len among them wins, then "
+        "the smallest memory reservation.",
     ),
     click.option("--quiet", is_flag=True, help="Plain log lines instead of a live display."),
     click.option(

@@ -161,7 +161,8 @@ class Fit:
     def slack(self, point: Point, *, part: Sequence[float] = (1.0,) * 5) -> float | None:
         """What a model bound at ``point`` keeps as slack (bytes); None when the model may not
         bound there: not validated yet, or too far outside the measured settings."""
-        error, reach = self.loo_error(), _reach(point, self.measured)
+        error = self.loo_error()
+        reach = _reach(point, self.measured) if error is not None else None
         if error is None or reach is None or reach > MAX_REACH:
             return None
         return SIGMAS * self.sd(point, part=part) + 2 * error * (1 + reach) + MARGIN
@@ -171,6 +172,8 @@ def _reach(point: Point, measured: Sequence[Observation]) -> float | None:
     """How far ``point`` lies outside the box of the measured settings, in widths of the box
     (0 inside; None along a term that no two launches varied)."""
     xs = [o.point.features for o in measured]
+    if not xs:
+        return None
     worst = 0.0
     for j, v in enumerate(point.features):
         lo, hi = min(x[j] for x in xs), max(x[j] for x in xs)

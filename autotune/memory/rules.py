@@ -42,6 +42,15 @@ class Known:
     after_kv: bool = False  # the KV cache was sized before it failed (graph capture phase)
 
 
+def _physical(k: Known) -> bool:
+    """An out-of-memory error in the profiling run or the CUDA-graph estimate: the device itself
+    could not hold weights, activations and graphs, before the memory setting sized anything
+    (vLLM profiles on the real device), so no memory setting avoids it for as large batches."""
+    return k.outcome is Outcome.OOM_PROFILING or (
+        k.outcome is Outcome.OOM_CUDA_GRAPHS and not k.after_kv
+    )
+
+
 def _memory(args: Mapping[str, Any]) -> tuple[str, float] | None:
     for name in _MEMORY:
         if name in args:
@@ -132,6 +141,11 @@ class FailureRules:
             if known_memory is None or known_memory[0] != name:
                 continue
             at = f"{name}={args[name]}"
+            if _physical(k) and (reason := self._dominates(args, k)):
+                return (
+                    f"predicted {k.outcome.value}: {reason} (trial {k.trial}; out of memory "
+                    f"before the KV cache is sized, at any {name})"
+                )
             if k.outcome is Outcome.FREE_MEMORY and value >= known_memory[1]:
                 return (
                     f"predicted {k.outcome.value}: {at} is at least the "

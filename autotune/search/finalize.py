@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 class Finish:
     """How a tune run ends: re-measurement, statistic and soak."""
 
-    repeats: int = 2  # measurements of each finalist (1: no re-measurement)
-    finalists: int = 3
-    statistic: Statistic = "worst"  # of the repeats
+    repeats: int = 3  # measurements of each finalist (1: no re-measurement)
+    finalists: int = 2
+    statistic: Statistic = "median"  # of the repeats
     soak: bool = True
     noise: float = 0.05
     most_images: bool = False

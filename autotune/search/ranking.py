@@ -139,13 +139,35 @@ def _rank(cands: list[Candidate], goal: Goal, noise: float, most_images: bool) -
         usable = [c for c in cands if c.value >= USABLE_SHARE * top]
         first = sorted(usable, key=lambda c: (image_count(c.args) or 0, c.value), reverse=True)
         return first + sorted((c for c in cands if c not in first), key=lambda c: -c.value)
+    leader = max(cands, key=lambda c: sign * c.value)
+    near = [c for c in cands if indistinguishable(c, leader, noise=noise, sign=sign)]
 
-    def length(c: Candidate) -> int:
-        return int(c.args.get("max_model_len", 0))
+    def preferred(c: Candidate) -> tuple[int, float, float]:
+        return (int(c.args.get("max_model_len", 0)), -c.reserved_gib, sign * c.value)
 
-    near = [c for c in cands if sign * c.value >= top - abs(top) * noise]
-    first = sorted(near, key=lambda c: (length(c), sign * c.value), reverse=True)
+    first = sorted(near, key=preferred, reverse=True)
     return first + sorted((c for c in cands if c not in near), key=lambda c: -sign * c.value)
+
+
+def indistinguishable(a: Candidate, b: Candidate, *, noise: float, sign: float = 1.0) -> bool:
+    """The rule for calling two measured configurations equal: their statistics differ by at
+    most ``noise`` of the better one, and, when both were measured more than once, their
+    measurements overlap (no run of one beats every run of the other) and the statistics differ
+    by at most half the wider spread of repeats (the difference is inside the noise actually
+    seen). Among equals the longer context wins, then the smaller reservation (more memory
+    headroom), then the value."""
+    hi, lo = max(sign * a.value, sign * b.value), min(sign * a.value, sign * b.value)
+    if hi - lo > noise * abs(hi):
+        return False
+    if len(a.trials) < 2 or len(b.trials) < 2:
+        return True
+    ra, rb = _primary(a), _primary(b)
+    half = max(max(ra) - min(ra), max(rb) - min(rb)) / 2
+    return min(ra) <= max(rb) and min(rb) <= max(ra) and hi - lo <= half
+
+
+def _primary(c: Candidate) -> list[float]:
+    return [float((t.values or [0.0])[0]) for t in c.trials]
 
 
 def pareto_front(cands: Sequence[Candidate]) -> list[Candidate]:

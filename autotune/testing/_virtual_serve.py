@@ -62,6 +62,10 @@ class Served:
     token_times: tuple[tuple[float, ...], ...]  # per job, the time each token was emitted
     finished: tuple[bool, ...]  # per job: got its finish reason (False: the engine died first)
     crashed: str | None  # the BatchEngine's death reason ("load", "requests"), if it died
+    preemptions: int = 0
+    peak_kv_tokens: int = 0  # the KV cache at its fullest
+    peak_running: int = 0
+    peak_waiting: int = 0  # requests sent and not yet running (all are sent at time 0)
 
 
 _SIM_LOCK = threading.Lock()  # the clock replaces a module global of _fake_batch
@@ -103,7 +107,14 @@ def serve_jobs(
     pending: Iterator[Job] = iter(jobs)
     outs: list[_Tokens] = []
 
+    peaks = [0, 0, 0]  # KV tokens, running, waiting
+
     def feed() -> None:
+        running = len(engine.running)
+        kv = sum(r.kv for r in engine.running)
+        finished = engine.counters["stop"] + engine.counters["length"]
+        waiting = len(jobs) - finished - running
+        peaks[:] = max(peaks[0], kv), max(peaks[1], running), max(peaks[2], waiting)
         while (not lazy or len(engine.waiting) <= max_num_seqs) and not (engine.dead or death):
             job = next(pending, None)
             if job is None:
@@ -125,4 +136,8 @@ def serve_jobs(
         token_times=(*times, *([()] * missing)),
         finished=(*done, *([False] * missing)),
         crashed=death[0] if death else None,
+        preemptions=engine.counters["preemptions"],
+        peak_kv_tokens=peaks[0],
+        peak_running=peaks[1],
+        peak_waiting=peaks[2],
     )

@@ -192,8 +192,8 @@ class FakeTruth:
         mbt = min(cfg.max_num_batched_tokens, seqs * (longest + 1))
         capacity = min(capacity, seqs * longest)
         limit = env.token_limit(cfg.util, CONTEXT_GIB)
-        if limit is not None and limit >= seqs * longest:
-            limit = None  # the running batch can never hold more
+        if limit is not None and limit >= capacity:
+            limit = None  # the running batch's KV tokens (at most ``capacity``) never exceed it
         key = (tuple(jobs), seqs, mbt, capacity, crash_under_load, limit)
         if key not in self._served:
             self._served[key] = serve_jobs(
@@ -239,7 +239,8 @@ class FakeTruth:
         cfg, boot = st.cfg, st.boot
         planned, _ = self.jobs(cfg, boot.max_model_len)
         jobs = [j for j in planned if not isinstance(j, str)]
-        served = self.serve(jobs, cfg, boot.num_blocks * cfg.block_size)
+        capacity = boot.num_blocks * cfg.block_size
+        served = self.serve(jobs, cfg, capacity)
         records: list[RequestRecord] = []
         done = iter(zip(served.token_times, served.finished, strict=True))
         for job in planned:
@@ -287,6 +288,10 @@ class FakeTruth:
             vllm_version=VERSION,
             startup_s=st.startup_s,
             errors=bench.errors,
+            preemptions=served.preemptions,
+            peak_kv_cache_usage_pct=round(100 * served.peak_kv_tokens / capacity, 1),
+            peak_requests_waiting=served.peak_waiting,
+            peak_requests_running=served.peak_running,
         )
 
     def _death_log(self, cfg: ServeConfig) -> str:

@@ -91,3 +91,12 @@ def test_without_breakdowns_the_error_widens_the_slack() -> None:
     for p in (point(4096, 128), point(1024, 200)):
         floor = non_kv_floor(p, fit=fit)
         assert floor is None or floor[0] <= truth(p)
+
+
+def test_no_launch_with_a_known_kv_cache_bounds_nothing() -> None:
+    # observations whose KV cache was never logged (e.g. startup failures before the KV phase)
+    unknown = Observation(trial=0, point=point(2048, 64), non_kv=None)
+    fit = Fit(PRIOR, observations=[unknown])
+    assert fit.measured == () and fit.slack(point(4096, 64)) is None
+    assert activation_floor(point(4096, 64), fit=fit) is None
+    assert non_kv_floor(point(4096, 64), fit=fit) is None

@@ -54,7 +54,7 @@ def text(util: float, seqs: int, tokens: int, length: int) -> dict[str, object]:
             "max_num_batched_tokens": tokens, "max_model_len": length}  # fmt: skip
 
 
-def test_profiling_oom_predicts_more_images_at_same_or_lower_utilization() -> None:
+def test_profiling_oom_predicts_more_images_at_any_utilization() -> None:
     pre = FailureRules(image_tokens=576)
     failed = args(0.9, 64, 8192, 8)  # 14 dummy images
     pre.learn(trial=3, outcome=Outcome.OOM_PROFILING, args=failed, images=14)
@@ -62,7 +62,10 @@ def test_profiling_oom_predicts_more_images_at_same_or_lower_utilization() -> No
     why = pre.check(args(0.8, 32, 16384, 4))  # 28 images, lower utilization
     assert why is not None and "trial 3" in why and "28 >= 14" in why
     assert pre.check(args(0.9, 64, 4096, 8)) is None  # 7 images: not predicted
-    assert pre.check(args(0.95, 64, 8192, 8)) is None  # higher utilization: not predicted
+    # the dummy forward runs on the device before the utilization sizes anything: higher does
+    # not help (the startup free-memory check aside)
+    higher = pre.check(args(0.95, 64, 8192, 8))
+    assert higher is not None and "at any gpu_memory_utilization" in higher
 
 
 def test_free_memory_predicts_higher_utilization_only() -> None:

@@ -9,6 +9,7 @@ from autotune.load.request import Request
 from autotune.search.moves.edge import Tried, lift, local_move, next_climb
 from autotune.search.moves.guide import Load
 from autotune.search.moves.kv_fit import fill, repair
+from autotune.search.moves.retreat import retreat
 from autotune.search.space import Dim, SearchSpace
 
 SPACE = SearchSpace(
@@ -102,6 +103,66 @@ def test_local_moves_are_a_compass_search_on_the_batch_settings() -> None:
     finer = local_move(space=SPACE, tried=seen, rng=rng)
     assert finer is not None and finer.params["max_num_seqs"] in (45, 64, 91)
     assert finer.params["max_num_batched_tokens"] >= finer.params["max_num_seqs"]
+
+
+def test_a_full_kv_cache_sends_the_local_moves_down_first() -> None:
+    p = {"gpu_memory_utilization": 0.95, "max_num_seqs": 64, "max_num_batched_tokens": 2048}
+    full = Tried(params=p, outcome="ok", value=100.0, preemptions=31, peak_kv_pct=100.0)
+    idle = Tried(params=p, outcome="ok", value=100.0, preemptions=0, peak_kv_pct=20.0)
+    assert full.kv_pressure() == "full" and idle.kv_pressure() == "idle"
+    assert Tried(params=p, outcome="ok").kv_pressure() is None  # /metrics unread
+    rng = random.Random(3)
+    for best, larger in ((full, False), (idle, True)):
+        seen = [best]
+        for _ in range(2):  # both neighbours at factor 2 in the preferred direction
+            move = local_move(space=SPACE, tried=seen, rng=rng)
+            assert move is not None
+            grew = any(move.params[k] > p[k] for k in ("max_num_seqs", "max_num_batched_tokens"))
+            assert grew is larger, move.why
+            seen.append(Tried(params=move.params, outcome="ok", value=50.0))
+
+
+def test_a_crash_under_load_retreats_in_memory_with_the_same_batches() -> None:
+    best = ok(0.96, 13, 1024, 100.0)
+    top = ok(0.98, 13, 1024, 101.0)
+    crash = failed(0.98, 40, 1024, "crash_under_load")
+    move = retreat(space=SPACE, tried=[best, top, crash])
+    assert move is not None and "retreat" in move.why
+    # the same batches, at the highest level that served below the failure
+    assert move.params == {**crash.params, "gpu_memory_utilization": 0.96}
+    # once: the retreat itself is the last launch now, and it served
+    assert retreat(space=SPACE, tried=[best, top, crash, ok(0.96, 40, 1024, 120.0)]) is None
+    # nothing served below: a few steps down; request errors count as a failure under load
+    errors = failed(0.90, 64, 2048, "request_errors")
+    lower = retreat(space=SPACE, tried=[errors])
+    assert lower is not None and lower.params["gpu_memory_utilization"] == 0.87
+    # smaller batches than the best crashing: nothing to win back
+    assert retreat(space=SPACE, tried=[best, failed(0.98, 8, 512, "crash_under_load")]) is None
+    # a retreat that dies under load again is not retreated further
+    again = Tried(params=move.params, outcome="crash_under_load", source=move.why)
+    assert retreat(space=SPACE, tried=[best, top, crash, again]) is None
+    # a startup failure is the climb's business, not a retreat
+    assert retreat(space=SPACE, tried=[best, failed(0.98, 40, 1024, "oom_cuda_graphs")]) is None
+
+
+def test_a_retreat_short_of_memory_bisects_then_halves_the_batched_tokens() -> None:
+    crash = failed(0.96, 9, 4096, "crash_under_load")
+    back = Tried(
+        params={**crash.params, "gpu_memory_utilization": 0.90},
+        outcome="no_kv_cache",
+        source="retreat: gpu_memory_utilization 0.96 -> 0.9",
+    )
+    mid = retreat(space=SPACE, tried=[crash, back])
+    assert mid is not None and mid.params["gpu_memory_utilization"] == 0.93
+    assert mid.params["max_num_batched_tokens"] == 4096
+    # adjacent levels: the same level with half the batched tokens
+    crash = failed(0.91, 9, 4096, "crash_under_load")
+    back = Tried(params={**crash.params, "gpu_memory_utilization": 0.90},
+                 outcome="kv_too_small", source="retreat: …")  # fmt: skip
+    half = retreat(space=SPACE, tried=[crash, back])
+    assert half is not None and half.params == {**back.params, "max_num_batched_tokens": 2048}
+    # a short failure the sampler proposed is not a retreat's
+    assert retreat(space=SPACE, tried=[crash, failed(0.90, 9, 4096, "no_kv_cache")]) is None
 
 
 def test_no_climb_or_lift_once_more_memory_served_slower() -> None:

@@ -124,6 +124,46 @@ def test_repeats_grouped_and_chosen_on_the_worst_run() -> None:
     assert mixed[-1].args == {"max_num_seqs": 8}
 
 
+def test_median_of_three_ignores_one_slow_outlier() -> None:
+    a, b = {"max_num_seqs": 64}, {"max_num_seqs": 32}
+    # a is better (100 vs 90) but had one slow run on a loaded machine
+    runs = [Run(0, a, 100.0), Run(1, a, 62.0), Run(2, a, 101.0)]
+    runs += [Run(3, b, 90.0), Run(4, b, 91.0), Run(5, b, 89.0)]
+    goal = Goal()
+    median = rank(candidates(runs, goal=goal, statistic="median"), goal=goal, noise=0.0,
+                  repeats=3, most_images=False)  # fmt: skip
+    assert median[0].args == a and median[0].value == 100.0
+    worst = rank(candidates(runs, goal=goal, statistic="worst"), goal=goal, noise=0.0,
+                 repeats=3, most_images=False)  # fmt: skip
+    assert worst[0].args == b  # the worst run alone is fooled by the outlier
+
+
+def test_indistinguishable_configurations_prefer_context_then_headroom() -> None:
+    goal = Goal()
+    fast = {"gpu_memory_utilization": 0.95, "max_model_len": 4096}
+    roomy = {"gpu_memory_utilization": 0.90, "max_model_len": 4096}
+    longer = {"gpu_memory_utilization": 0.95, "max_model_len": 8192}
+
+    def ranked(runs: list[Run], noise: float = 0.05) -> list[dict[str, Any]]:
+        found = rank(candidates(runs, goal=goal, statistic="median"), goal=goal, noise=noise,
+                     repeats=2, most_images=False)  # fmt: skip
+        return [c.args for c in found]
+
+    # within 5% and overlapping runs: the one reserving less memory wins
+    overlap = [Run(0, fast, 100.0, 76.0), Run(1, fast, 96.0, 76.0)]
+    overlap += [Run(2, roomy, 97.0, 72.0), Run(3, roomy, 95.0, 72.0)]
+    assert ranked(overlap)[0] == roomy
+    # the same medians, but every run of one beats every run of the other: not equal
+    apart = [Run(0, fast, 99.0, 76.0), Run(1, fast, 98.5, 76.0)]
+    apart += [Run(2, roomy, 97.0, 72.0), Run(3, roomy, 96.0, 72.0)]
+    assert ranked(apart)[0] == fast
+    # beyond the noise band the faster one wins whatever its reservation
+    assert ranked(overlap, noise=0.01)[0] == fast
+    # the longer context beats headroom among equals
+    ctx = [*overlap, Run(4, longer, 95.5, 76.0), Run(5, longer, 97.5, 76.0)]
+    assert ranked(ctx)[0] == longer
+
+
 def test_pareto_front_and_balanced_pick() -> None:
     goal = Goal(kind="pareto", total_gib=24)
     points = [(100.0, 10.0), (200.0, 14.0), (150.0, 16.0), (300.0, 20.0), (300.0, 22.0)]

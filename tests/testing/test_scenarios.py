@@ -112,3 +112,28 @@ def test_noisy_runs_vary_around_the_exact_truth() -> None:
     assert all(0.7 * exact - 1e-9 <= v <= 1.3 * exact + 1e-9 for v in seen)
     again = LandscapeRunner(truth=t, seed=1)
     assert again.run(args=ARGS, log_path=Path("x"), on_phase=lambda _: None).throughput == seen[0]
+
+
+def test_the_truth_reports_what_vllm_metrics_would_show() -> None:
+    t = truth({}, n=64)
+    roomy = t.result({**ARGS, "max_num_seqs": 8}, log_path=Path("x"))
+    assert roomy.preemptions == 0 and roomy.peak_requests_running == 8
+    assert roomy.peak_kv_cache_usage_pct is not None and roomy.peak_kv_cache_usage_pct < 5
+    assert roomy.peak_requests_waiting == 64  # all sent at once
+    # a KV cache of 13 blocks (208 tokens) for 64 requests of 80: full, with preemptions
+    small = {"max_num_seqs": 64, "max_model_len": 128, "kv_cache_memory_bytes": 26 * 2**20}
+    tight = t.result({**ARGS, **small}, log_path=Path("x"))
+    assert tight.outcome is Outcome.OK, tight.reason
+    assert tight.peak_kv_cache_usage_pct is not None and tight.peak_kv_cache_usage_pct > 90
+    assert tight.preemptions and tight.preemptions > 0
+
+
+def test_the_runtime_memory_limit_binds_through_the_kv_cache_not_max_num_seqs() -> None:
+    # a limit far below what 256 sequences could hold, but above one request: both batch
+    # sizes fill the same KV cache, so both die under load
+    t = truth({"AUTOTUNE_FAKE_LOAD_MIB_PER_KTOKEN": "2000"}, n=64)
+    args = {**ARGS, "gpu_memory_utilization": 0.93}
+    small = t.result({**args, "max_num_seqs": 32}, log_path=Path("x"))
+    large = t.result({**args, "max_num_seqs": 256}, log_path=Path("x"))
+    assert small.outcome is Outcome.CRASH_UNDER_LOAD
+    assert large.outcome is Outcome.CRASH_UNDER_LOAD

@@ -35,6 +35,8 @@ SIZES = (*BATCH_DIMS, "max_model_len", IMAGE_DIM)  # more of these needs more me
 TIE = 0.01  # results this close count as equal when choosing where to move from
 NOISE = 0.05  # a slower result with more memory beyond this share breaks monotonicity
 COMPASS = (2.0, 2.0**0.5, 2.0**0.25, 2.0**0.125)  # local move factors, boldest first
+KV_FULL = 95.0  # peak KV-cache usage (%) that counts as a full cache
+KV_IDLE = 50.0  # ... and as an idle one
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,17 @@ class Tried:
     estimated_max_model_len: int | None = None  # a KV-too-small failure's own estimate
     kv_cache_tokens: int | None = None  # "GPU KV cache size: N tokens" of a boot
     source: str = ""  # who proposed it: "" (the sampler), "fill: …", "local: …", …
+    preemptions: int | None = None  # vllm:num_preemptions_total during its benchmark
+    peak_kv_pct: float | None = None  # vllm:kv_cache_usage_perc at its peak, in percent
+
+    def kv_pressure(self) -> str | None:
+        """What vLLM's own counters said of its KV cache under the benchmark: ``"full"``
+        (preemptions, or the cache at its limit), ``"idle"`` (never half used), else None."""
+        if self.preemptions or (self.peak_kv_pct is not None and self.peak_kv_pct >= KV_FULL):
+            return "full"
+        if self.peak_kv_pct is not None and self.peak_kv_pct < KV_IDLE:
+            return "idle"
+        return None
 
 
 @dataclass(frozen=True)
@@ -192,7 +205,11 @@ def local_move(
 ) -> Climb | None:
     """A compass search on the best configuration's batch settings (memory kept): multiply or
     divide one of them by the largest factor whose neighbours are not all tried yet. The
-    sampler finds the region; these moves refine the batch settings at the edge."""
+    sampler finds the region; these moves refine the batch settings at the edge.
+
+    Which way first follows what vLLM reported for the best configuration's benchmark: a full
+    KV cache (preemptions) goes down first, since fewer batched tokens and sequences leave
+    more memory to the KV cache; otherwise up first (larger batches, until memory binds)."""
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
     dims = [d for d in space.tuned if d.name in BATCH_DIMS]
     if not ok or not dims:
@@ -210,9 +227,10 @@ def local_move(
                 if params not in seen and params != dict(best.params):
                     way = "up" if y > x else "down"
                     moves.append(Climb(params=params, why=f"local: {d.name} {way} {x} -> {y}"))
-        up = [m for m in moves if " up " in m.why]
-        if up or moves:  # larger batches first: throughput grows with them until memory binds
-            return rng.choice(up or moves)
+        first = "down" if best.kv_pressure() == "full" else "up"
+        preferred = [m for m in moves if f" {first} " in m.why]
+        if preferred or moves:
+            return rng.choice(preferred or moves)
     return None
 
 

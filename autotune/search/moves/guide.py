@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
 from autotune.load.request import Request
-from autotune.search.moves import edge, kv_fit
+from autotune.search.moves import edge, kv_fit, retreat
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord, attrs
 
@@ -47,6 +47,8 @@ def tried(study: optuna.Study) -> list[edge.Tried]:
                 record.estimated_max_model_len or None,
                 record.startup.kv_cache_tokens or None,
                 record.source,
+                record.preemptions,
+                record.peak_kv_cache_usage_pct,
             )
         )
     return out
@@ -75,7 +77,9 @@ class Guide:
         seen = tried(study)
         expected = self.expected
         guess = None if expected is None else (lambda p: expected(self.space.args(p)))
-        move = edge.next_climb(space=self.space, tried=seen, expected=guess)
+        move = retreat.retreat(space=self.space, tried=seen, expected=guess)
+        if move is None:
+            move = edge.next_climb(space=self.space, tried=seen, expected=guess)
         if move is None:
             move = kv_fit.repair(space=self.space, tried=seen, expected=guess)
         if move is None and self.load is not None:

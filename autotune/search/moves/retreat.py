@@ -1,0 +1,125 @@
+"""After a failure under load, step back in memory, not only in batch size (see
+``autotune.search.moves.edge``).
+
+A crash under load, or requests refused mid-benchmark, at utilization ``u`` with batch settings
+``b`` says that the runtime peak of ``b`` does not fit in what ``u`` leaves outside the KV
+cache. Fewer sequences at ``u`` is one way out; the same ``b`` at a lower utilization, with
+more room outside the KV cache, is the other, and often the better one (larger batches at a
+slightly smaller KV cache). ``retreat`` proposes that second move, once per failed
+configuration whose batches are larger than the best's (or before anything served): ``b`` at the
+highest utilization that has served below ``u`` (the level the study knows works), or a few
+steps lower when nothing has. A retreat that fails under load again is not retreated further;
+one that runs short of memory at startup is bisected (``_between``). Pure: no Optuna.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from autotune.engine.defaults import Value
+from autotune.engine.outcome import Outcome
+from autotune.search.moves.edge import (
+    BATCH_DIMS,
+    Climb,
+    Tried,
+    batch_valid,
+    best_of,
+    fit_memory,
+    memory_dim,
+)
+from autotune.search.space import UTIL_STEP, SearchSpace
+
+UNDER_LOAD = (Outcome.CRASH_UNDER_LOAD.value, Outcome.REQUEST_ERRORS.value)
+SHORT = (Outcome.NO_KV_CACHE.value, Outcome.KV_TOO_SMALL.value)  # too little memory at startup
+STEPS_DOWN = 3  # utilization steps below the failure when nothing has served below it
+
+
+def retreat(
+    *,
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    expected: Callable[[Mapping[str, Value]], float | None] | None = None,
+) -> Climb | None:
+    """The last launch's batch settings at a lower utilization, if it failed under load and
+    those settings have not been tried below it yet."""
+    dim = memory_dim(space)
+    launched = [t for t in tried if t.outcome != Outcome.SKIPPED.value]
+    if dim is None or not dim.is_float or not launched:
+        return None
+    last = launched[-1]
+    if dim.name not in last.params:
+        return None
+    if last.outcome in SHORT and last.source.startswith("retreat"):
+        return _between(space, tried, last, expected)
+    if last.outcome not in UNDER_LOAD or last.source.startswith("retreat"):
+        return None
+    ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
+    if ok and not _larger(last.params, best_of(ok, memory=dim.name).params):
+        return None  # smaller batches than the best: nothing to win back by retreating
+    here = float(last.params[dim.name])
+    mine = _batch(last.params, dim.name)
+    if any(
+        _batch(t.params, dim.name) == mine and float(t.params.get(dim.name, 1)) < here
+        for t in tried
+    ):
+        return None  # already tried lower
+    served = [
+        float(t.params[dim.name])
+        for t in tried
+        if t.outcome == Outcome.OK.value and dim.name in t.params and t.params[dim.name] < here
+    ]
+    target = max(served, default=here - STEPS_DOWN * UTIL_STEP)
+    target = round(max(min(target, here - UTIL_STEP), float(dim.low)), 2)
+    if target >= here:
+        return None
+    params = fit_memory(space, dict(last.params) | {dim.name: target}, expected)
+    if any(dict(t.params) == params for t in tried):
+        return None
+    why = f"retreat: {dim.name} {here} -> {params[dim.name]} ({last.outcome} at {here})"
+    return Climb(params=params, why=why)
+
+
+def _larger(params: Mapping[str, Value], than: Mapping[str, Value]) -> bool:
+    """Some batch setting above ``than``'s (a configuration that might serve more)."""
+    return any(k in than and params[k] > than[k] for k in BATCH_DIMS if k in params)
+
+
+def _batch(params: Mapping[str, Value], memory: str) -> dict[str, Value]:
+    return {k: v for k, v in params.items() if k != memory}
+
+
+def _between(
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    low: Tried,
+    expected: Callable[[Mapping[str, Value]], float | None] | None,
+) -> Climb | None:
+    """A retreat ran short of memory at startup: its batch settings fit only between that level
+    and the one they failed under load at. Try the middle; when no step is left between them,
+    the same level with half the batched tokens (less activation memory, more KV cache)."""
+    dim = memory_dim(space)
+    assert dim is not None
+    mine, here = _batch(low.params, dim.name), float(low.params[dim.name])
+    above = [
+        float(t.params[dim.name])
+        for t in tried
+        if t.outcome in UNDER_LOAD
+        and _batch(t.params, dim.name) == mine
+        and float(t.params.get(dim.name, 0)) > here
+    ]
+    if not above:
+        return None
+    steps = round((min(above) - here) / UTIL_STEP)
+    if steps >= 2:
+        params = dict(low.params) | {dim.name: round(here + (steps // 2) * UTIL_STEP, 2)}
+        why = f"retreat: {dim.name} between {here} (short) and {min(above)} (under load)"
+    elif "max_num_batched_tokens" in space and "max_num_batched_tokens" in low.params:
+        tokens = space["max_num_batched_tokens"]
+        half = tokens.clamp(int(low.params["max_num_batched_tokens"]) // 2)
+        params = dict(low.params) | {"max_num_batched_tokens": half}
+        params = batch_valid(params)
+        why = f"retreat: max_num_batched_tokens {low.params['max_num_batched_tokens']} -> {half}"
+    else:
+        return None
+    params = fit_memory(space, params, expected)
+    return None if any(dict(t.params) == params for t in tried) else Climb(params, why)
