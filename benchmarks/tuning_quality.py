@@ -1105,6 +1105,15 @@ def print_criteria(
         checks.append(
             (not behind, f"autotune >= {baseline} on every landscape (medians): {detail}")
         )
+    studies = [r for r in runs if r.method == "autotune" and r.budget == budget]
+    calm = sum(1 for r in studies if r.late_failures <= 2) / max(len(studies), 1)
+    checks.append(
+        (
+            calm >= 0.9,
+            f"at most 2 startup failures after launch {LATE_AFTER} in >= 90% of studies: "
+            f"{calm:.0%}",
+        )
+    )
     print(f"\n== criteria at {budget} launches (autotune)")
     for ok, text in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {text}")
