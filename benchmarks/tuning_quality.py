@@ -73,8 +73,8 @@ from autotune.search.space import UTIL_STEP, Dim, SearchSpace
 from autotune.testing._fake_model import speed_factor
 from autotune.testing.landscape import FakeTruth
 from autotune.testing.landscape_runner import LandscapeRunner
+from autotune.testing.scenarios import SPLIT_SEED, split
 from autotune.testing.scenarios import Scenario as Landscape
-from autotune.testing.scenarios import split
 from autotune.trial.record import TrialRecord
 from autotune.trial.runner import TrialResult, TrialRunner
 
@@ -360,6 +360,7 @@ REFINE_STARTS = 4  # best grid points a local integer search starts from
 REFINE_SHARES = (0.16, 0.04, 0.01)  # its move sizes, in turn
 
 PROBLEMS: dict[str, Problem] = {}  # built before the worker processes fork
+FINISH: dict[str, Any] = {}  # --finish, set before the worker processes fork
 
 
 def normalise(space: SearchSpace, point: Mapping[str, Value]) -> dict[str, Value]:
@@ -689,6 +690,8 @@ def autotune_study(
     problem = PROBLEMS[key]
     prep = problem.prep
     finish = finish_for(problem.options)
+    if FINISH:  # --finish: another re-measure plan than TuneOptions' defaults
+        finish = dataclasses.replace(finish, **FINISH)
     name = st.study_name(
         model=prep.spec.name,
         hardware_key=prep.hardware.key,
@@ -1202,6 +1205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "only); all",
     )
     parser.add_argument("--landscapes", default="", help="keys (overrides --set)")
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=SPLIT_SEED,
+        help=f"the draw of dev/eval scenarios (default {SPLIT_SEED}, the recorded split); "
+        "another seed gives fresh scenarios, e.g. an evaluation set nobody has seen",
+    )
     parser.add_argument("--sampler", default="default", help=SAMPLER_HELP)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument(
@@ -1229,9 +1239,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--trace", metavar="KEY:SEED", help="print every trial of one autotune study and stop"
     )
     parser.add_argument("--json", type=Path, help="write the optima and every run here")
+    parser.add_argument(
+        "--finish",
+        metavar="REPEATS,FINALISTS,STATISTIC",
+        help="autotune's re-measure plan instead of the defaults (e.g. 2,3,worst)",
+    )
     ns = parser.parse_args(argv)
     budgets = sorted({int(b) for b in ns.budgets.split(",")})
-    dev, evaluation = split()
+    dev, evaluation = split(ns.split_seed)
     sets = {"regression": LANDSCAPES, "dev": dev, "eval": evaluation}
     sets["all"] = LANDSCAPES + dev + evaluation
     known = {land.key: land for land in sets["all"]}
@@ -1240,6 +1255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown := [k for k in keys if k not in known]:
         raise SystemExit(f"--landscapes: unknown {unknown}; known: {', '.join(known)}")
     check_sampler(ns.sampler)
+    if ns.finish:
+        repeats, finalists, statistic = ns.finish.split(",")
+        FINISH.update(repeats=int(repeats), finalists=int(finalists), statistic=statistic)
     methods = ("autotune",) if ns.no_baselines else METHODS
     _quiet_optuna()
     started = time.monotonic()

@@ -55,9 +55,10 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
     left = budget - st.launches(study)
     if finish.repeats < 2 or left <= 0:
         return 0
-    cands = best.ranked(study, goal=plan.goal, noise=finish.noise, most_images=finish.most_images)
+    ranked = best.ranked(study, goal=plan.goal, noise=finish.noise, most_images=finish.most_images)
+    cands = finalists(ranked, goal=plan.goal, count=finish.finalists)
     wanted = 0
-    for cand in cands[: finish.finalists]:
+    for cand in cands:
         ran = TrialRecord.of(cand.chosen)
         # What ran (after the guide's lift), not Optuna's params (the sampler's own proposal).
         params = dict(ran.params if ran.params is not None else cand.chosen.params)
@@ -72,6 +73,22 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
         )
         st.run_study(again, reporter=reporter)
     return wanted
+
+
+def finalists(ranked: list[Candidate], *, goal: Goal, count: int) -> list[Candidate]:
+    """The candidates to re-measure: the first in the ranking and the best by value, in turn
+    (the ranking puts a longer context or more headroom first among results it cannot tell
+    apart; one measurement cannot tell, so the best value is re-measured beside it)."""
+    if goal.multi:
+        return ranked[:count]
+    sign = 1.0 if goal.directions[0] == "maximize" else -1.0
+    by_value = sorted(ranked, key=lambda c: -sign * c.value)
+    picked: list[Candidate] = []
+    for pair in zip(ranked, by_value, strict=True):
+        for cand in pair:
+            if cand not in picked and len(picked) < count:
+                picked.append(cand)
+    return picked
 
 
 def choose(

@@ -16,6 +16,7 @@ from autotune.load.arrivals import arrivals
 from autotune.load.metrics import Metrics, RequestRecord, goodput
 from autotune.profiles.store import Profile
 from autotune.search import tell
+from autotune.search.finalize import finalists
 from autotune.search.goal import Goal, apply_budget, parse_budget, parse_slos, reserved_gib
 from autotune.search.ranking import balanced, candidates, pareto_front, rank
 from autotune.search.space import Dim, SearchSpace
@@ -162,6 +163,21 @@ def test_indistinguishable_configurations_prefer_context_then_headroom() -> None
     # the longer context beats headroom among equals
     ctx = [*overlap, Run(4, longer, 95.5, 76.0), Run(5, longer, 97.5, 76.0)]
     assert ranked(ctx)[0] == longer
+
+
+def test_finalists_are_the_best_value_and_the_ranking_s_first() -> None:
+    goal = Goal()
+    fast = {"gpu_memory_utilization": 0.95, "max_model_len": 4096}
+    longer = {"gpu_memory_utilization": 0.95, "max_model_len": 8192}
+    third = {"gpu_memory_utilization": 0.9, "max_model_len": 4096}
+    runs = [Run(0, fast, 100.0), Run(1, longer, 97.0), Run(2, third, 96.0)]
+    ranked = rank(candidates(runs, goal=goal, statistic="median"), goal=goal, noise=0.05,
+                  repeats=1, most_images=False)  # fmt: skip
+    assert ranked[0].args == longer  # the longer context first among equals
+    picked = finalists(ranked, goal=goal, count=2)
+    assert [c.args for c in picked] == [longer, fast]  # the fastest is re-measured too
+    assert [c.args for c in finalists(ranked, goal=goal, count=3)] == [longer, fast, third]
+    assert [c.args for c in finalists(ranked, goal=goal, count=1)] == [longer]
 
 
 def test_pareto_front_and_balanced_pick() -> None:
