@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from autotune.testing._fake_log import ENGINE_DEAD, Out, oom_text
 from autotune.testing._fake_model import FakeEnv, ModelInfo, ServeConfig
 from autotune.units import GIB
 
@@ -104,24 +105,6 @@ def _encoder_log(cfg: ServeConfig, m: ModelInfo) -> tuple[list[_Line], list[_Lin
         f"tokens, and profiled with {n} image items of the maximum feature size."
     )
     return [("gpu_model_runner.py:6165", line)], warnings
-
-
-def oom_text(tried: float, total: float, free: float, in_use: float) -> str:
-    """PyTorch's caching-allocator OOM message (sizes in GiB)."""
-
-    def size(gib: float) -> str:
-        return f"{gib:.2f} GiB" if gib >= 1 else f"{gib * 1024:.2f} MiB"
-
-    return (
-        f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate {size(tried)}. GPU 0 has "
-        f"a total capacity of {total:.2f} GiB of which {size(max(free, 0.0))} is free. Including "
-        f"non-PyTorch memory, this process has {size(in_use)} memory in use. Of the allocated "
-        f"memory {size(max(in_use - 0.6, 0.0))} is allocated by PyTorch, and 20.00 MiB is reserved "
-        "by PyTorch but unallocated. If reserved but unallocated memory is large try setting "
-        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See "
-        "documentation for Memory Management  "
-        "(https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"
-    )
 
 
 @dataclass
@@ -302,3 +285,12 @@ def plan_boot(cfg: ServeConfig, m: ModelInfo, env: FakeEnv) -> Boot:
         f"memory in use is {int(kv * GIB)} bytes."
     )
     return boot
+
+
+def death_messages(env: FakeEnv, util: float, out: Out) -> tuple[str, str]:
+    """What the engine core and the API server log when the engine dies under load: an OOM
+    in a step, for the memory the reservation at ``util`` leaves free."""
+    left = env.total - env.used - CONTEXT_GIB - util * env.total
+    exc = oom_text(max(left, 0.0) + 0.25, env.total, left, env.total - env.used - left)
+    core = "EngineCore encountered a fatal error.\n" + out.traceback("step", exc)
+    return core, "AsyncLLM output_handler failed.\n" + ENGINE_DEAD

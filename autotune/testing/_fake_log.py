@@ -66,3 +66,21 @@ class Out:
         frames += [_FRAMES.get(where, ("v1/engine/core.py", where)), *inner]
         body = "".join(f'  File "/fake/vllm/{f}", line 312, in {fn}\n' for f, fn in frames)
         return f"Traceback (most recent call last):\n{body}{exc}"
+
+
+def oom_text(tried: float, total: float, free: float, in_use: float) -> str:
+    """PyTorch's caching-allocator OOM message (sizes in GiB)."""
+
+    def size(gib: float) -> str:
+        return f"{gib:.2f} GiB" if gib >= 1 else f"{gib * 1024:.2f} MiB"
+
+    return (
+        f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate {size(tried)}. GPU 0 has "
+        f"a total capacity of {total:.2f} GiB of which {size(max(free, 0.0))} is free. Including "
+        f"non-PyTorch memory, this process has {size(in_use)} memory in use. Of the allocated "
+        f"memory {size(max(in_use - 0.6, 0.0))} is allocated by PyTorch, and 20.00 MiB is reserved "
+        "by PyTorch but unallocated. If reserved but unallocated memory is large try setting "
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See "
+        "documentation for Memory Management  "
+        "(https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"
+    )

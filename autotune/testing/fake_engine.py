@@ -28,10 +28,10 @@ from typing import Any
 
 from autotune.testing import fake_gpus
 from autotune.testing._fake_batch import BatchEngine
-from autotune.testing._fake_boot import CONTEXT_GIB, Boot, oom_text, plan_boot
+from autotune.testing._fake_boot import CONTEXT_GIB, Boot, death_messages, plan_boot
 from autotune.testing._fake_cli import ConfigError, build_parser, resolve_config
 from autotune.testing._fake_http import FakeHTTPServer
-from autotune.testing._fake_log import CORE_FAILED, ENGINE_DEAD, VERSION, Out
+from autotune.testing._fake_log import CORE_FAILED, VERSION, Out
 from autotune.testing._fake_model import (
     FakeEnv,
     ModelError,
@@ -173,13 +173,10 @@ class FakeServer:
         return 1
 
     def _on_death(self, reason: str) -> None:
-        env, cfg = self.env, self.cfg
-        left = env.total - env.used - CONTEXT_GIB - (cfg.util * env.total if cfg else 0.0)
-        exc = oom_text(max(left, 0.0) + 0.25, env.total, left, env.total - env.used - left)
-        tb, out = self.out.traceback("step", exc), self.out
-        out.log(out.engine, "ERROR", "core.py:1120", "EngineCore encountered a fatal error.\n" + tb)
-        failed = "AsyncLLM output_handler failed.\n" + ENGINE_DEAD
-        out.log(out.api, "ERROR", "async_llm.py:540", failed)
+        out = self.out
+        core, api = death_messages(self.env, self.cfg.util if self.cfg else 0.0, out)
+        out.log(out.engine, "ERROR", "core.py:1120", core)
+        out.log(out.api, "ERROR", "async_llm.py:540", api)
         self.crashed.set()
 
     def _cleanup(self) -> None:

@@ -39,9 +39,9 @@ from autotune.load import client as loadgen
 from autotune.load.metrics import RequestRecord, aggregate
 from autotune.load.request import Request
 from autotune.load.responses import summarise_errors
-from autotune.testing._fake_boot import CONTEXT_GIB, Boot, oom_text, plan_boot
+from autotune.testing._fake_boot import CONTEXT_GIB, Boot, death_messages, plan_boot
 from autotune.testing._fake_cli import ConfigError, build_parser, resolve_config
-from autotune.testing._fake_log import CORE_FAILED, ENGINE_DEAD, VERSION, Out
+from autotune.testing._fake_log import CORE_FAILED, VERSION, Out
 from autotune.testing._fake_model import FakeEnv, ModelInfo, ServeConfig
 from autotune.testing._fake_prompt import PromptError, image_tokens, prompt_parts
 from autotune.testing._truth_log import API, CORE, fail_text, fake_lines, raw_lines
@@ -296,15 +296,9 @@ class FakeTruth:
 
     def _death_log(self, cfg: ServeConfig) -> str:
         """The lines ``FakeServer._on_death`` prints when the engine dies under load."""
-        env = self.env
-        left = env.total - env.used - CONTEXT_GIB - cfg.util * env.total
-        exc = oom_text(max(left, 0.0) + 0.25, env.total, left, env.total - env.used - left)
-        tb = self._out.traceback("step", exc)
-        lines = fake_lines(
-            CORE, "ERROR", "core.py:1120", "EngineCore encountered a fatal error.\n" + tb
-        )
-        failed = "AsyncLLM output_handler failed.\n" + ENGINE_DEAD
-        lines += fake_lines(API, "ERROR", "async_llm.py:540", failed)
+        core, api = death_messages(self.env, cfg.util, self._out)
+        lines = fake_lines(CORE, "ERROR", "core.py:1120", core)
+        lines += fake_lines(API, "ERROR", "async_llm.py:540", api)
         return "\n".join(lines) + "\n"
 
 

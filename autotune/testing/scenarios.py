@@ -19,15 +19,16 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from autotune.load.workload import Workload
+from autotune.testing._fake_boot import CONTEXT_GIB
+from autotune.testing._fake_model import ModelInfo
 
 SPLIT_SEED = 20261202
 DEV_SIZE = 10
 EVAL_SIZE = 32
-CONTEXT_GIB = 0.5  # the fake's CUDA context (``_fake_boot.CONTEXT_GIB``)
 
 
 @dataclass(frozen=True)
@@ -109,19 +110,6 @@ def _text_config(rng: random.Random, weights_gib: float, kv_room: float) -> dict
     }
 
 
-def _weights_gib(config: Mapping[str, Any]) -> float:
-    h, d = config["hidden_size"], config["head_dim"]
-    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
-    per_layer = 2 * h * heads * d + 2 * h * kv * d + 3 * h * config["intermediate_size"]
-    embed = config["vocab_size"] * h * (1 if config["tie_word_embeddings"] else 2)
-    return float((embed + config["num_hidden_layers"] * per_layer) * 2 / 2**30)
-
-
-def _kv_bytes_per_token(config: Mapping[str, Any]) -> int:
-    layers, kv, d = config["num_hidden_layers"], config["num_key_value_heads"], config["head_dim"]
-    return int(2 * layers * kv * d * 2)
-
-
 def _log_uniform(rng: random.Random, low: float, high: float) -> float:
     return math.exp(rng.uniform(math.log(low), math.log(high)))
 
@@ -143,8 +131,9 @@ def draw(rng: random.Random, *, key: str) -> Scenario:
     # requests' context must fit, or no configuration could serve the workload at all
     kv_gib = 0.9 * gpu.gib - used - share * gpu.gib - 1.0
     config = _text_config(rng, share * gpu.gib, kv_gib * 2**30 / (4 * context))
-    weights = _weights_gib(config)
-    kv_per_token = _kv_bytes_per_token(config)
+    model = ModelInfo.from_config(config)  # as the fake engine will read it
+    weights = model.params() * 2 / 2**30
+    kv_per_token = 2 * model.layers * model.kv_heads * model.head_dim * 2
     env: dict[str, float] = {
         "GPU_MEMORY_GIB": gpu.gib,
         "ACT_FACTOR": _log_uniform(rng, 8, 120),
@@ -222,6 +211,4 @@ def split(seed: int = SPLIT_SEED) -> tuple[tuple[Scenario, ...], tuple[Scenario,
 
 
 def _renamed(s: Scenario, key: str) -> Scenario:
-    from dataclasses import replace
-
     return replace(s, key=key, name=key + s.name[3:])
