@@ -726,7 +726,7 @@ def autotune_study(
         if guide
         else None,
     )
-    st.run_study(plan, reporter=_Quiet())
+    finalize.search(plan, finish, reporter=_Quiet(), budget=budget)
     finalize.remeasure(plan, finish, reporter=_Quiet(), budget=budget)
     ranked = best.ranked(
         study,

@@ -40,10 +40,38 @@ class Finish:
     most_images: bool = False
 
 
+FAR = 4  # a candidate this many times ``--noise`` behind the best value is not re-measured
+
+
 def reserve(finish: Finish, *, trials: int) -> int:
     """Launches kept from the study for re-measurement (0 when the budget is too small)."""
     need = finish.finalists * max(finish.repeats - 1, 0)
     return need if trials - need >= max(finish.finalists, 2) else 0
+
+
+def search(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budget: int) -> None:
+    """The study within ``plan.budget``, then the launches the re-measures will not need: the
+    reserve is held for finalists that exist (none while nothing has served), so a study that
+    finds nothing feasible searches with its whole ``budget`` (``--trials``). Stops where the
+    study stopped for any other reason (timeout, patience, an exhausted space)."""
+    st.run_study(plan, reporter=reporter)
+    while st.launches(plan.study) >= plan.budget:
+        more = budget - _wanted(plan, finish, left=budget - st.launches(plan.study))
+        if more <= plan.budget:
+            return
+        plan = replace(plan, budget=more)
+        st.run_study(plan, reporter=reporter)
+
+
+def _wanted(plan: st.StudyPlan, finish: Finish, *, left: int) -> int:
+    """Launches the re-measures would take now, at most ``left``."""
+    if finish.repeats < 2 or left <= 0:
+        return 0
+    ranked = best.ranked(
+        plan.study, goal=plan.goal, noise=finish.noise, most_images=finish.most_images
+    )
+    cands = finalists(ranked, goal=plan.goal, count=finish.finalists, noise=finish.noise)
+    return min(sum(max(finish.repeats - len(c.trials), 0) for c in cands), left)
 
 
 def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budget: int) -> int:
@@ -56,7 +84,7 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
     if finish.repeats < 2 or left <= 0:
         return 0
     ranked = best.ranked(study, goal=plan.goal, noise=finish.noise, most_images=finish.most_images)
-    cands = finalists(ranked, goal=plan.goal, count=finish.finalists)
+    cands = finalists(ranked, goal=plan.goal, count=finish.finalists, noise=finish.noise)
     wanted = 0
     for cand in cands:
         ran = TrialRecord.of(cand.chosen)
@@ -75,14 +103,21 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
     return wanted
 
 
-def finalists(ranked: list[Candidate], *, goal: Goal, count: int) -> list[Candidate]:
+def finalists(
+    ranked: list[Candidate], *, goal: Goal, count: int, noise: float | None = None
+) -> list[Candidate]:
     """The candidates to re-measure: the first in the ranking and the best by value, in turn
     (the ranking puts a longer context or more headroom first among results it cannot tell
-    apart; one measurement cannot tell, so the best value is re-measured beside it)."""
+    apart; one measurement cannot tell, so the best value is re-measured beside it). With
+    ``noise``, none more than ``FAR`` times it behind the best value."""
     if goal.multi:
         return ranked[:count]
     sign = 1.0 if goal.directions[0] == "maximize" else -1.0
     by_value = sorted(ranked, key=lambda c: -sign * c.value)
+    if noise is not None and by_value:  # far behind the best value: one run is enough
+        top, span = by_value[0].value, FAR * noise
+        near = [c for c in ranked if sign * (c.value - top) >= -span * abs(top)]
+        ranked, by_value = near, [c for c in by_value if c in near]
     picked: list[Candidate] = []
     for pair in zip(ranked, by_value, strict=True):
         for cand in pair:

@@ -86,8 +86,9 @@ class MemoryScreen:
 
     def learn_all(self, trials: Iterable[tuple[int, TrialRecord]]) -> None:
         """Rebuild from a resumed study: (trial number, record) of every trial."""
+        known = {number for number, _ in self.launches}
         for number, record in trials:
-            if launched(record):
+            if launched(record) and number not in known:
                 learn_classes(self.classes, trial=number, record=record)
                 self.launches.append((number, record))
         self._refresh()

@@ -89,8 +89,9 @@ def test_slo_rejects_faster_trials_and_the_profile_meets_it(model: Path) -> None
     assert profile["metrics"]["tpot_ms_p95"] <= 35
     assert profile["constraints"] == {"tpot_p95_ms": 35.0}
     trials = study().trials
-    first, again = trials[:4], trials[4:]  # the study, then the re-measurements
-    assert all(str(t.user_attrs.get("source", "")).startswith("re-measure") for t in again)
+    again = [t for t in trials if str(t.user_attrs.get("source", "")).startswith("re-measure")]
+    first = trials[: len(trials) - len(again)]  # the study, then the re-measurements
+    assert again and trials[len(first) :] == again
     rejected = [t for t in trials if t.user_attrs.get("missed")]
     assert rejected, "a faster configuration must have missed the SLO"
     for t in rejected:  # infeasible through Optuna's constraint, not dropped
@@ -99,10 +100,11 @@ def test_slo_rejects_faster_trials_and_the_profile_meets_it(model: Path) -> None
     # throughput (by the configurations, not by their measured speeds: the machine may be loaded)
     seqs = profile["vllm_args"]["max_num_seqs"]
     assert max(t.user_attrs["vllm_args"]["max_num_seqs"] for t in rejected) > seqs
-    # the 3 best feasible configurations are re-measured, within the --trials budget of 7
+    # at most the 3 best feasible configurations are re-measured (not those far behind the
+    # best: their launches go to the study), within the --trials budget of 7
     feasible = {json.dumps(t.user_attrs["vllm_args"], sort_keys=True) for t in first
                 if t.user_attrs["outcome"] == "ok" and not t.user_attrs.get("missed")}  # fmt: skip
-    assert len(again) == min(3, len(feasible)) and len(trials) <= 7
+    assert len(again) <= min(3, len(feasible)) and len(trials) == 7
     noise = profile["noise"]
     assert noise["repeats"] == 2 and noise["statistic"] == "worst"
     assert profile["metrics"]["output_throughput"] == pytest.approx(

@@ -29,6 +29,7 @@ _ABOVE = {
 # ... and those the climb treats as a ceiling for every configuration: the free memory is the
 # device's; a crash under load depends on the load as much as on the batch settings.
 _ANYWHERE = {Outcome.FREE_MEMORY.value, Outcome.CRASH_UNDER_LOAD.value}
+SHORT = (Outcome.NO_KV_CACHE.value, Outcome.KV_TOO_SMALL.value)  # too little memory at startup
 LOG_RESOLUTION = 1.125  # a byte-sized memory dimension is bisected down to this ratio
 BATCH_DIMS = ("max_num_seqs", "max_num_batched_tokens")
 SIZES = (*BATCH_DIMS, "max_model_len", IMAGE_DIM)  # more of these needs more memory
@@ -141,6 +142,8 @@ def next_climb(
     best = best_of(ok, memory=dim.name)
     if not more_memory_helps(tried, memory=dim.name, near=best.params):
         return None
+    if best.kv_pressure() == "idle" and not _batches_short(tried, best, memory=dim.name):
+        return None  # its batches never used half its KV cache: larger batches first (fill)
     here = best.params.get(dim.name)
     if here is None or here >= dim.high:
         return None
@@ -157,15 +160,28 @@ def next_climb(
     if target is None:
         return None
     guess = expected(best.params) if expected is not None and dim.is_float else None
-    if guess is not None:
-        aim = util_floor(guess)
-        target = round(min(max(aim, float(here) + UTIL_STEP), float(ceiling) - UTIL_STEP), 2)
+    if guess is not None and util_floor(guess) < float(ceiling):
+        # Aim at the guess; once a launch failed at or below it, bisect (the guess is of the
+        # startup edge; failures under load sit below it).
+        target = round(max(util_floor(guess), float(here) + UTIL_STEP), 2)
     target = min(target, dim.high)
     params = dict(best.params) | {dim.name: target}
     if any(dict(t.params) == params for t in tried):
         return None  # already tried (or pre-screened): the sampler takes over
     above = f"{ceiling} fails" if fails else f"up to {dim.high}"
     return Climb(params=params, why=f"edge: {dim.name} {here} works, {above}")
+
+
+def _batches_short(tried: Sequence[Tried], best: Tried, *, memory: str) -> bool:
+    """Larger batches than the best's ran (or were predicted to run) short of KV-cache memory
+    at its memory setting or above: memory, not the KV cache's use, bounds the batches."""
+    here = best.params.get(memory, 0)
+    return any(
+        t.outcome in SHORT
+        and t.params.get(memory, 0) >= here
+        and any(t.params.get(k, 0) > best.params.get(k, 0) for k in BATCH_DIMS)
+        for t in tried
+    )
 
 
 def _beyond(dim: Dim) -> Value:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import optuna
@@ -20,7 +21,7 @@ from optuna.trial import TrialState
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
 from autotune.load.request import Request
-from autotune.search.moves import edge, kv_fit, retreat
+from autotune.search.moves import edge, kv_fit, rescue, retreat
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord, attrs
 
@@ -65,9 +66,10 @@ class Guide:
         expected: Callable[[Mapping[str, object]], float | None] | None = None,
         load: Load | None = None,
         kv_tokens: Callable[[Mapping[str, object]], int | None] | None = None,
+        check: Callable[[Mapping[str, object]], str | None] | None = None,
     ) -> None:
         self.space, self.expected, self.load = space, expected, load
-        self.kv_tokens = kv_tokens
+        self.kv_tokens, self.check = kv_tokens, check
         self.rng = random.Random(seed)
 
     def before_ask(self, study: optuna.Study) -> None:
@@ -77,30 +79,56 @@ class Guide:
         seen = tried(study)
         expected = self.expected
         guess = None if expected is None else (lambda p: expected(self.space.args(p)))
-        move = retreat.retreat(space=self.space, tried=seen, expected=guess)
-        if move is None:
-            move = edge.next_climb(space=self.space, tried=seen, expected=guess)
-        if move is None:
-            move = kv_fit.repair(space=self.space, tried=seen, expected=guess)
-        if move is None and self.load is not None:
-            move = kv_fit.fill(
-                space=self.space,
-                tried=seen,
-                request_tokens=self.load.request_tokens,
-                most=self.load.in_flight,
-                expected=guess,
-                capacity=self._capacity,
-            )
+        check = self.check
+        fails = None if check is None else (lambda p: check(self.space.args(p)))
+        climb = partial(edge.next_climb, space=self.space, tried=seen, expected=guess)
+        fill = partial(self._fill, seen, guess)
+        idle = _best_idle(seen, self.space)  # larger batches first, more memory after them
+        move = None
+        for propose in (
+            partial(retreat.retreat, space=self.space, tried=seen, expected=guess),
+            fill if idle else climb,
+            partial(kv_fit.repair, space=self.space, tried=seen, expected=guess),
+            partial(rescue.rescue, space=self.space, tried=seen, expected=guess, fails=fails),
+            climb if idle else fill,
+        ):
+            if (move := propose()) is not None:
+                break
         if move is None and self.rng.random() < LOCAL_SHARE:
             move = edge.local_move(space=self.space, tried=seen, rng=self.rng, expected=guess)
         if move is not None:
             study.enqueue_trial(move.params, user_attrs=attrs(source=move.why), skip_if_exists=True)
+
+    def _fill(
+        self,
+        seen: Sequence[edge.Tried],
+        guess: Callable[[Mapping[str, Value]], float | None] | None,
+    ) -> edge.Climb | None:
+        if self.load is None:
+            return None
+        return kv_fit.fill(
+            space=self.space,
+            tried=seen,
+            request_tokens=self.load.request_tokens,
+            most=self.load.in_flight,
+            expected=guess,
+            capacity=self._capacity,
+        )
 
     def _capacity(self, params: Mapping[str, Value]) -> int | None:
         return None if self.kv_tokens is None else self.kv_tokens(self.space.args(params))
 
     def lift(self, study: optuna.Study, params: Mapping[str, Value]) -> dict[str, Value]:
         return edge.lift(space=self.space, tried=tried(study), params=params)
+
+
+def _best_idle(seen: Sequence[edge.Tried], space: SearchSpace) -> bool:
+    """vLLM reported the best configuration's KV cache idle under the benchmark."""
+    ok = [t for t in seen if t.outcome == Outcome.OK.value and t.value is not None]
+    memory = edge.memory_dim(space)
+    if not ok or memory is None:
+        return False
+    return edge.best_of(ok, memory=memory.name).kv_pressure() == "idle"
 
 
 @dataclass(frozen=True)
@@ -146,6 +174,8 @@ class Guesses(Protocol):
 
     def predict_kv_tokens(self, args: Mapping[str, Any]) -> int | None: ...
 
+    def check(self, args: Mapping[str, Any]) -> str | None: ...
+
 
 def for_goal(
     *,
@@ -160,4 +190,7 @@ def for_goal(
         return None
     expected = knowledge.memory_edge if knowledge is not None else None
     kv_tokens = knowledge.predict_kv_tokens if knowledge is not None else None
-    return Guide(space=space, seed=seed, expected=expected, load=load, kv_tokens=kv_tokens)
+    check = knowledge.check if knowledge is not None else None
+    return Guide(
+        space=space, seed=seed, expected=expected, load=load, kv_tokens=kv_tokens, check=check
+    )

@@ -4,6 +4,7 @@ the KV cache holds. Pure: no Optuna."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 from autotune.engine.defaults import Value
@@ -11,6 +12,7 @@ from autotune.engine.outcome import Outcome
 from autotune.search.moves.edge import (
     COMPASS,
     NOISE,
+    SHORT,
     Climb,
     Tried,
     batch_valid,
@@ -18,7 +20,8 @@ from autotune.search.moves.edge import (
     memory_dim,
     util_floor,
 )
-from autotune.search.space import SearchSpace
+from autotune.search.moves.retreat import UNDER_LOAD
+from autotune.search.space import Dim, SearchSpace
 
 DEFAULT_UTIL = 0.9  # vLLM's gpu_memory_utilization default
 
@@ -50,7 +53,7 @@ def fill(
     )
     seen = [dict(t.params) for t in tried]
     for t in near:
-        move = _fill_one(space, t, request_tokens, most, expected, capacity)
+        move = _fill_one(space, t, request_tokens, most, expected, capacity, tried)
         if move is not None and move.params not in seen:
             return move
     return None
@@ -63,6 +66,7 @@ def _fill_one(
     most: int,
     expected: Callable[[Mapping[str, Value]], float | None] | None,
     capacity: Callable[[Mapping[str, Value]], int | None] | None,
+    tried: Sequence[Tried],
 ) -> Climb | None:
     seqs = best.params.get("max_num_seqs")
     if best.kv_cache_tokens is None or seqs is None:
@@ -80,6 +84,10 @@ def _fill_one(
         target = dim.clamp(min(tokens // request_tokens, most))
         params = at(target)
         tokens = capacity(params) if capacity is not None else None
+    cap = _failed_cap(tried, params, memory_dim(space))
+    if cap is not None and target >= cap:  # as many failed: halfway there (geometrically)
+        target = dim.clamp(int(math.sqrt(float(seqs) * cap)))
+        params = at(target)
     if max(target, seqs) / max(min(target, seqs), 1) <= COMPASS[-1]:
         return None  # already there, to the compass's finest step
     if tokens and "max_model_len" in space and not space["max_model_len"].fixed:
@@ -87,6 +95,28 @@ def _fill_one(
         params["max_model_len"] = min(int(params["max_model_len"]), max(low, tokens // 16 * 16))
     why = f"fill: max_num_seqs {seqs} -> {target} ({best.kv_cache_tokens} KV tokens)"
     return Climb(params=params, why=why)
+
+
+def _failed_cap(
+    tried: Sequence[Tried], params: Mapping[str, Value], memory: Dim | None
+) -> int | None:
+    """The fewest sequences known to fail for memory at this memory setting: those that failed
+    under load or in CUDA-graph capture with less memory, or ran short of KV-cache memory with
+    more (as many or more fail here too)."""
+    if memory is None or memory.name not in params:
+        return None
+    here = float(params[memory.name])
+
+    def covers(t: Tried) -> bool:
+        level = float(t.params.get(memory.name, -1.0))
+        if t.outcome in (*UNDER_LOAD, Outcome.OOM_CUDA_GRAPHS.value):
+            return 0 <= level <= here
+        return t.outcome in SHORT and level >= here
+
+    return min(
+        (int(t.params["max_num_seqs"]) for t in tried if "max_num_seqs" in t.params and covers(t)),
+        default=None,
+    )
 
 
 def repair(

@@ -6,10 +6,12 @@ A crash under load, or requests refused mid-benchmark, at utilization ``u`` with
 cache. Fewer sequences at ``u`` is one way out; the same ``b`` at a lower utilization, with
 more room outside the KV cache, is the other, and often the better one (larger batches at a
 slightly smaller KV cache). ``retreat`` proposes that second move, once per failed
-configuration whose batches are larger than the best's (or before anything served): ``b`` at the
+configuration whose batches are larger than the best's (or before anything served, or once
+``SUSPECT`` batch settings have failed under load at ``u`` or above): ``b`` at the
 highest utilization that has served below ``u`` (the level the study knows works), or a few
-steps lower when nothing has. A retreat that fails under load again is not retreated further;
-one that runs short of memory at startup is bisected (``_between``). Pure: no Optuna.
+steps lower when nothing has. A retreat that fails under load again is retreated further only
+while the utilization is the suspect; one that runs short of memory at startup is bisected
+(``_between``). Pure: no Optuna.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
 from autotune.search.moves.edge import (
     BATCH_DIMS,
+    SHORT,
     Climb,
     Tried,
     batch_valid,
@@ -30,8 +33,10 @@ from autotune.search.moves.edge import (
 from autotune.search.space import UTIL_STEP, SearchSpace
 
 UNDER_LOAD = (Outcome.CRASH_UNDER_LOAD.value, Outcome.REQUEST_ERRORS.value)
-SHORT = (Outcome.NO_KV_CACHE.value, Outcome.KV_TOO_SMALL.value)  # too little memory at startup
 STEPS_DOWN = 3  # utilization steps below the failure when nothing has served below it
+# Batch settings failing under load at one utilization that make the utilization itself the
+# suspect (its runtime peak outside the reservation), whatever the batches of the best.
+SUSPECT = 3
 
 
 def retreat(
@@ -51,12 +56,13 @@ def retreat(
         return None
     if last.outcome in SHORT and last.source.startswith("retreat"):
         return _between(space, tried, last, expected)
-    if last.outcome not in UNDER_LOAD or last.source.startswith("retreat"):
+    here = float(last.params[dim.name])
+    suspect = len(_failed_at(tried, here, dim.name)) >= SUSPECT
+    if last.outcome not in UNDER_LOAD or (last.source.startswith("retreat") and not suspect):
         return None
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
-    if ok and not _larger(last.params, best_of(ok, memory=dim.name).params):
+    if ok and not _larger(last.params, best_of(ok, memory=dim.name).params) and not suspect:
         return None  # smaller batches than the best: nothing to win back by retreating
-    here = float(last.params[dim.name])
     mine = _batch(last.params, dim.name)
     if any(
         _batch(t.params, dim.name) == mine and float(t.params.get(dim.name, 1)) < here
@@ -77,6 +83,15 @@ def retreat(
         return None
     why = f"retreat: {dim.name} {here} -> {params[dim.name]} ({last.outcome} at {here})"
     return Climb(params=params, why=why)
+
+
+def _failed_at(tried: Sequence[Tried], level: float, memory: str) -> set[tuple[object, ...]]:
+    """The distinct batch settings that failed under load at ``level`` or above."""
+    return {
+        tuple(sorted(_batch(t.params, memory).items()))
+        for t in tried
+        if t.outcome in UNDER_LOAD and float(t.params.get(memory, 0)) >= level
+    }
 
 
 def _larger(params: Mapping[str, Value], than: Mapping[str, Value]) -> bool:

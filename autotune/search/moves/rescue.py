@@ -1,0 +1,102 @@
+"""Before anything has served, launch what the memory model rates safest (see
+``autotune.search.moves.edge``).
+
+Where the weights leave a sliver of memory (85% of the GPU and more), the configurations that
+serve lie in a narrow band: high enough a utilization to hold a KV cache after the profiling
+run, low enough to leave room for CUDA graphs and the runtime peak, with small batches. A
+sampler's random proposals mostly miss it, and each miss is a launch. ``rescue`` proposes the
+smallest batch settings of the range (the least activation and CUDA-graph memory) and the
+shortest context, and bisects their utilization: first where the last launch failed (vLLM's
+default, in a new study), then between the highest level they ran short of KV-cache memory at
+and the lowest they failed at for want of room outside the reservation (CUDA graphs, the
+runtime peak, the device's free memory), below the memory model's guess of the startup edge,
+skipping candidates the pre-screen knows to fail. Once anything serves, the climb and the
+local moves take over from it. Pure: no Optuna.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from autotune.engine.defaults import Value
+from autotune.engine.multimodal import IMAGE_DIM
+from autotune.engine.outcome import Outcome
+from autotune.search.moves.edge import BATCH_DIMS, SHORT, Climb, Tried, batch_valid, memory_dim
+from autotune.search.moves.retreat import UNDER_LOAD
+from autotune.search.space import UTIL_STEP, SearchSpace
+
+SMALLEST = (*BATCH_DIMS, "max_model_len", IMAGE_DIM)  # set to the low end of their ranges
+# Failures of the smallest batches that say the utilization was too high: no room left for
+# CUDA graphs or the runtime peak outside the reservation, or more than the device had free.
+TOO_HIGH = (
+    *UNDER_LOAD,
+    Outcome.OOM_CUDA_GRAPHS.value,
+    Outcome.FREE_MEMORY.value,
+)
+
+
+def rescue(
+    *,
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    expected: Callable[[Mapping[str, Value]], float | None] | None = None,
+    fails: Callable[[Mapping[str, Value]], str | None] | None = None,
+) -> Climb | None:
+    """While nothing has served and a launch has failed: the smallest batch settings, first at
+    the utilization the last launch failed at (vLLM's default, for a new study), then bisected
+    between the levels they ran short of memory at (below) and failed at (above).
+    ``fails``: why the pre-screen knows a candidate fails (None: it does not know)."""
+    dim = memory_dim(space)
+    launched = [t for t in tried if t.outcome != Outcome.SKIPPED.value]
+    if dim is None or not dim.is_float or not launched:
+        return None
+    if any(t.outcome == Outcome.OK.value for t in tried):
+        return None
+    params = dict(launched[-1].params)
+    for name in SMALLEST:
+        if name in space and name in params:
+            params[name] = space[name].low
+    params = batch_valid(params)
+    mine = [t for t in launched if _same(t.params, params, dim.name)]
+    low = max(
+        (float(t.params[dim.name]) for t in mine if t.outcome in SHORT),
+        default=float(dim.low) - UTIL_STEP,
+    )
+    high = min(
+        (
+            float(t.params[dim.name])
+            for t in launched
+            if (t.outcome in TOO_HIGH and t in mine) or t.outcome == Outcome.FREE_MEMORY.value
+        ),
+        default=float(dim.high) + UTIL_STEP,
+    )
+    if expected is not None and (guess := expected(params)) is not None:
+        high = min(high, round(guess + UTIL_STEP, 2))
+    start = float(launched[-1].params.get(dim.name, dim.high)) if not mine else None
+    seen = [dict(t.params) for t in tried]
+    for level in _levels(low, high, start):
+        candidate = params | {dim.name: level}
+        if candidate in seen or (fails is not None and fails(candidate) is not None):
+            continue
+        why = f"rescue: smallest batches at {dim.name} {level} (nothing served yet)"
+        return Climb(params=candidate, why=why)
+    return None
+
+
+def _same(a: Mapping[str, Value], b: Mapping[str, Value], memory: str) -> bool:
+    return {k: v for k, v in a.items() if k != memory} == {
+        k: v for k, v in b.items() if k != memory
+    }
+
+
+def _levels(low: float, high: float, start: float | None) -> list[float]:
+    """Utilizations strictly between ``low`` and ``high``: ``start`` first when it is one of
+    them, then the middle, then outward from it."""
+    steps = round((high - low) / UTIL_STEP)
+    inside = [round(low + i * UTIL_STEP, 2) for i in range(1, steps)]
+    middle = round(low + (steps // 2) * UTIL_STEP, 2)
+    order = sorted(inside, key=lambda u: (abs(u - middle), -u))
+    if start is not None and round(start, 2) in inside:
+        order.remove(round(start, 2))
+        order.insert(0, round(start, 2))
+    return order

@@ -1,0 +1,162 @@
+"""The moves for studies where little serves (autotune/search/moves/rescue.py, retreat.py,
+kv_fit.py, edge.py) and the launch reserve held only for finalists that exist (finalize)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autotune.engine.launcher import ArgValue
+from autotune.engine.outcome import Outcome
+from autotune.search import study as st
+from autotune.search.finalize import Finish, finalists, reserve, search
+from autotune.search.goal import Goal
+from autotune.search.moves.edge import Tried, next_climb
+from autotune.search.moves.kv_fit import fill
+from autotune.search.moves.rescue import rescue
+from autotune.search.moves.retreat import retreat
+from autotune.search.ranking import Candidate
+from autotune.trial.runner import TrialResult
+from tests.search.test_edge import SPACE, failed, ok
+from tests.search.test_remeasure import DEFAULTS, Quiet, Recording, Screen, metrics
+from tests.search.test_remeasure import SPACE as STUDY_SPACE
+
+
+def test_rescue_first_runs_the_smallest_batches_where_the_defaults_failed() -> None:
+    defaults = failed(0.90, 256, 2048, "oom_cuda_graphs")
+    move = rescue(space=SPACE, tried=[defaults])
+    assert move is not None and move.why.startswith("rescue:")
+    assert move.params == {
+        "gpu_memory_utilization": 0.90,
+        "max_num_seqs": 8,
+        "max_num_batched_tokens": 512,
+    }
+
+
+def test_rescue_bisects_between_short_of_memory_and_no_room_outside() -> None:
+    tried = [failed(0.90, 256, 2048, "no_kv_cache"), failed(0.90, 8, 512, "no_kv_cache")]
+    up = rescue(space=SPACE, tried=tried)
+    assert up is not None and up.params["gpu_memory_utilization"] == 0.94  # (0.90, 0.99)
+    tried.append(failed(0.94, 8, 512, "crash_under_load"))
+    middle = rescue(space=SPACE, tried=tried)
+    assert middle is not None and middle.params["gpu_memory_utilization"] == 0.92
+    tried += [failed(0.92, 8, 512, "oom_cuda_graphs"), failed(0.91, 8, 512, "no_kv_cache")]
+    assert rescue(space=SPACE, tried=tried) is None  # nothing left between 0.91 and 0.92
+
+
+def test_rescue_skips_what_the_screen_knows_fails_and_stops_once_anything_served() -> None:
+    defaults = failed(0.90, 256, 2048, "oom_cuda_graphs")
+
+    def fails(p: Mapping[str, Any]) -> str | None:
+        return "predicted" if p["gpu_memory_utilization"] >= 0.86 else None
+
+    move = rescue(space=SPACE, tried=[defaults], fails=fails)
+    assert move is not None and move.params["gpu_memory_utilization"] < 0.86
+    assert rescue(space=SPACE, tried=[defaults, ok(0.80, 64, 2048, 10.0)]) is None
+    assert rescue(space=SPACE, tried=[]) is None  # the defaults first
+
+
+def test_a_retreat_of_a_retreat_only_once_the_utilization_is_the_suspect() -> None:
+    best = ok(0.88, 256, 2048, 100.0)
+    first = failed(0.88, 8, 2048, "crash_under_load")
+    again = dataclasses.replace(
+        failed(0.87, 8, 2048, "crash_under_load"), source="retreat: from 0.88"
+    )
+    assert retreat(space=SPACE, tried=[best, first, again]) is None  # one batch setting
+    others = [failed(0.88, 8, 4096, "crash_under_load"), failed(0.90, 256, 1024, "request_errors")]
+    move = retreat(space=SPACE, tried=[best, *others, first, again])
+    assert move is not None
+    assert move.params["gpu_memory_utilization"] == 0.84  # three steps further down
+    assert move.params["max_num_seqs"] == 8
+
+
+def test_fill_goes_halfway_to_a_count_known_to_fail() -> None:
+    best = Tried(
+        params={"gpu_memory_utilization": 0.9, "max_num_seqs": 8, "max_num_batched_tokens": 512},
+        outcome="ok",
+        value=10.0,
+        kv_cache_tokens=200_000,
+    )
+    wide = fill(space=SPACE, tried=[best], request_tokens=400, most=256)
+    assert wide is not None and wide.params["max_num_seqs"] == 256
+    graphs = failed(0.9, 200, 512, "oom_cuda_graphs")
+    move = fill(space=SPACE, tried=[best, graphs], request_tokens=400, most=256)
+    assert move is not None and move.params["max_num_seqs"] == 40  # sqrt(8 * 200)
+    short_above = failed(0.95, 100, 512, "no_kv_cache")  # more memory, still too little
+    move = fill(space=SPACE, tried=[best, short_above], request_tokens=400, most=256)
+    assert move is not None and move.params["max_num_seqs"] == 28  # sqrt(8 * 100)
+    short_below = failed(0.85, 100, 512, "no_kv_cache")  # less memory: says nothing here
+    move = fill(space=SPACE, tried=[best, short_below], request_tokens=400, most=256)
+    assert move is not None and move.params["max_num_seqs"] == 256
+
+
+def test_no_climb_while_the_kv_cache_idles_unless_memory_bounds_the_batches() -> None:
+    idle = dataclasses.replace(ok(0.90, 8, 512, 10.0), peak_kv_pct=12.0)
+    assert next_climb(space=SPACE, tried=[idle]) is None
+    bigger_short = failed(0.90, 64, 512, "no_kv_cache")
+    move = next_climb(space=SPACE, tried=[idle, bigger_short])
+    assert move is not None and move.params["gpu_memory_utilization"] > 0.90
+    busy = dataclasses.replace(ok(0.90, 8, 512, 10.0), peak_kv_pct=80.0)
+    assert next_climb(space=SPACE, tried=[busy]) is not None
+
+
+def _candidate(value: float, reserved_gib: float) -> Candidate:
+    return Candidate((), True, value, None, value, reserved_gib)  # type: ignore[arg-type]
+
+
+def test_finalists_far_behind_the_best_value_are_not_remeasured() -> None:
+    goal = Goal()
+    top, near, far = _candidate(100.0, 9.0), _candidate(90.0, 8.0), _candidate(70.0, 7.0)
+    ranked = [top, near, far]
+    assert finalists(ranked, goal=goal, count=3) == ranked
+    assert finalists(ranked, goal=goal, count=3, noise=0.05) == [top, near]  # 4 x 5% = 20%
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failing(Recording):
+    """No candidate starts: every launch runs short of KV-cache memory."""
+
+    serve: Callable[[int], bool] = lambda launch: False
+    launched: list[dict[str, Any]] = field(default_factory=list)
+
+    def run(
+        self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
+    ) -> TrialResult:
+        self.launched.append(dict(args))
+        if self.serve(len(self.launched)):
+            return TrialResult(
+                outcome=Outcome.OK, reason="", args=dict(args), log_path=log_path,
+                metrics=metrics(100.0 + len(self.launched)),
+            )  # fmt: skip
+        return TrialResult(
+            outcome=Outcome.NO_KV_CACHE, reason="no KV cache", args=dict(args), log_path=log_path
+        )
+
+
+def _plan(tmp_path: Path, runner: Recording, budget: int) -> st.StudyPlan:
+    study = st.open_study(name="reserve", storage=optuna.storages.InMemoryStorage(), seed=3)
+    return st.StudyPlan(
+        study=study, space=STUDY_SPACE, runner=runner, budget=budget, log_dir=tmp_path / "logs",
+        default_params=DEFAULTS, prescreen=Screen(),
+    )  # fmt: skip
+
+
+def test_the_reserve_is_searched_while_nothing_has_served(tmp_path: Path) -> None:
+    finish, trials = Finish(), 10
+    runner = Failing()
+    plan = _plan(tmp_path, runner, trials - reserve(finish, trials=trials))
+    search(plan, finish, reporter=Quiet(), budget=trials)
+    assert len(runner.launched) == trials  # all 10, not 10 - 4
+
+
+def test_the_reserve_is_kept_for_the_finalists_that_exist(tmp_path: Path) -> None:
+    finish, trials = Finish(), 10
+    runner = Failing(serve=lambda launch: launch == 3)  # one candidate serves: 2 re-measures
+    plan = _plan(tmp_path, runner, trials - reserve(finish, trials=trials))
+    search(plan, finish, reporter=Quiet(), budget=trials)
+    assert len(runner.launched) == trials - 2
