@@ -19,7 +19,12 @@ Backend = Literal["gpu", "cpu"]  # the vLLM backend an engine runs on
 Device = Literal["auto", "gpu", "cpu"]  # --device: "auto" asks the vLLM to launch
 
 ENV_GPU = "AUTOTUNE_GPU"
-_GPU_SPEC = re.compile(r"^(?P<name>.+):(?P<mem>\d+(?:\.\d+)?)(?:x(?P<count>\d+))?$")
+_GPU_SPEC = re.compile(
+    r"^(?P<name>.+):(?P<mem>[0-9]{1,30}(?:\.[0-9]{1,30})?)(?:x(?P<count>[0-9]{1,30}))?$"
+)
+MAX_GPU_MEMORY_GIB = 4096  # per GPU, --gpu NAME:MEMORY_GIB
+MAX_GPU_COUNT = 1024
+_MAX_GPU_NAME = 100
 
 
 @dataclass(frozen=True)
@@ -79,14 +84,20 @@ class Hardware:
 def parse_gpu_spec(spec: str, *, source: str) -> Hardware:
     """Parse ``NAME:MEMORY_GIB[xCOUNT]``, e.g. ``H100-80GB:80`` or ``L4:24x2``."""
     m = _GPU_SPEC.match(spec.strip())
-    if not m:
+    shown = repr(spec) if len(spec) <= 60 else repr(spec[:60]) + "..."
+    if not m or not m["name"].strip() or not m["name"].isprintable():
         raise UserError(
-            f"invalid GPU spec {spec!r}: expected NAME:MEMORY_GIB[xCOUNT], e.g. H100:80 or L4:24x2"
+            f"invalid GPU spec {shown}: expected NAME:MEMORY_GIB[xCOUNT], e.g. H100:80 or L4:24x2"
         )
     memory = float(m["mem"])
     count = int(m["count"] or 1)
-    if memory <= 0 or count < 1:
-        raise UserError(f"invalid GPU spec {spec!r}: memory and count must be positive")
+    if not 0 < memory <= MAX_GPU_MEMORY_GIB or not 1 <= count <= MAX_GPU_COUNT:
+        raise UserError(
+            f"invalid GPU spec {shown}: memory must be above 0 and at most {MAX_GPU_MEMORY_GIB} "
+            f"GiB, the count 1..{MAX_GPU_COUNT}"
+        )
+    if len(m["name"].strip()) > _MAX_GPU_NAME:
+        raise UserError(f"invalid GPU spec {shown}: the name is over {_MAX_GPU_NAME} characters")
     return Hardware(gpu_name=m["name"].strip(), memory_gib=memory, count=count, source=source)
 
 

@@ -1,12 +1,15 @@
 """The one logging handler of the command line (and of the worker processes it starts): every
 ``autotune.*`` logger's records as ``autotune: …`` lines on stderr (stdout carries only a
 command's data: ``--dry-run``, ``--json``). A library caller configures logging its own way
-(``logging.getLogger("autotune")``); nothing is printed until someone configures it."""
+(``logging.getLogger("autotune")``); nothing is printed until someone configures it. Secrets
+are masked in every line (``autotune.masking``)."""
 
 from __future__ import annotations
 
 import logging
 import sys
+
+from autotune.masking import mask
 
 
 class _Formatter(logging.Formatter):
@@ -15,7 +18,7 @@ class _Formatter(logging.Formatter):
         self.prefix = prefix
 
     def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
+        text = mask(record.getMessage())
         if record.levelno >= logging.WARNING and not text.startswith("warning:"):
             text = f"warning: {text}"
         return f"{self.prefix}: {text}"
@@ -25,7 +28,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is at the time (tests capture it)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
+        self.stream = sys.stderr  # not setStream: it flushes the previous one, perhaps closed
         super().emit(record)
 
 

@@ -13,6 +13,23 @@ from typing import Any
 from autotune.errors import UserError
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}  # checkpoint dtypes vLLM runs
+_LAYERS, _HEADS, _WIDTH = (1, 10_000), (1, 1 << 16), (1, 1 << 20)
+_HIDDEN = ("hidden_size", "n_embd", "d_model")
+# The config.json numbers ModelSpec computes with: JSON integers in these ranges, checked
+# before any arithmetic (a broken or hostile file is one clear line, never a crash or a huge
+# allocation). ``autotune.memory.arch`` checks the ones it reads besides.
+CONFIG_LIMITS: dict[str, tuple[int, int]] = {
+    **dict.fromkeys(("num_hidden_layers", "n_layer", "num_layers"), _LAYERS),
+    **dict.fromkeys(("num_attention_heads", "n_head", "head_dim"), _HEADS),
+    **dict.fromkeys(
+        ("n_head_kv", "num_kv_heads", "num_key_value_heads", "multi_query_group_num"), _HEADS
+    ),
+    **dict.fromkeys(_HIDDEN, _WIDTH),
+    "vocab_size": (1, 1 << 26),
+    **dict.fromkeys(
+        ("max_position_embeddings", "n_positions", "max_sequence_length"), (1, 1 << 31)
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -131,6 +148,36 @@ def _quantization(cfg: dict[str, Any]) -> str | None:
     return str(method) if method else "unknown"
 
 
+def check_config_numbers(
+    cfg: Mapping[str, Any], limits: Mapping[str, tuple[int, int]], *, source: str
+) -> None:
+    """Each of ``limits`` that ``cfg`` sets (not None) is an integer in its range."""
+    for key, (low, high) in limits.items():
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+            raise UserError(f"{source}: {key} = {shown} is not an integer {low}..{high}")
+
+
+def _check_config(cfg: dict[str, Any], source: str) -> None:
+    archs = cfg.get("architectures")
+    if archs is not None and not (
+        isinstance(archs, list) and all(isinstance(a, str) for a in archs)
+    ):
+        raise UserError(f"{source}: architectures must be a list of names")
+    text = cfg.get("text_config")
+    for part in (cfg, text) if isinstance(text, dict) else (cfg,):
+        check_config_numbers(part, CONFIG_LIMITS, source=source)
+        heads, hidden = first_of(part, "num_attention_heads", "n_head"), first_of(part, *_HIDDEN)
+        if heads and hidden and not part.get("head_dim") and hidden < heads:
+            raise UserError(f"{source}: hidden_size {hidden} is smaller than the {heads} heads")
+        for key in ("torch_dtype", "dtype"):
+            if part.get(key) is not None and not isinstance(part[key], str):
+                raise UserError(f"{source}: {key} must be a name such as bfloat16")
+
+
 def _parse_config(
     model_id: str, path: Path | None, config_file: Path, *, revision: str | None = None
 ) -> ModelSpec:
@@ -141,12 +188,13 @@ def _parse_config(
         raise UserError(f"{config_file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(cfg, dict):
         raise UserError(f"{config_file}: expected a JSON object")
+    _check_config(cfg, str(config_file))
     archs = cfg.get("architectures") or []
     is_vision = "vision_config" in cfg or any("ConditionalGeneration" in a for a in archs)
     text_config = cfg.get("text_config")
     merged = {**cfg, **text_config} if isinstance(text_config, dict) else cfg
     heads = first_of(merged, "num_attention_heads", "n_head")
-    hidden = first_of(merged, "hidden_size", "n_embd", "d_model")
+    hidden = first_of(merged, *_HIDDEN)
     head_dim = first_of(merged, "head_dim")
     if not head_dim and heads and hidden:
         head_dim = hidden // heads

@@ -9,6 +9,7 @@ finishes the study saves the profile. Nothing is scheduled here.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -17,12 +18,15 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 from autotune import logs, paths
 from autotune.app.options import TuneOptions
+from autotune.engine.lease import lease_dir
 from autotune.errors import UserError
 from autotune.hardware import ENV_GPU, Hardware, device_count, parse_gpu_spec
 
@@ -114,14 +118,46 @@ def _worker(options: TuneOptions, env: Mapping[str, str], parent: int, notes: bo
         sys.exit(130)
 
 
+@contextmanager
+def gpu_leases(state: Path, devices: list[int]) -> Iterator[None]:
+    """Hold each GPU of a ``--gpus`` run for as long as it runs (an exclusive ``flock`` on
+    ``leases/gpu-N.lock`` in the state directory; the kernel drops it when the run dies). A
+    second run on a held GPU refuses at once with one line: it does not wait."""
+    directory = lease_dir(state)
+    directory.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        for index in devices:
+            f = stack.enter_context((directory / f"gpu-{index}.lock").open("a+"))
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "pid unknown"
+                raise UserError(
+                    f"--gpus: GPU {index} is held by another autotune run ({holder}); wait for "
+                    "it to finish or choose other GPUs"
+                ) from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()}")
+            f.flush()
+        yield
+
+
 def tune_on_gpus(options: TuneOptions, *, tensor_parallel: int) -> int:
     """Start one worker per GPU group, wait for all; the number that failed."""
-    from autotune.search import study as st
-    from autotune.search.workers.storage import rdb_storage
-
     machine = _machine(options)
     available = device_count() or (machine.count if machine else None)
     devices = parse_gpus(options.gpus or "", available=available)
+    state = paths.state_dir(options.state_dir)
+    with gpu_leases(state, devices):
+        return _run_workers(options, devices=devices, tensor_parallel=tensor_parallel)
+
+
+def _run_workers(options: TuneOptions, *, devices: list[int], tensor_parallel: int) -> int:
+    from autotune.search import study as st
+    from autotune.search.workers.storage import rdb_storage
+
     plan = groups(devices, size=tensor_parallel)
     storage = st.storage_url(options.storage, state_dir=paths.state_dir(options.state_dir))
     rdb_storage(storage)  # the schema exists before the workers race to use it

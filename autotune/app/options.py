@@ -3,13 +3,66 @@ library's one input record."""
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from autotune.engine.safety import check_user_args
+from autotune.errors import UserError
 from autotune.hardware import Device
 from autotune.load.workload import Workload
 from autotune.search.goal import Goal, Objective, Statistic, goal_from
+
+# The documented range of each numeric option (the CLI's types show it in --help; ``check`` holds
+# library callers to it): finite, and small enough that a typo cannot run for ever.
+LIMITS: dict[str, tuple[float, float]] = {
+    "trials": (1, 10_000),
+    "timeout_s": (0, 31_536_000),  # a year
+    "seed": (0, 2**32 - 1),  # what Optuna's samplers (numpy) accept
+    "startup_timeout_s": (1, 86_400),
+    "stall_timeout_s": (1, 86_400),
+    "noise": (0, 1),
+    "min_model_len": (16, 1 << 24),  # vLLM's max_model_len limit
+    "min_images": (0, 999),  # vLLM's image limit per prompt
+    "min_throughput": (0, 1e9),
+    "concurrency": (1, 1_000_000),
+    "request_rate": (0, 1e6),
+    "warmup": (0, 100_000),
+    "repeats": (1, 100),
+    "finalists": (1, 100),
+    "patience": (0, 10_000),
+    "min_improvement": (0, 1),
+    "input_len": (1, 1 << 20),  # workload
+    "output_len": (1, 1 << 20),
+    "num_prompts": (1, 100_000),
+}
+# A Hugging Face id: ORG/NAME or NAME, letters, digits, '-', '_', '.', at most 96 each.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(?:/[A-Za-z0-9][\w.-]{0,95})?", re.ASCII)
+
+
+def check_model_id(model: str) -> str:
+    """MODEL as given, or one clear line: not empty, printable, a length a file system holds,
+    and an existing path or a Hugging Face id."""
+    shown = repr(model if len(model) <= 60 else model[:60] + "...")
+    if not model.strip() or not model.isprintable():
+        raise UserError(f"model {shown}: expected a model directory or a Hugging Face id")
+    if len(model.encode()) > 4096 or any(len(p.encode()) > 255 for p in model.split("/")):
+        raise UserError(f"model {shown}: too long for a path (a name over 255 bytes)")
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or _HUB_ID.fullmatch(model):
+        return model  # a path (resolving it says whether it exists) or a hub id
+    try:
+        exists = Path(os.path.expanduser(model)).exists()
+    except (OSError, ValueError):
+        exists = False
+    if not exists:
+        raise UserError(
+            f"model {shown} is no directory here and no Hugging Face id (ORG/NAME: letters, "
+            "digits, '-', '_' and '.', at most 96 each)"
+        )
+    return model
 
 
 @dataclass(frozen=True)
@@ -32,6 +85,7 @@ class TuneOptions:
     extra_args: tuple[str, ...] = ()
     enqueue: tuple[str, ...] = ()  # "name=value,name=value" candidates to try first
     startup_timeout_s: float = 900.0
+    stall_timeout_s: float | None = None  # --stall-timeout; None: derived (``load.stall``)
     noise: float = 0.05
     quiet: bool = False
     objective: Objective = "throughput"
@@ -55,6 +109,27 @@ class TuneOptions:
     min_improvement: float = 0.01  # --min-improvement: what counts as an improvement
     gpus: str | None = None  # --gpus 0,1,2,3 | all: one worker per GPU (group)
     tune: tuple[str, ...] = ()  # --tune NAME: opt-in dimensions (``autotune.search.opt_in``)
+
+    def check(self) -> TuneOptions:
+        """These options with the arguments after ``--`` spelt out, or one clear line for a
+        model id, number (``LIMITS``) or argument that must not reach an engine."""
+        check_model_id(self.model)
+        wl = self.workload
+        numbers = {name: getattr(self, name, None) for name in LIMITS}
+        numbers.update(input_len=wl.input_len, output_len=wl.output_len, num_prompts=wl.num_prompts)
+        for name, value in numbers.items():
+            if value is None:
+                continue
+            low, high = LIMITS[name]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and low <= value <= high)
+            ):
+                flag = "--" + name.removesuffix("_s").replace("_", "-")
+                span = "..".join(str(int(x) if x == int(x) else x) for x in (low, high))
+                raise UserError(f"{flag} {value!r}: expected a number {span}")
+        return replace(self, extra_args=tuple(check_user_args(self.extra_args)))
 
     def goal(self, *, total_gib: float) -> Goal:
         """What "best" means for these options on a GPU of ``total_gib`` (one clear line for a

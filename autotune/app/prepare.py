@@ -14,7 +14,7 @@ from autotune.app.options import TuneOptions
 from autotune.engine.defaults import vllm_defaults
 from autotune.engine.launcher import DEFAULT_VLLM_CMD, ENV_VLLM_CMD, engine_version, resolve_command
 from autotune.engine.multimodal import supports_size_hints
-from autotune.engine.safety import parallel_sizes
+from autotune.engine.safety import canonical_args, parallel_sizes
 from autotune.errors import UserError
 from autotune.hardware import ENV_GPU, Hardware, choose_device, engine_hardware, resolve_hardware
 from autotune.load.workload import Workload
@@ -99,8 +99,7 @@ def _image_workload(options: TuneOptions, spec: ModelSpec) -> Workload:
 
 def prepare(options: TuneOptions) -> Prepared:
     """Resolve the command, model, hardware and space; say what could not be checked."""
-    if options.trials < 1:
-        raise UserError(f"--trials {options.trials}: at least one launch is needed")
+    options = options.check()  # numbers in range, a model id, arguments after -- spelt out
     spec = resolve_model(options.model)
     machine = hardware_for(options.gpu, options.device, options.vllm_cmd)
     hardware = engine_hardware(machine, sizes=parallel_sizes(options.extra_args))  # the key
@@ -110,6 +109,10 @@ def prepare(options: TuneOptions) -> Prepared:
     wl = _image_workload(options, spec)
     wl.validate()
     _check_extra_args(options.extra_args, space)
+    if options.storage:  # a file that is no study database: refused before anything starts
+        from autotune.search.workers.storage import check_sqlite  # Optuna: only when tuning
+
+        check_sqlite(options.storage)
     if wl.dataset is None and "max_model_len" in space:
         need = wl.input_len + wl.output_len
         if space["max_model_len"].low < need:
@@ -172,11 +175,11 @@ def engine_env(hardware: Hardware) -> dict[str, str]:
 def _check_extra_args(extra: tuple[str, ...], space: SearchSpace) -> None:
     """Arguments after ``--`` must not set what autotune tunes or fixes (the last one would win
     silently and the profile would lie)."""
-    for arg in extra:
+    for arg in canonical_args(extra):  # --max-num-seq and --max_num_seqs are --max-num-seqs
         name = arg.split("=", 1)[0]
         for dim in space.dims:
-            if name == dim.flag:
-                raise UserError(f"{name} after --: give it as an autotune option ({name} V)")
+            if name in (dim.flag, "--no-" + dim.flag.removeprefix("--")):
+                raise UserError(f"{name} after --: give it as an autotune option ({dim.flag} V)")
 
 
 def _prefetch(spec: ModelSpec) -> ModelSpec:

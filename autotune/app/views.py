@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any, cast
 import yaml
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from autotune import paths
 from autotune.engine.safety import redact_url
 from autotune.errors import UserError
 from autotune.hardware import Device
+from autotune.masking import mask
 from autotune.model import resolve_model
 from autotune.profiles.match import Match
 from autotune.profiles.store import ProfileStore
@@ -49,8 +51,11 @@ def print_trials(
         study = st.load_study(study_name, url)
         rows = st.trial_rows(study.get_trials(deepcopy=False))
         chosen = study.user_attrs.get(keys.CHOSEN)  # the trial the profile was saved from
-        if as_json:
-            out[study_name] = [row.to_dict() for row in rows]
+        if as_json:  # the reasons are engine text: secrets masked here too
+            out[study_name] = [
+                {k: mask(v) if isinstance(v, str) else v for k, v in row.to_dict().items()}
+                for row in rows
+            ]
         else:
             console.print(trials_table(rows, best=chosen, title=study_name))
     if as_json:
@@ -107,12 +112,12 @@ def print_profiles(*, profiles_dir: Path | None) -> None:
     if not found:
         print(f"no profiles in {store.root}", file=sys.stderr)
         return
-    table = Table(title=f"profiles in {store.root}", title_justify="left")
+    table = Table(title=Text(f"profiles in {store.root}"), title_justify="left")
     for col in ("model", "hardware", "workload", "objective", "vLLM", "tok/s", "created", "file"):
         table.add_column(col, overflow="fold")
-    for path, p in found:
+    for path, p in found:  # a profile may come from someone else: its text is never markup
         tput = p.metrics.get("output_throughput")
-        table.add_row(
+        cells = (
             p.model_name,
             p.hardware_key,
             p.workload_signature,
@@ -122,6 +127,7 @@ def print_profiles(*, profiles_dir: Path | None) -> None:
             p.created,
             str(path),
         )
+        table.add_row(*(Text(str(cell)) for cell in cells))
     Console().print(table)
 
 

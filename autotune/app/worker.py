@@ -8,9 +8,11 @@ import shlex
 from pathlib import Path
 
 from autotune import paths
+from autotune.app import preflight
 from autotune.app.interrupt import sigterm_as_interrupt
 from autotune.app.options import TuneOptions
 from autotune.app.prepare import prepare
+from autotune.engine import lease
 from autotune.engine.defaults import vllm_defaults
 from autotune.engine.multimodal import image_count
 from autotune.engine.safety import redact, redact_url, split_extra
@@ -39,6 +41,7 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
     from autotune.search import study_keys as keys
     from autotune.search.moves.guide import Load, for_goal
     from autotune.search.screen_by_dtype import DtypeScreens
+    from autotune.search.workers import claims
     from autotune.search.workers import coordination as workers
     from autotune.trial.runner import TrialRunner
 
@@ -57,23 +60,26 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
         space=space,
     )
     state = paths.state_dir(options.state_dir)
+    preflight.check_dirs(profiles=paths.profiles_dir(options.profiles_dir), state=state)
+    lease.reap(lease.lease_dir(state))  # engines of a tuner killed with its watchdog
     storage = st.storage_url(options.storage, state_dir=state)
     seed = workers.worker_seed(options.seed, shared=options.storage is not None)
-    study = st.open_study(name=name, storage=storage, seed=seed, goal=goal)
-    workers.check_fingerprint(study, hardware.to_dict())
-    study.set_user_attr(keys.MODEL, spec.to_dict() | {"name": spec.name})
-    study.set_user_attr(keys.HARDWARE, hardware.to_dict())
-    study.set_user_attr(keys.WORKLOAD, wl.to_dict() | {"signature": wl.signature()})
-    study.set_user_attr(keys.SPACE, space.describe())
-    study.set_user_attr(
-        keys.INPUTS,
-        from_study.inputs(
-            extra_args=split_extra(options.extra_args)[0],
-            num_prompts=num_prompts,
-            objective=options.objective,
-            goal=goal,
-        ),
-    )
+    with preflight.storage_errors(storage):
+        study = st.open_study(name=name, storage=storage, seed=seed, goal=goal)
+        workers.check_fingerprint(study, hardware.to_dict())  # writes: the storage's preflight
+        study.set_user_attr(keys.MODEL, spec.to_dict() | {"name": spec.name})
+        study.set_user_attr(keys.HARDWARE, hardware.to_dict())
+        study.set_user_attr(keys.WORKLOAD, wl.to_dict() | {"signature": wl.signature()})
+        study.set_user_attr(keys.SPACE, space.describe())
+        study.set_user_attr(
+            keys.INPUTS,
+            from_study.inputs(
+                extra_args=split_extra(options.extra_args)[0],
+                num_prompts=num_prompts,
+                objective=options.objective,
+                goal=goal,
+            ),
+        )
     fixed = frozenset(d.name for d in space.dims if d.fixed)
     runner = TrialRunner(
         env=prep.env,
@@ -83,6 +89,8 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
         extra_args=options.extra_args,
         fixed_by_user=fixed,
         startup_timeout_s=options.startup_timeout_s,
+        stall_timeout_s=options.stall_timeout_s,
+        lease_dir=lease.lease_dir(state),
         **shape,
     )
     knowledge = DtypeScreens.build(
@@ -122,10 +130,14 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
     log.info(f"study {name} ({redact_url(storage)}); space: {space.describe()}")
     live = not options.quiet and console.is_terminal
     reporter = LiveReporter(console=console) if live else LineReporter()
-    with sigterm_as_interrupt(), reporter:
-        st.run_study(plan, reporter=reporter)
+    with sigterm_as_interrupt(), reporter, preflight.storage_errors(storage):
+        claims.defaults_first(study, plan.default_params)
+        finalize.search(plan, finish, reporter=reporter, budget=options.trials)
         if (others := workers.finisher(study)) is not None:
             _leave(others)
+            return None
+        if not claims.claim_finish(study):
+            _leave("another worker claimed the finish")
             return None
         finalize.remeasure(plan, finish, reporter=reporter, budget=options.trials)
         picked = finalize.choose(
@@ -186,7 +198,9 @@ def _save(
         storage_given=options.storage is not None,
         state=state,
     )
-    path = ProfileStore(paths.profiles_dir(options.profiles_dir)).save(profile)
+    where = paths.profiles_dir(options.profiles_dir)
+    with preflight.profile_errors(where):
+        path = ProfileStore(where).save(profile)
     if options.images_max:
         most = image_count(profile.vllm_args)
         log.info(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from autotune.cli.options import options
+from autotune.cli.params import finite_text, floats, ints
 
 goals = options(
     click.option(
@@ -20,42 +21,46 @@ goals = options(
         "slos",
         multiple=True,
         metavar="NAME=MS",
+        callback=finite_text,
         help="Latency limit (repeatable): ttft_p95_ms, tpot_p95_ms, itl_p99_ms, e2e_p99_ms "
         "(and the p95/p99 of each); a trial that misses one is infeasible.",
     ),
     click.option(
-        "--min-throughput", type=float, help="Output tok/s floor (needed by --objective memory)."
+        "--min-throughput",
+        type=floats("min_throughput"),
+        help="Output tok/s floor (needed by --objective memory).",
     ),
     click.option(
         "--memory-budget",
         metavar="FRACTION|GIB",
+        callback=finite_text,
         help="Never reserve more GPU memory than this (0.6, or 18GiB).",
     ),
     click.option(
-        "--concurrency", type=click.IntRange(min=1), help="Requests in flight at most [all]."
+        "--concurrency", type=ints("concurrency"), help="Requests in flight at most [all]."
     ),
     click.option(
         "--request-rate",
-        type=click.FloatRange(min=0, min_open=True),
+        type=floats("request_rate", min_open=True),
         help="Poisson arrivals per second instead of all at once.",
     ),
     click.option(
         "--warmup",
-        type=click.IntRange(min=0),
+        type=ints("warmup"),
         default=0,
         show_default=True,
         help="Requests sent before the measured ones, not measured.",
     ),
     click.option(
         "--repeats",
-        type=click.IntRange(min=1),
+        type=ints("repeats"),
         default=3,
         show_default=True,
         help="Measurements of each finalist (1: no re-measurement); count against --trials.",
     ),
     click.option(
         "--finalists",
-        type=click.IntRange(min=1),
+        type=ints("finalists"),
         default=2,
         show_default=True,
         help="How many of the best are re-measured.",
@@ -71,14 +76,14 @@ goals = options(
     click.option("--no-prune", is_flag=True, help="Never stop a clearly worse benchmark early."),
     click.option(
         "--patience",
-        type=click.IntRange(min=0),
+        type=ints("patience"),
         default=0,
         show_default=True,
         help="Stop after this many launches without improving by --min-improvement (0: never).",
     ),
     click.option(
         "--min-improvement",
-        type=click.FloatRange(0, 1),
+        type=floats("min_improvement"),
         default=0.01,
         show_default=True,
         help="What counts as an improvement for --patience (a share of the best).",

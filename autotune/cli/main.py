@@ -15,9 +15,11 @@ import click
 from autotune import __version__, logs
 from autotune.cli.goal_options import goals
 from autotune.cli.options import hardware, tuning
+from autotune.cli.params import model_id, user_args
 from autotune.cli.profiles import profiles
 from autotune.cli.translate import tune_options
 from autotune.errors import UserError
+from autotune.masking import mask, remember_args
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,7 +30,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", callback=model_id)
 @hardware
 @tuning
 @goals
@@ -42,7 +44,7 @@ def tune(model: str, **kw: Any) -> None:
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", callback=model_id)
 @hardware
 @tuning
 @goals
@@ -90,7 +92,7 @@ def serve(
 
 
 @cli.command()
-@click.argument("model", required=False)
+@click.argument("model", required=False, callback=model_id)
 @click.option("--storage", metavar="URL", help="Optuna storage URL (default: the state dir).")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_STATE_DIR]")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
@@ -102,7 +104,7 @@ def trials(model: str | None, storage: str | None, state_dir: Path | None, as_js
 
 
 @cli.command()
-@click.argument("model", required=False)
+@click.argument("model", required=False, callback=model_id)
 @click.option("--storage", metavar="URL", help="Optuna storage URL (default: the state dir).")
 @click.option("--study", "study_name", metavar="NAME", help="The study (default: the newest).")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_STATE_DIR]")
@@ -132,14 +134,14 @@ def report(
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", callback=model_id)
 @click.option("--gpu", metavar="NAME:MEMORY_GIB[xCOUNT]", help="The GPU, e.g. H100:80 [NVML].")
 @click.option("--device", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
               help="cpu: vLLM's CPU backend, rows by KV cache bytes.")  # fmt: skip
-@click.option("--max-model-len", "request_len", type=click.IntRange(min=1),
+@click.option("--max-model-len", "request_len", type=click.IntRange(1, 1 << 24),
               help="Request length of the concurrency column [the model's maximum].")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED, callback=user_args)
 def plan(model: str, as_json: bool, extra: tuple[str, ...], **kw: Any) -> None:
     """Predict memory without launching anything (no GPU needed): weights, KV bytes per token,
     and per utilization the KV cache tokens, the longest max_model_len and the concurrency.
@@ -156,21 +158,30 @@ cli.add_command(profiles)
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line on stderr and exit 2, never a traceback."""
     logs.configure()
+    args = sys.argv[1:] if argv is None else argv
+    remember_args(args)  # `-- --api-key K`: K is masked in everything printed
     try:
-        cli.main(args=argv, prog_name="autotune", standalone_mode=False)
+        if any("\0" in arg for arg in args):  # no program can be given it (exec refuses)
+            raise UserError("an argument has a NUL byte")
+        cli.main(args=args, prog_name="autotune", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except (click.Abort, KeyboardInterrupt):
         click.echo("autotune: interrupted; run the same command again to resume", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"autotune: error: {exc.format_message()}", err=True)
+        click.echo(f"autotune: error: {_one_line(mask(exc.format_message()))}", err=True)
         sys.exit(exc.exit_code)
     except UserError as exc:
-        click.echo(f"autotune: error: {exc}", err=True)
+        click.echo(f"autotune: error: {_one_line(mask(str(exc)))}", err=True)
         sys.exit(2)
     except BrokenPipeError:
         sys.exit(1)
+
+
+def _one_line(message: str) -> str:
+    """``message`` as one line: control characters the user typed are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 if __name__ == "__main__":

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from autotune.cli.params import finite_text, floats, ints, user_args
+
 F = TypeVar("F", bound=Callable[..., Any])
+_DIGITS = re.compile(r"[0-9]{1,6}")
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     if value is None:
         return None
     w, sep, h = value.lower().partition("x")
-    if not sep or not w.isdigit() or not h.isdigit() or not (0 < int(w) <= 8192 >= int(h) > 0):
-        raise click.BadParameter(f"{value!r}: expected WIDTHxHEIGHT, e.g. 512x512")
+    if not sep or not _DIGITS.fullmatch(w) or not _DIGITS.fullmatch(h):
+        raise click.BadParameter(f"{value[:40]!r}: expected WIDTHxHEIGHT, e.g. 512x512")
+    if not 0 < int(w) <= 8192 >= int(h) > 0:
+        raise click.BadParameter(f"{value!r}: width and height must be 1..8192")
     return (int(w), int(h))
 
 
@@ -24,8 +30,10 @@ def _k_range(ctx: click.Context, param: click.Parameter, value: str | None) -> A
     if value is None:
         return None
     lo, _, hi = value.partition(":")
-    if not lo.isdigit() or not (hi or lo).isdigit() or int(lo) > int(hi or lo):
-        raise click.BadParameter(f"{value!r}: expected K or LOW:HIGH, e.g. 2 or 1:4")
+    if not _DIGITS.fullmatch(lo) or not _DIGITS.fullmatch(hi or lo) or int(lo) > int(hi or lo):
+        raise click.BadParameter(f"{value[:40]!r}: expected K or LOW:HIGH, e.g. 2 or 1:4")
+    if int(hi or lo) > 999:
+        raise click.BadParameter(f"{value!r}: at most 999 images per request (vLLM's limit)")
     return (int(lo), int(hi or lo))
 
 
@@ -69,28 +77,33 @@ tuning = options(
     click.option(
         "--gpu-memory-utilization",
         metavar="V|LOW:HIGH",
+        callback=finite_text,
         help="Fix or re-range (default 0.70:0.98).",
     ),
     click.option(
         "--kv-cache-memory-bytes",
         metavar="N|LOW:HIGH",
+        callback=finite_text,
         help="Tune the KV cache in bytes (K/M/G suffixes) instead of the utilization; "
         "the CPU backend's memory dimension (default 256M:8G, at most a quarter of RAM).",
     ),
     click.option(
         "--max-num-seqs",
         metavar="N|LOW:HIGH",
+        callback=finite_text,
         help="Fix or re-range (default 8:1024, ending at the workload's requests the KV cache "
         "can hold, never below vLLM's default).",
     ),
     click.option(
         "--max-num-batched-tokens",
         metavar="N|LOW:HIGH",
+        callback=finite_text,
         help="Fix or re-range (default 512:16384).",
     ),
     click.option(
         "--max-model-len",
         metavar="N|LOW:HIGH",
+        callback=finite_text,
         help="Fix or re-range (default "
         "--min-model-len up to the model's maximum, longest preferred).",
     ),
@@ -98,6 +111,7 @@ tuning = options(
         "--limit-mm-per-prompt",
         "image_limit",
         metavar="N|LOW:HIGH",
+        callback=finite_text,
         help="Vision models: fix or re-range the image limit per prompt (default "
         "--min-images..16; passed to vLLM as JSON).",
     ),
@@ -111,7 +125,7 @@ tuning = options(
     ),
     click.option(
         "--min-images",
-        type=click.IntRange(min=0),
+        type=ints("min_images"),
         help="Vision models: the profile must accept at least this many images per prompt.",
     ),
     click.option(
@@ -124,37 +138,39 @@ tuning = options(
         "--image-size",
         metavar="WxH",
         callback=_size,
-        help="The image resolution the application sends (workload, and vLLM's profiling hint).",
+        help="The image resolution the application sends (workload, and vLLM's profiling hint; "
+        "at most 8192x8192).",
     ),
     click.option(
         "--images-per-request",
         metavar="K|LOW:HIGH",
         callback=_k_range,
-        help="Images per benchmark request, fixed or uniform (default --min-images or 1).",
+        help="Images per benchmark request, fixed or uniform (default --min-images or 1; "
+        "at most 999).",
     ),
     click.option(
         "--min-model-len",
-        type=click.IntRange(min=16),
+        type=ints("min_model_len"),
         help="Shortest context the "
         "application accepts (default: 4096 or the model's maximum if smaller).",
     ),
     click.option(
         "--input-len",
-        type=click.IntRange(min=1),
+        type=ints("input_len"),
         default=512,
         show_default=True,
         help="Prompt tokens per synthetic request.",
     ),
     click.option(
         "--output-len",
-        type=click.IntRange(min=1),
+        type=ints("output_len"),
         default=128,
         show_default=True,
         help="Output tokens per request (ignore_eos).",
     ),
     click.option(
         "--num-prompts",
-        type=click.IntRange(min=1),
+        type=ints("num_prompts"),
         help="Requests per benchmark (default: twice the largest max_num_seqs, at least 64).",
     ),
     click.option(
@@ -164,21 +180,22 @@ tuning = options(
     ),
     click.option(
         "--trials",
-        type=click.IntRange(min=1),
+        type=ints("trials"),
         default=20,
         show_default=True,
         help="Launch budget of the study (engine starts, resumed runs included).",
     ),
     click.option(
         "--timeout",
-        type=click.FloatRange(min=0),
+        type=floats("timeout_s"),
         help="Stop starting trials after this many seconds.",
     ),
-    click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed."),
+    click.option("--seed", type=ints("seed"), default=0, show_default=True, help="Sampler seed."),
     click.option(
         "--enqueue",
         multiple=True,
         metavar="NAME=VALUE[,...]",
+        callback=finite_text,
         help="A candidate to try first, e.g. today's production settings (repeatable).",
     ),
     click.option(
@@ -200,14 +217,21 @@ tuning = options(
     ),
     click.option(
         "--startup-timeout",
-        type=click.FloatRange(min=1),
+        type=floats("startup_timeout_s"),
         default=900.0,
         show_default=True,
         help="Seconds an engine may take to become ready.",
     ),
     click.option(
+        "--stall-timeout",
+        type=floats("stall_timeout_s"),
+        default=None,
+        help="Seconds without a streamed token before a benchmark's engine counts as hung "
+        "[default: derived from the workload and the engine's own pace].",
+    ),
+    click.option(
         "--noise",
-        type=click.FloatRange(0, 1),
+        type=floats("noise"),
         default=0.05,
         show_default=True,
         help="Results within this share of the best (and, when re-measured, inside each "
@@ -226,5 +250,5 @@ tuning = options(
         is_flag=True,
         help="The sampler alone: no climb to the memory edge, local moves or lift.",
     ),
-    click.argument("extra", nargs=-1, type=click.UNPROCESSED),
+    click.argument("extra", nargs=-1, type=click.UNPROCESSED, callback=user_args),
 )

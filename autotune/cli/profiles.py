@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from autotune.cli.options import hardware
+from autotune.cli.params import floats, model_id, user_args
 
 
 @click.group()
@@ -26,14 +27,14 @@ def profiles_list(profiles_dir: Path | None) -> None:
 
 
 @profiles.command("save")
-@click.argument("model", required=False)
+@click.argument("model", required=False, callback=model_id)
 @click.option("--from-study", is_flag=True, required=True,
               help="From the best trial of a study (one whose workers stopped early).")  # fmt: skip
 @click.option("--study", "study_name", metavar="NAME", help="The study (default: the newest).")
 @click.option("--storage", metavar="URL", help="Optuna storage URL (default: the state dir).")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_STATE_DIR]")
 @click.option("--profiles-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_PROFILES_DIR]")
-@click.option("--noise", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+@click.option("--noise", type=floats("noise"), default=0.05, show_default=True,
               help="Results within this share of the best count as equal.")  # fmt: skip
 def profiles_save(
     model: str | None,
@@ -55,7 +56,7 @@ def profiles_save(
 
 
 @profiles.command("show")
-@click.argument("model")
+@click.argument("model", callback=model_id)
 @hardware
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
 def profiles_show(
@@ -80,7 +81,7 @@ def profiles_show(
 
 
 @profiles.command("export")
-@click.argument("model")
+@click.argument("model", callback=model_id)
 @hardware
 @click.option(
     "--format", "fmt", type=click.Choice(["vllm-config", "cli", "json", "k8s"]),
@@ -104,7 +105,7 @@ def profiles_export(
 
 
 @profiles.command("verify", context_settings={"ignore_unknown_options": True})
-@click.argument("model")
+@click.argument("model", callback=model_id)
 @hardware
 @click.option("--workload", "workload_sig", metavar="SIGNATURE", help="Verify this workload's.")
 @click.option(
@@ -115,18 +116,23 @@ def profiles_export(
 )
 @click.option(
     "--tolerance",
-    type=float,
+    type=floats("noise"),
     default=0.1,
     show_default=True,
     help="Largest accepted loss of output throughput or KV cache tokens (a fraction).",
 )
 @click.option(
-    "--repeats", type=int, default=1, show_default=True, help="Runs; their median is compared."
+    "--repeats",
+    type=click.IntRange(1, 100),
+    default=1,
+    show_default=True,
+    help="Runs; their median is compared.",
 )
 @click.option("--state-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_STATE_DIR]")
-@click.option("--startup-timeout", type=float, default=900.0, show_default=True, help="Seconds.")
+@click.option("--startup-timeout", type=floats("startup_timeout_s"), default=900.0,
+              show_default=True, help="Seconds.")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED, callback=user_args)
 def profiles_verify(
     model: str,
     workload_sig: str | None,

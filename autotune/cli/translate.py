@@ -46,6 +46,7 @@ def tune_options(model: str, kw: dict[str, Any]) -> TuneOptions:
         extra_args=tuple(kw.pop("extra")),
         enqueue=tuple(kw.pop("enqueue")),
         startup_timeout_s=kw.pop("startup_timeout"),
+        stall_timeout_s=kw.pop("stall_timeout"),
         noise=kw.pop("noise"),
         quiet=kw.pop("quiet"),
         min_images=kw.pop("min_images"),

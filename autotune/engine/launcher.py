@@ -16,9 +16,11 @@ from pathlib import Path
 
 import httpx
 
+from autotune.engine import lease as _lease
 from autotune.engine import process as _process
+from autotune.engine.enginelog import EngineLog
 from autotune.engine.outcome import Classified, Outcome, classify_startup
-from autotune.engine.safety import redact, without_listen_args
+from autotune.engine.safety import api_key, redact, without_listen_args
 from autotune.errors import EngineNotFound, StudyStopped
 from autotune.hardware import (
     gpu_memory_used_bytes,
@@ -26,6 +28,7 @@ from autotune.hardware import (
     visible_devices,
     wait_memory_released,
 )
+from autotune.masking import remember_args
 
 ENV_VLLM_CMD = "AUTOTUNE_VLLM_CMD"
 DEFAULT_VLLM_CMD = "vllm serve"
@@ -138,20 +141,27 @@ class Ready:
 
 
 class Engine:
-    """One engine process: its own session, a kept log file, killed as a tree on ``stop``."""
+    """One engine process: its own session, its own log file (``log_path``: the requested path,
+    or a new name beside it when that exists; secrets masked), killed as a tree on ``stop``."""
 
     def __init__(self, *, argv: Sequence[str], log_path: Path, env: Mapping[str, str]) -> None:
         self.argv = list(argv)
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = log_path.open("ab")
-        self._log.write(("$ " + shlex.join(redact(self.argv)) + "\n").encode())
-        self._log.flush()
+        self.api_key = api_key(self.argv, env)  # what every /v1 request must carry, if any
         self.devices = visible_devices(env)  # NVML ignores CUDA_VISIBLE_DEVICES: name them
         self._gpu_baseline = gpu_memory_used_bytes(self.devices)
+        self._log = EngineLog(log_path, secrets=remember_args(self.argv, env))
+        self.log_path = self._log.path
+        self._log.write("$ " + shlex.join(redact(self.argv)) + "\n")
         self.started = time.monotonic()
         self.memory_released = True
-        self.proc: subprocess.Popen[bytes] = _process.spawn(self.argv, log=self._log, env=env)
+        try:
+            self.proc: subprocess.Popen[bytes] = _process.spawn(
+                self.argv, log=self._log.sink, env=env
+            )
+        except BaseException:
+            self._log.close(timeout_s=0)
+            raise
+        self._log.spawned()
         self._watchdog = _process.guard(self.proc)  # kills the engine if this process dies
 
     @property
@@ -162,7 +172,8 @@ class Engine:
         return self.proc.poll()
 
     def log_text(self) -> str:
-        self._log.flush()
+        """This attempt's log so far (only this attempt's: the file is never reused)."""
+        self._log.sync()
         return _process.read_tail(self.log_path)
 
     def stop(self, *, grace_s: float = 10.0, memory_timeout_s: float | None = None) -> bool:
@@ -170,8 +181,7 @@ class Engine:
         GPUs (True if so)."""
         _process.kill_tree(self.proc, grace_s=grace_s)
         _process.release(self._watchdog)
-        if not self._log.closed:
-            self._log.close()
+        self._log.close()
         self.memory_released = wait_memory_released(
             baseline_bytes=self._gpu_baseline,
             timeout_s=release_timeout_s() if memory_timeout_s is None else memory_timeout_s,
@@ -182,7 +192,8 @@ class Engine:
     def wait_ready(self, *, base_url: str, timeout_s: float) -> Ready | Classified:
         """Poll ``/health`` then ``/v1/models``; an early exit is noticed at once."""
         deadline = self.started + timeout_s
-        with httpx.Client(timeout=5.0) as client:
+        auth = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        with httpx.Client(timeout=5.0, headers=auth) as client:
             while True:
                 rc = self.exited()
                 if rc is not None:
@@ -260,11 +271,13 @@ def launch(
     log_path: Path,
     startup_timeout_s: float,
     env: Mapping[str, str] | None = None,
+    lease_dir: Path | None = None,
 ) -> Iterator[tuple[Engine, Ready | Classified]]:
     """Start an engine on a free port of 127.0.0.1 and yield it with its readiness result.
 
     A port clash is retried on another port (it is never the configuration's fault). The engine
-    is stopped when the block exits, whatever the reason (exception, Ctrl-C, SIGTERM).
+    is stopped when the block exits, whatever the reason (exception, Ctrl-C, SIGTERM). With
+    ``lease_dir`` the engine holds a lease there while it runs (``engine.lease``).
     """
     environment = dict(os.environ if env is None else env)
     _wait_gpus_free(environment)
@@ -277,7 +290,10 @@ def launch(
             extra=without_listen_args(extra),
         )
         engine = Engine(argv=argv, log_path=log_path, env=environment)
+        held = None
         try:
+            if lease_dir is not None:
+                held = _lease.hold(lease_dir, pid=engine.pid, port=port, gpus=engine.devices)
             result = engine.wait_ready(
                 base_url=f"http://{HOST}:{port}", timeout_s=startup_timeout_s
             )
@@ -291,3 +307,4 @@ def launch(
             return
         finally:
             engine.stop()
+            _lease.release(held)

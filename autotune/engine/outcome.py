@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -36,6 +37,8 @@ class Outcome(str, Enum):
     HARNESS_ERROR = "harness_error"  # autotune's own fault; the configuration is not to blame
     SKIPPED = "skipped"  # predicted to fail from earlier failures; not launched
     PRUNED = "pruned"  # stopped mid-benchmark by the pruner: clearly worse than the median
+    HUNG = "hung"  # alive but no token for the stall timeout (a stopped or wedged engine)
+    KILLED = "killed"  # died by a signal autotune did not send, no OOM text in its log
 
     @property
     def infeasible(self) -> bool:
@@ -139,6 +142,25 @@ def _oom_phase(log: str, at: int) -> Outcome:
     return Outcome.OOM_STARTUP
 
 
+def killed_by(returncode: int | None) -> str | None:
+    """The signal's name when the engine died by one (a negative exit code; a shell's
+    ``128 + N`` is not trusted), else None. Only called before autotune stops the engine, so
+    the signal came from outside (an operator, another program, the kernel's OOM killer)."""
+    if returncode is None or returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+def _killed(log: str, returncode: int | None) -> Classified | None:
+    name = killed_by(returncode)
+    if name is None or _OOM.search(log):
+        return None
+    return Classified(Outcome.KILLED, f"engine killed by {name} (not sent by autotune)")
+
+
 def classify_startup(log: str, *, returncode: int | None) -> Classified:
     """Classify an engine that exited before it became ready."""
     found: list[tuple[int, Classified]] = []
@@ -162,13 +184,18 @@ def classify_startup(log: str, *, returncode: int | None) -> Classified:
         found.append((m.start(), Classified(_oom_phase(log, m.start()), _line_of(log, m))))
     if found:
         return min(found, key=lambda item: item[0])[1]
+    if (killed := _killed(log, returncode)) is not None:
+        return killed
     tail = [ln.strip() for ln in log.strip().splitlines() if ln.strip()]
     reason = tail[-1][:300] if tail else f"exit code {returncode}"
     return Classified(Outcome.STARTUP_CRASH, reason)
 
 
-def classify_runtime(log: str) -> Classified:
-    """Classify an engine that died while serving the benchmark."""
+def classify_runtime(log: str, *, returncode: int | None = None) -> Classified:
+    """Classify an engine that died while serving the benchmark (killed from outside: its own
+    class, never a memory failure)."""
+    if (killed := _killed(log, returncode)) is not None:
+        return killed
     if m := _OOM.search(log):
         return Classified(Outcome.CRASH_UNDER_LOAD, "OOM under load: " + _line_of(log, m))
     tail = [ln.strip() for ln in log.strip().splitlines() if ln.strip()]

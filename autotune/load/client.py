@@ -64,18 +64,23 @@ async def run_benchmark(
     should_abort: Callable[[], str | None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_record: Callable[[RequestRecord], None] | None = None,
+    on_chunk: Callable[[], None] | None = None,
+    api_key: str | None = None,
 ) -> BenchResult:
-    """Send ``requests`` to the server at ``base_url`` and measure them.
+    """Send ``requests`` to the server at ``base_url`` and measure them (with ``api_key``: as
+    ``Authorization: Bearer KEY``, what an engine started with ``--api-key`` demands).
 
     ``should_abort`` is polled about every 0.2 s; when it returns a reason, or when the server
     stops accepting connections, or after ``timeout_s``, the outstanding requests are cancelled
     and counted as failed. ``on_progress(done, total)`` and ``on_record(record)`` are called after
-    each finished request. ``request_rate``: request ``i`` is sent at the ``i``-th arrival of a
+    each finished request, ``on_chunk()`` after each streamed line (a stall detector's pulse).
+    ``request_rate``: request ``i`` is sent at the ``i``-th arrival of a
     Poisson process (seeded, the same times in every run), still at most ``max_concurrency``.
     """
     width = max(1, min(max_concurrency or len(requests), len(requests)))
     slots: list[RequestRecord | None] = [None] * len(requests)
     state = _RunState(total=len(requests), on_progress=on_progress, on_record=on_record)
+    state.on_chunk = on_chunk
     state.arrivals = arrivals(len(requests), rate=request_rate, seed=seed)
     semaphore = asyncio.Semaphore(width)
     deadline = time.perf_counter() + timeout_s
@@ -84,6 +89,7 @@ async def run_benchmark(
         limits=httpx.Limits(max_connections=width, max_keepalive_connections=width),
         timeout=httpx.Timeout(timeout_s),
         trust_env=False,  # the server is ours; never route it through an environment proxy
+        headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
     ) as client:
         tasks = [
             asyncio.create_task(_send(client, semaphore, model, request, state, slots, i))
@@ -124,6 +130,8 @@ def run(
     should_abort: Callable[[], str | None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_record: Callable[[RequestRecord], None] | None = None,
+    on_chunk: Callable[[], None] | None = None,
+    api_key: str | None = None,
 ) -> BenchResult:
     """Synchronous :func:`run_benchmark` (runs its own event loop)."""
     return asyncio.run(
@@ -138,6 +146,8 @@ def run(
             request_rate=request_rate,
             seed=seed,
             on_record=on_record,
+            on_chunk=on_chunk,
+            api_key=api_key,
         )
     )
 
@@ -154,6 +164,7 @@ class _RunState:
     ) -> None:
         self.total = total
         self.on_record = on_record
+        self.on_chunk: Callable[[], None] | None = None
         self.arrivals: list[float] = []
         self.started = time.perf_counter()
         self.done = 0
@@ -217,7 +228,7 @@ async def _send(
             return
         connection_error = False
         try:
-            record = await _stream(client, model, request, start)
+            record = await _stream(client, model, request, start, on_chunk=state.on_chunk)
         except asyncio.CancelledError:
             slots[index] = failed(start, "cancelled")
             raise
@@ -229,7 +240,12 @@ async def _send(
 
 
 async def _stream(
-    client: httpx.AsyncClient, model: str, request: Request, start: float
+    client: httpx.AsyncClient,
+    model: str,
+    request: Request,
+    start: float,
+    *,
+    on_chunk: Callable[[], None] | None = None,
 ) -> RequestRecord:
     """POST one streaming request and time its chunks."""
     payload: dict[str, object] = {
@@ -258,6 +274,8 @@ async def _stream(
             message = f"{response.status_code} {error_message(body)}"
             return failed(start, message, status=response.status_code)
         async for line in response.aiter_lines():
+            if on_chunk is not None:
+                on_chunk()
             if not line.startswith("data:") or error is not None:
                 continue  # read to the end so the connection can be reused
             data = line[5:].strip()

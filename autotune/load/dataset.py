@@ -5,29 +5,71 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from pathlib import Path
 
 from autotune.errors import UserError
 from autotune.load.request import Request
 
+MAX_DATASET_BYTES = 1 << 30  # a JSONL dataset: 1 GiB at most
+MAX_LINE_BYTES = 16 << 20  # one row: 16 MiB at most
+
+
+def regular_file(path: Path, *, what: str, max_bytes: int) -> int:
+    """The size of ``path``, a regular file of at most ``max_bytes``; else one clear line (a
+    device such as /dev/zero, a FIFO or a directory would never end or cannot be read)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{what} {path}: cannot read it ({_reason(exc)})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{what} {path}: cannot read it (not a regular file)")
+    if info.st_size > max_bytes:
+        raise UserError(f"{what} {path} is larger than {max_bytes >> 20} MiB")
+    return info.st_size
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+
+
+def _lines(path: Path) -> list[str]:
+    """The lines of a JSONL file, each at most ``MAX_LINE_BYTES``, the file at most
+    ``MAX_DATASET_BYTES`` (checked while reading too: a file may grow)."""
+    regular_file(path, what="dataset", max_bytes=MAX_DATASET_BYTES)
+    lines: list[str] = []
+    total = 0
+    try:
+        with path.open("rb") as f:
+            while line := f.readline(MAX_LINE_BYTES + 1):
+                total += len(line)
+                if len(line) > MAX_LINE_BYTES:
+                    raise UserError(
+                        f"dataset {path}, line {len(lines) + 1}: longer than "
+                        f"{MAX_LINE_BYTES >> 20} MiB"
+                    )
+                if total > MAX_DATASET_BYTES:
+                    raise UserError(f"dataset {path} is larger than {MAX_DATASET_BYTES >> 20} MiB")
+                lines.append(line.decode("utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"dataset {path}: cannot read it ({_reason(exc)})") from None
+    return lines
+
 
 def read_rows(path: Path) -> list[tuple[str, dict[str, object]]]:
     """The JSON objects of a JSONL file, each with where it is (file and line) for messages."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"dataset {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"dataset {path}: cannot read it ({exc})") from None
     rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
         where = f"dataset {path}, line {lineno}"
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            raise UserError(f"{where}: not valid JSON ({msg})") from None
         if not isinstance(row, dict):
             raise UserError(f"{where}: expected a JSON object")
         rows.append((where, row))
@@ -78,6 +120,7 @@ def _parse_row(
 
 
 def file_sha256(path: Path) -> str:
+    regular_file(path, what="dataset", max_bytes=MAX_DATASET_BYTES)
     digest = hashlib.sha256()
     try:
         with path.open("rb") as f:

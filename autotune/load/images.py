@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import io
 import random
+import stat
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
 from autotune.errors import UserError
 
@@ -30,6 +32,7 @@ __all__ = [
 
 _JPEG_QUALITY = 85
 _RECTANGLES = 4
+MAX_IMAGE_BYTES = 64 << 20  # one dataset image file: 64 MiB at most
 _CODE_BITS = 32  # bits of the bar code; images are told apart by their index modulo 2**32
 # Short common words, about one token each in most tokenizers: the text of image requests.
 _VOCABULARY = (
@@ -100,13 +103,24 @@ def data_url(data: bytes, mime: str) -> str:
 def image_file_data_url(path: Path, *, where: str) -> str:
     """A data URL of an image file, with the MIME type of the format Pillow finds in it."""
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # /dev/zero, a FIFO: reading would never end
+            raise UserError(f"{where}: cannot read image {path} (not a regular file)")
+        if info.st_size > MAX_IMAGE_BYTES:
+            raise UserError(f"{where}: image {path} is over {MAX_IMAGE_BYTES >> 20} MiB")
         data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-            fmt = image.format
+        with warnings.catch_warnings():  # a decompression bomb is refused, not decoded
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.verify()
+                fmt = image.format
     except FileNotFoundError:
         raise UserError(f"{where}: image {path} does not exist") from None
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except UserError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UserError(f"{where}: image {path} is too large to decode ({exc})") from None
+    except Exception as exc:  # Pillow raises many kinds for a broken or hostile file
         raise UserError(f"{where}: cannot read image {path} ({_reason(exc)})") from None
     # An MPO (what many cameras write) is a JPEG with extra frames after the first.
     mime = "image/jpeg" if fmt == "MPO" else Image.MIME.get(fmt or "", "")
@@ -187,4 +201,4 @@ def _bar_code(draw: ImageDraw.ImageDraw, index: int, width: int, height: int) ->
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return str(exc) or type(exc).__name__
+    return " ".join(str(exc).split())[:200] or type(exc).__name__

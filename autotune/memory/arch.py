@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autotune.memory.checkpoint import checkpoint_kv_cache_dtype
+from autotune.memory.checkpoint import check_config, checkpoint_kv_cache_dtype
 from autotune.model import DTYPE_BYTES, first_of
 
 
@@ -224,6 +224,7 @@ def architecture_from_config(config: Mapping[str, Any], *, dtype: str = "auto") 
         text = {**_TEXT_DEFAULTS.get(text_type, {}), **raw_text}
     else:
         text_type, text = model_type, {**_TEXT_DEFAULTS.get(model_type, {}), **config}
+    check_config(config, text)  # before any arithmetic
     for t in (model_type, text_type):
         if t in _UNSUPPORTED_TYPES:
             raise UnsupportedArchitecture(f"{t}: hybrid/recurrent/cross-attention KV not modelled")

@@ -179,5 +179,5 @@ def print_plan(data: dict[str, Any], *, as_json: bool) -> None:
             f"{r['max_concurrency']:.2f}x",
         )
     console = Console() if Console().is_terminal else Console(width=120)
-    console.print(head)
+    console.print(head, markup=False)  # the model is the user's text, never rich markup
     console.print(table)

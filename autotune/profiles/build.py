@@ -71,7 +71,8 @@ def build_profile(
 ) -> Profile:
     """The profile of ``chosen``: ``model``, ``hardware`` and ``workload`` as their ``to_dict``
     (with ``name`` and ``signature``); extra arguments autotune does not keep are dropped here
-    (``split_extra``). Logs are recorded relative to the state directory."""
+    (``split_extra``). Logs are recorded relative to the state directory. The profile is
+    validated as a loaded one would be (no control characters, sane lengths, known flags)."""
     kept, _dropped = split_extra(extra_args)
     variants = [
         Variant.from_dict(v, source=f"variants[{i}]")
@@ -87,7 +88,7 @@ def build_profile(
     }
     if saved_by:
         provenance["saved_by"] = saved_by
-    return Profile(
+    profile = Profile(
         schema_version=SCHEMA_VERSION,
         model=dict(model),
         hardware=dict(hardware),
@@ -105,6 +106,8 @@ def build_profile(
         parallel=SINGLE_DEVICE | parallel_sizes(kept),
         provenance=provenance,
     )
+    Profile.from_dict(profile.to_dict(), source=f"the profile of trial {chosen.number}")
+    return profile
 
 
 def _relative(log: str | None, state: Path | None) -> str | None:

@@ -1,5 +1,10 @@
 """Export a profile for other tools: a YAML for ``vllm serve --config``, a command line, JSON, or
-a Kubernetes Deployment on the vLLM OpenAI image."""
+a Kubernetes Deployment on the vLLM OpenAI image.
+
+A profile may come from someone else, and ``vllm serve --config`` trusts its file: the profile is
+validated again here, every format is built by ``yaml.safe_dump``, ``json.dumps`` or
+``shlex.join``, and the header's comments hold only JSON-quoted ASCII, so no value can start a
+line of its own (inject a key such as ``trust-remote-code``)."""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ from typing import Any
 
 import yaml
 
+from autotune.errors import UserError
 from autotune.profiles.match import serve_argv
 from autotune.profiles.store import Profile
+from autotune.profiles.values import bad_char
 
 FORMATS = ("vllm-config", "cli", "json", "k8s")
 VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"  # pinned; override the tag for your vLLM version
@@ -77,14 +84,34 @@ def _k8s(profile: Profile, model: str) -> dict[str, Any]:
     }
 
 
+def _quoted(text: str) -> str:
+    """``text`` for a comment: a JSON string in ASCII (no line break can survive it)."""
+    return json.dumps(text, ensure_ascii=True)
+
+
+def _word(text: str) -> str:
+    """``text`` as one shell word for a comment (JSON-quoted if it is not printable ASCII)."""
+    return shlex.quote(text) if text.isascii() and text.isprintable() else _quoted(text)
+
+
+def _header(profile: Profile, model: str) -> str:
+    return (
+        f"# autotune profile for {_quoted(profile.model_name)} on "
+        f"{_quoted(profile.hardware_key)}, workload {_quoted(profile.workload_signature)}\n"
+        f"# use: vllm serve {_word(model)} --config FILE\n"
+    )
+
+
 def export(profile: Profile, *, fmt: str, model: str, command: Sequence[str]) -> str:
-    """The profile in ``fmt`` as text for stdout."""
+    """The profile in ``fmt`` as text for stdout; a profile that is not valid (built in code
+    rather than loaded) is refused like a bad file."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    if bad_char(model) is not None:
+        raise UserError(f"the model {model!a} holds a control character")
+    profile = Profile.from_dict(profile.to_dict(), source="the profile to export")
     if fmt == "vllm-config":
-        header = (
-            f"# autotune profile for {profile.model_name} on {profile.hardware_key}, "
-            f"workload {profile.workload_signature}\n# use: vllm serve {model} --config FILE\n"
-        )
-        return header + yaml.safe_dump(vllm_config(profile), sort_keys=False)
+        return _header(profile, model) + yaml.safe_dump(vllm_config(profile), sort_keys=False)
     if fmt == "cli":
         return shlex.join(serve_argv(command=command, model=model, profile=profile)) + "\n"
     if fmt == "json":

@@ -13,7 +13,8 @@ from typing import Any
 from autotune.engine.launcher import build_argv
 from autotune.hardware import Hardware
 from autotune.model import ModelSpec
-from autotune.profiles.store import Profile, ProfileStore, limits_key
+from autotune.profiles.layout import limits_key
+from autotune.profiles.store import Profile, ProfileStore
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,16 @@ noise {repeats, spread}, soak {passed | skipped, peak, preemptions, errors}, war
 variants [{pick, vllm_args, metrics, memory, trial}] (the Pareto front).
 Writes are atomic (temporary file + rename) and locked, so a reader never sees half a
 profile; arguments are checked against known vLLM flags on save and on load (safety.py).
+A profile may come from someone else: files are read with ``safeyaml`` (regular files, bounded,
+no aliases) and every value checked by ``values``; one bad file in a shared directory is
+skipped with a warning and never hides the others.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
+import logging
 import os
-import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -30,6 +31,12 @@ import yaml
 
 from autotune.engine.safety import check_profile_args, strip_secrets
 from autotune.errors import ProfileError, UserError
+from autotune.profiles.layout import limits_key as limits_key
+from autotune.profiles.layout import relative_path
+from autotune.profiles.safeyaml import parse, read_regular
+from autotune.profiles.values import bad_char, check_key_fields, check_tree, show
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -37,7 +44,6 @@ ADDED_IN_2 = ("memory", "noise", "soak", "warnings", "variants")
 VLLM_ARGS = "vllm_args"  # the tuned flags, in the profile and in each variant
 PICKS = ("throughput", "memory", "balanced")
 SINGLE_DEVICE = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1}
-DERIVED_LIMIT = "memory_budget_gib"  # the budget share times this GPU's memory: not a key
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,7 +66,14 @@ class Variant:
         args = data.get(VLLM_ARGS) if isinstance(data, Mapping) else None
         if not isinstance(args, Mapping):
             raise ProfileError(f"{source} needs {VLLM_ARGS}")
+        check_tree(data, source=source)
         check_profile_args(args, [], source=source)
+        picks = data.get("picks", [])
+        if not isinstance(picks, list) or not all(p in PICKS for p in picks):
+            raise ProfileError(f"{source}: picks must be a list of {', '.join(PICKS)}")
+        for key in ("metrics", "memory", "noise"):
+            if not isinstance(data.get(key, {}), Mapping):
+                raise ProfileError(f"{source}: {key} must be a mapping")
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {"picks": [], "trial": -1}
         values |= {k: v for k, v in data.items() if k in known}
@@ -131,6 +144,7 @@ class Profile:
         """Validate and build; errors name ``source`` (the file)."""
         if not isinstance(data, Mapping):
             raise ProfileError(f"{source}: not a profile (expected a mapping)")
+        check_tree(data, source=source)
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         missing = sorted(names - set(data) - set(ADDED_IN_2))
@@ -138,9 +152,10 @@ class Profile:
             raise ProfileError(f"{source}: unknown keys {', '.join(unknown)}")
         if missing:
             raise ProfileError(f"{source}: missing keys {', '.join(missing)}")
-        if data["schema_version"] not in READABLE_VERSIONS:
+        version = data["schema_version"]
+        if isinstance(version, bool) or version not in READABLE_VERSIONS:
             raise ProfileError(
-                f"{source}: schema_version {data['schema_version']} is not supported "
+                f"{source}: schema_version {show(version)} is not supported "
                 f"(this autotune reads {', '.join(map(str, READABLE_VERSIONS))})"
             )
         if data["schema_version"] < 2 and (newer := [k for k in ADDED_IN_2 if k in data]):
@@ -161,6 +176,7 @@ class Profile:
         for key, sub in (("model", "name"), ("hardware", "key"), ("workload", "signature")):
             if sub not in data[key]:
                 raise ProfileError(f"{source}: {key}.{sub} is missing")
+        check_key_fields(data, source=source)
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
@@ -179,44 +195,31 @@ def _check_added(data: Mapping[str, Any], *, source: str) -> None:
         Variant.from_dict(v, source=f"{source}: variants[{i}]")
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unknown"
-
-
-def limits_key(constraints: Mapping[str, Any]) -> dict[str, Any]:
-    """The limits a profile was tuned under, as given (SLOs, throughput floor, budget share)."""
-    return {k: v for k, v in constraints.items() if k != DERIVED_LIMIT}
-
-
-def _limits_tag(constraints: Mapping[str, Any]) -> str:
-    """``--limits-<hash>`` for a profile held to limits (none: no tag, the older names)."""
-    key = limits_key(constraints)
-    if not key:
-        return ""
-    text = json.dumps(key, sort_keys=True, default=str)
-    return "--limits-" + hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
 class ProfileStore:
     """Profiles under ``root/<model>/<hardware>/<workload>--<objective>[--limits-<hash>]
     --vllm-<version>.yaml``: studies held to other SLOs or budgets never overwrite each other."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._warned: set[Path] = set()
 
     def path_for(self, profile: Profile) -> Path:
-        name = (
-            f"{_slug(profile.workload_signature)}--{_slug(profile.objective)}"
-            f"{_limits_tag(profile.constraints)}"
-            f"--vllm-{_slug(profile.vllm_version or 'unknown')}.yaml"
+        """Always inside ``root``; distinct models, hardware and keys never share a file."""
+        return self.root / relative_path(
+            model_name=profile.model_name,
+            hardware_key=profile.hardware_key,
+            signature=profile.workload_signature,
+            objective=profile.objective,
+            constraints=profile.constraints,
+            vllm_version=profile.vllm_version,
         )
-        return self.root / _slug(profile.model_name) / _slug(profile.hardware_key) / name
 
     def save(self, profile: Profile) -> Path:
         """Write atomically and under the store's lock (concurrent tuners never interleave);
-        the same key overwrites the older profile. Secret arguments are never written."""
+        the same key overwrites the older profile. Secret arguments are never written; the
+        profile is validated as a loaded one would be."""
         profile = replace(profile, extra_args=strip_secrets(profile.extra_args))
-        check_profile_args(profile.vllm_args, profile.extra_args, source="profile to save")
+        Profile.from_dict(profile.to_dict(), source="the profile to save")
         path = self.path_for(profile)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(profile.to_dict(), sort_keys=False, default_flow_style=False)
@@ -241,19 +244,30 @@ class ProfileStore:
 
     @staticmethod
     def load(path: Path) -> Profile:
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ProfileError(f"{path}: cannot read ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise ProfileError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        return Profile.from_dict(data, source=str(path))
+        """The profile in ``path``, validated; a ``ProfileError`` naming the file if not."""
+        source = str(path) if bad_char(str(path)) is None else ascii(str(path))
+        return Profile.from_dict(parse(read_regular(path), source=source), source=source)
+
+    def files(self) -> list[Path]:
+        """The ``*.yaml`` files under ``root`` (symlinked folders not followed; hidden files and
+        folders, such as an interrupted write's ``.tmp-*.yaml``, left out)."""
+        found: list[Path] = []
+        for top, dirs, names in os.walk(self.root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found += [Path(top, n) for n in names if n.endswith(".yaml") and n[0] != "."]
+        return sorted(found)
 
     def all(self) -> list[tuple[Path, Profile]]:
-        """Every profile in the store, newest first."""
-        if not self.root.is_dir():
-            return []
-        found = [(p, self.load(p)) for p in sorted(self.root.rglob("*.yaml"))]
+        """Every valid profile in the store, newest first; a bad file is skipped with one
+        warning (once per store), so it never hides the other models' profiles."""
+        found: list[tuple[Path, Profile]] = []
+        for path in self.files():
+            try:
+                found.append((path, self.load(path)))
+            except UserError as exc:
+                if path not in self._warned:
+                    self._warned.add(path)
+                    log.warning("skipping a profile that cannot be used: %s", exc)
         return sorted(found, key=lambda item: item[1].created, reverse=True)
 
     def find(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
 from autotune.engine.outcome import Outcome
 from autotune.errors import UserError
@@ -139,7 +140,7 @@ def _value(result: TrialResult, at_startup: bool, metric: str) -> float | None:
 
 
 def drift_table(verification: Verification, *, title: str) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")  # vLLM versions: untrusted text
     for col in ("metric", "stored", "measured", "change", ""):
         table.add_column(
             col, justify="right" if col in ("stored", "measured", "change") else "left"

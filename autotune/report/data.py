@@ -13,6 +13,7 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from autotune.masking import mask
 from autotune.search import study_keys as keys
 from autotune.trial.record import TrialRecord
 
@@ -67,7 +68,7 @@ def points(study: optuna.Study) -> list[Point]:
         tput = record.throughput or (t.values or [None])[0]
         tput = tput if kind == "feasible" else None
         params = {k: float(v) for k, v in t.params.items() if isinstance(v, (int, float))}
-        reason = record.reason
+        reason = mask(record.reason)  # a study written before masking may hold a secret
         if outcome == "kv_too_small" and record.estimated_max_model_len:
             reason = f"KV cache fits max_model_len <= {record.estimated_max_model_len}; {reason}"
         out.append(Point(t.number, kind, outcome, tput, params, reason))

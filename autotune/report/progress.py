@@ -1,4 +1,7 @@
-"""Progress of a study: a live display (rich) or plain log lines (``--quiet``), and tables."""
+"""Progress of a study: a live display (rich) or plain log lines (``--quiet``), and tables.
+
+Engine text, reasons, model names and paths are untrusted: they reach rich as ``Text`` (never
+parsed as markup: ``[/v1/completions]`` is text) and with secrets masked."""
 
 from __future__ import annotations
 
@@ -19,8 +22,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from autotune.engine.outcome import Outcome
+from autotune.masking import mask
 from autotune.trial.record import TrialRecord, TrialRow
 
 if TYPE_CHECKING:
@@ -38,10 +43,13 @@ _SHORT = {
 
 def _value(name: str, value: Any) -> str:
     if name == "limit_mm_per_prompt" and isinstance(value, str) and value:
-        image = json.loads(value).get("image")
-        if isinstance(image, dict):
-            return f"{image['count']}@{image.get('width')}x{image.get('height')}"
-        return str(image)
+        try:
+            image = json.loads(value).get("image")
+            if isinstance(image, dict):
+                return f"{image['count']}@{image.get('width')}x{image.get('height')}"
+            return str(image)
+        except (ValueError, AttributeError, KeyError):
+            return value  # not what autotune stores: shown as it is
     if name == "kv_cache_memory_bytes" and isinstance(value, int):
         for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
             if value >= size:
@@ -60,7 +68,7 @@ def _result_text(trial: FrozenTrial) -> str:
         missed = record.missed
         return text + (f", infeasible: missed {'; '.join(missed)}" if missed else "")
     outcome = record.outcome or trial.state.name.lower()
-    return f"{outcome}: {record.reason[:120]}"
+    return f"{outcome}: {mask(record.reason)[:120]}"
 
 
 class LiveReporter:
@@ -75,7 +83,7 @@ class LiveReporter:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[phase]}"),
+            TextColumn("{task.fields[phase]}", markup=False),
             console=self.console,
             transient=True,
         )
@@ -93,7 +101,8 @@ class LiveReporter:
         self.progress.update(self.task, total=budget, completed=launch - 1, phase="")
         best = f" (best {self.best:.1f} tok/s)" if self.best is not None else ""
         self.progress.update(self.task, description=f"trial {number}{best}")
-        self.console.print(f"[dim]trial {number} ({launch}/{budget}):[/] {short_args(args)}")
+        head = Text(f"trial {number} ({launch}/{budget}):", style="dim")
+        self.console.print(Text.assemble(head, " ", short_args(args)))
 
     def phase(self, text: str) -> None:
         self.progress.update(self.task, phase=text)
@@ -104,10 +113,11 @@ class LiveReporter:
             self.best = max(self.best or 0.0, record.throughput)
         self.progress.advance(self.task)
         style = "green" if record.ok else "yellow"
-        self.console.print(f"  [{style}]{_result_text(trial)}[/]  log: {record.log}")
+        result = Text(_result_text(trial), style=style)
+        self.console.print(Text.assemble("  ", result, "  log: ", mask(str(record.log))))
 
     def trial_skipped(self, trial: FrozenTrial) -> None:
-        self.console.print(f"[dim]trial {trial.number}: {_result_text(trial)}[/]")
+        self.console.print(Text(f"trial {trial.number}: {_result_text(trial)}", style="dim"))
 
 
 class LineReporter:
@@ -118,7 +128,7 @@ class LineReporter:
 
     def _say(self, text: str) -> None:
         print(
-            f"[autotune +{time.monotonic() - self.started:6.0f}s] {text}",
+            f"[autotune +{time.monotonic() - self.started:6.0f}s] {mask(text)}",
             file=sys.stderr,
             flush=True,
         )
@@ -150,7 +160,7 @@ def _brief(row: TrialRow) -> str:
     """The gist of a failure for a table cell (the full reason is in ``trials --json``)."""
     if row.outcome == Outcome.KV_TOO_SMALL.value and row.estimated_max_model_len:
         return f"KV cache fits max_model_len <= {row.estimated_max_model_len}"
-    return _NOISE.sub("", row.reason)
+    return _NOISE.sub("", mask(row.reason))
 
 
 def make_console() -> Console:
@@ -162,7 +172,7 @@ def make_console() -> Console:
 def trials_table(rows: Sequence[TrialRow], *, best: int | None, title: str) -> Table:
     """All trials of a study: outcome, arguments, key metrics (with the peak KV-cache usage
     and the preemptions vLLM reported during the benchmark) and why a trial failed."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(mask(title)), title_justify="left")
     names = [n for n in _SHORT if any(n in row.args for row in rows)]
     for col in (
         "#",
@@ -186,9 +196,9 @@ def trials_table(rows: Sequence[TrialRow], *, best: int | None, title: str) -> T
 
     for row in rows:
         reason = "" if row.outcome == Outcome.OK.value else _brief(row)
-        table.add_row(
+        cells = (
             f"{row.number}{'*' if row.number == best else ''}",
-            row.outcome,
+            str(row.outcome),
             *(_value(name, row.args.get(name, "")) for name in names),
             num(row.throughput),
             num(row.ttft_p95_ms),
@@ -197,4 +207,5 @@ def trials_table(rows: Sequence[TrialRow], *, best: int | None, title: str) -> T
             num(row.preemptions, "{:,}"),
             reason,
         )
+        table.add_row(*(Text(cell) for cell in cells))
     return table

@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
+from optuna.exceptions import OptunaError
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from autotune.engine.defaults import Value
+from autotune.engine.enginelog import unused
 from autotune.engine.outcome import Outcome
 from autotune.engine.safety import redact_url
 from autotune.errors import StorageError, UserError
@@ -30,7 +33,7 @@ from autotune.search.tell import (
     tell_infeasible,
 )
 from autotune.search.workers import coordination as workers
-from autotune.search.workers.storage import driver_url, rdb_storage
+from autotune.search.workers.storage import check_sqlite, driver_url, failure, rdb_storage
 from autotune.trial.record import INTERRUPTED, STOPPED, TrialRecord, TrialRow, attrs, store
 from autotune.trial.runner import TrialRunner
 
@@ -111,9 +114,10 @@ def open_study(
             study = optuna.load_study(
                 study_name=name, storage=where, sampler=sampler, pruner=pruner_for(goal)
             )
-    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as exc:
+    except (ImportError, ValueError, RuntimeError, SQLAlchemyError, OptunaError) as exc:
+        # RuntimeError: a schema of another Optuna version; OptunaError: StorageInternalError
         url = redact_url(str(storage))
-        raise StorageError(f"cannot open study storage {url}: {redact_url(str(exc))}") from None
+        raise StorageError(f"cannot open study storage {url}: {failure(exc)}") from None
     if [d.name.lower() for d in study.directions] != list(goal.directions):
         raise UserError(f"study {name!r} exists with other objectives; use another --storage")
     return study
@@ -199,7 +203,7 @@ def run_study(plan: StudyPlan, *, reporter: Reporter) -> None:
         if predicted is not None:  # before the launch: compared with vLLM's number afterwards
             store(trial, predicted_kv_cache_tokens=predicted)
         reporter.trial_started(number=trial.number, launch=done + 1, budget=plan.budget, args=args)
-        log_path = plan.log_dir / f"trial-{trial.number:04d}.log"
+        log_path = unused(plan.log_dir / f"trial-{trial.number:04d}.log")  # never an old run's
         try:
             report = pruning_report(trial, plan.goal) if plan.prune else None
             runner = plan.runner if report is None else replace(plan.runner, report=report)
@@ -261,15 +265,30 @@ def _free_slot(plan: StudyPlan, *, started: float, reporter: Reporter) -> int | 
 
 def find_studies(storage: str, *, model: str | None) -> list[str]:
     """Names of the studies in a storage, optionally for one model (newest last)."""
-    summaries = optuna.get_all_study_summaries(
-        storage=driver_url(storage), include_best_trial=False
-    )
+    check_sqlite(storage, must_exist=True)  # reading: nothing is created
+    try:
+        summaries = optuna.get_all_study_summaries(
+            storage=driver_url(storage), include_best_trial=False
+        )
+    except Exception as exc:  # any driver's error: one line, never a traceback
+        raise _unreadable(storage, exc) from None
     names = [s.study_name for s in summaries]
     return [n for n in names if model is None or n.split("@", 1)[0] == model]
 
 
 def load_study(name: str, storage: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=driver_url(storage))
+    try:
+        return optuna.load_study(study_name=name, storage=driver_url(storage))
+    except Exception as exc:
+        raise _unreadable(storage, exc) from None
+
+
+def _unreadable(storage: str, exc: Exception) -> StorageError:
+    if isinstance(exc, ImportError):
+        why = "its database driver is not installed (pip install 'vllm-autotune[postgres]')"
+    else:
+        why = failure(exc)
+    return StorageError(f"cannot read study storage {redact_url(storage)}: {why}")
 
 
 def trial_rows(trials: Sequence[FrozenTrial]) -> list[TrialRow]:

@@ -28,6 +28,7 @@ from autotune.errors import StudyStopped
 from autotune.load import client as loadgen
 from autotune.load.metrics import Metrics, RequestRecord, goodput
 from autotune.load.request import Request
+from autotune.load.stall import STALLED, StallWatch, first_wave_s
 from autotune.trial.record import TrialRecord
 
 MAX_FAILED_SHARE = 0.1  # more failed requests than this makes a configuration unusable
@@ -105,6 +106,8 @@ class TrialRunner:
     warmup: Sequence[Request] = ()  # sent first, not measured
     slos: Mapping[str, float] = field(default_factory=dict)  # metric key → limit, for goodput
     report: Report | None = None  # this trial's pruner: intermediate values (never the warm-up)
+    stall_timeout_s: float | None = None  # --stall-timeout; None: derived (``load.stall``)
+    lease_dir: Path | None = None  # where each engine's lease is kept (``engine.lease``)
 
     def run(
         self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
@@ -113,7 +116,7 @@ class TrialRunner:
         args = dict(args)
         on_phase("starting engine")
         with self._launch(args, log_path) as (engine, ready):
-            result = self._measure(engine, ready, args, log_path, on_phase)
+            result = self._measure(engine, ready, args, engine.log_path, on_phase)
         if not engine.memory_released:  # NVML still shows the dead engine's memory
             result = replace(
                 result,
@@ -134,6 +137,7 @@ class TrialRunner:
             log_path=log_path,
             startup_timeout_s=self.startup_timeout_s,
             env=self.env,
+            lease_dir=self.lease_dir,
         )
 
     def _measure(
@@ -158,7 +162,17 @@ class TrialRunner:
             )
         if self.warmup:
             on_phase(f"warm-up: {len(self.warmup)} requests")
-            self._bench(engine, ready, on_phase, requests=self.warmup)
+            warm = self._bench(engine, ready, on_phase, requests=self.warmup)
+            if (warm.aborted or "").startswith(STALLED) and engine.exited() is None:
+                return TrialResult(
+                    outcome=Outcome.HUNG,
+                    reason=_hung(warm.aborted or ""),
+                    args=args,
+                    log_path=log_path,
+                    startup=parse_startup(engine.log_text()),
+                    vllm_version=ready.version,
+                    startup_s=ready.startup_s,
+                )
         on_phase(f"benchmark: {len(self.requests)} requests")
         before = preemptions(ready.base_url)
         with PeakMemory() as peak, PeakLoad(ready.base_url) as load:
@@ -198,17 +212,22 @@ class TrialRunner:
         report: Report | None = None,
     ) -> loadgen.BenchResult:
         pruned: list[str] = []
+        watch = StallWatch(
+            fixed_s=self.stall_timeout_s,
+            first_pulse_s=first_wave_s(requests, concurrency=self.max_concurrency),
+        )
 
         def died() -> str | None:
             rc = engine.exited()
-            return (
-                pruned[0] if pruned else (None if rc is None else f"engine exited with code {rc}")
-            )
+            if pruned:
+                return pruned[0]
+            return watch.check() if rc is None else f"engine exited with code {rc}"
 
         total = len(requests)
         last = [0.0]
 
         def progress(done: int, _total: int) -> None:
+            watch.pulse()
             now = time.monotonic()
             if now - last[0] > 0.5 or done == total:
                 last[0] = now
@@ -224,6 +243,8 @@ class TrialRunner:
             should_abort=died,
             on_progress=progress,
             on_record=None if report is None else self._reporter(total, report, pruned),
+            on_chunk=watch.pulse,
+            api_key=engine.api_key,
         )
 
     def _reporter(
@@ -255,9 +276,11 @@ class TrialRunner:
             deadline = time.monotonic() + EXIT_GRACE_S
             while engine.exited() is None and time.monotonic() < deadline:
                 time.sleep(0.1)
-        if engine.exited() is not None:
+        if (rc := engine.exited()) is not None:
             time.sleep(0.1)
-            return classify_runtime(engine.log_text())
+            return classify_runtime(engine.log_text(), returncode=rc)
+        if (result.aborted or "").startswith(STALLED):
+            return Classified(Outcome.HUNG, _hung(result.aborted or ""))
         if result.aborted == PRUNED:
             return Classified(Outcome.PRUNED, "pruned: clearly below the median mid-benchmark")
         if result.aborted:
@@ -281,6 +304,10 @@ class TrialRunner:
         if _blames_tuned_dimension(failure.reason, self.fixed_by_user):
             return  # a candidate autotune made invalid: a harness error, the study goes on
         raise StudyStopped(f"the engine rejected the settings: {failure.reason}")
+
+
+def _hung(aborted: str) -> str:
+    return f"engine hung: {aborted.removeprefix(STALLED + ': ')}; alive but silent (stopped?)"
 
 
 _TOO_MANY_IMAGES = re.compile(r"At most \d+ \w+\(s\) may be provided in one prompt")

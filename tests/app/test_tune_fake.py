@@ -198,7 +198,9 @@ def test_interrupt_leaves_no_engine_and_resumes(
     assert done.returncode == 0, done.stderr
     trials = load(Path(env["AUTOTUNE_STATE_DIR"])).get_trials()
     finished = [t for t in trials if t.user_attrs.get("outcome") != "interrupted"]
-    assert len(finished) == 3  # the budget, with the interrupted candidate re-run first
+    launched = [t for t in trials if t.user_attrs.get("launched")]
+    assert len(launched) == 3  # the budget, the interrupted launch included (--trials 3),
+    assert len(finished) == 2  # with the interrupted candidate re-run first
     assert finished[0].params == first.params
     again = run_autotune(*cmd[3:], env=env)  # nothing left to do: no trial repeated
     assert again.returncode == 0 and len(load(Path(env["AUTOTUNE_STATE_DIR"])).get_trials()) == len(

@@ -93,9 +93,11 @@ def test_port_clash_is_retried_not_a_trial(
     with busy, launcher.launch(
         command=shlex.split(FAKE_CMD), model=str(model_dir), args=ARGS, log_path=log,
         startup_timeout_s=30,
-    ) as (_, ready):  # fmt: skip
+    ) as (engine, ready):  # fmt: skip
         assert isinstance(ready, Ready)
-    assert "Address already in use" in log.read_text() and log.read_text().count("$ ") == 2
+    assert "Address already in use" in log.read_text() and log.read_text().count("$ ") == 1
+    assert engine.log_path == tmp_path / "t-2.log"  # the second attempt: a file of its own
+    assert "Address already in use" not in engine.log_path.read_text()
 
 
 def test_command_checks() -> None:

@@ -26,13 +26,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.errors import UserError
 from autotune.search import study_keys as keys
-from autotune.trial.record import INTERRUPTED, OVER_BUDGET, TrialRecord, attrs, store
+from autotune.trial.record import OVER_BUDGET, TrialRecord, attrs, store
 
 ENV_HEARTBEAT = "AUTOTUNE_HEARTBEAT_S"  # seconds between heartbeats (grace: three of them)
 ENV_WORKER_INDEX = "AUTOTUNE_WORKER_INDEX"  # set by `--gpus`; Kubernetes: JOB_COMPLETION_INDEX
 DEFAULT_HEARTBEAT_S = 20
 MAX_RETRIES = 2
-NOT_COUNTED = frozenset({INTERRUPTED, OVER_BUDGET, "gpu_busy"})  # re-run, not a launch
+# Given back before the engine started: not a launch. Every other launched trial counts against
+# --trials, an interrupted one and one whose worker was killed included (they are re-run, but
+# their engine started: --trials is never exceeded across interruptions and resumes).
+NOT_COUNTED = frozenset({OVER_BUDGET, "gpu_busy"})
 FINGERPRINT = ("gpu", "memory_gib", "count", "driver", "device")
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
@@ -125,7 +128,7 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
 class Counts:
     """The study's launch budget as every worker sees it."""
 
-    done: int  # finished launches (interrupted and stale trials excluded: they are re-run)
+    done: int  # launches that ended: interrupted ones and those of a killed worker included
     running: int  # launched trials still running (reserved budget), this worker's included
     mine: int  # of them, this worker's
 
@@ -134,14 +137,12 @@ def counts(study: optuna.Study, *, exclude: int | None = None) -> Counts:
     done = running = mine = 0
     for t in study.get_trials(deepcopy=False):
         record = TrialRecord.of(t)
-        if not record.launched or t.number == exclude:
+        if not record.launched or t.number == exclude or record.outcome in NOT_COUNTED:
             continue
-        if t.state == TrialState.RUNNING:
-            if not record.worker:
-                continue  # from a run before heartbeats: nobody holds it
-            running += 1
+        if t.state == TrialState.RUNNING and record.worker:
+            running += 1  # held by a worker (a dead one's comes back failed by its heartbeat)
             mine += record.worker == WORKER_ID
-        elif record.outcome and record.outcome not in NOT_COUNTED:
+        else:  # ended, or running since a killed run without heartbeats: its engine started
             done += 1
     return Counts(done=done, running=running, mine=mine)
 
