@@ -43,6 +43,7 @@ _BEARER = re.compile(r"(?<![\w-])(?P<name>bearer)(?=[ \t]+(?P<value>[^\s'\",;]+)
 # scheme://user:password@host: the password may hold an unencoded `@`, `/`, `?` or `#`; the
 # last `@` before a space or quote ends it (more masked rather than less)
 _URL_PASSWORD = re.compile(r"\b[a-zA-Z][\w+.-]{0,30}://[^:/?#@\s'\"]*:(?P<value>[^\s'\"]*)@")
+_WHOLE_URL = re.compile(r"[a-zA-Z][\w+.-]{0,30}://[^:/?#@\s]*:(?P<value>\S+)@(?=\S*$)")
 _KEEP = frozenset({"none", "null", "true", "false", ""})
 
 
@@ -157,6 +158,9 @@ def _mask_found(text: str, patterns: Sequence[re.Pattern[str]]) -> str:
 def redact_url(text: str) -> str:
     """A storage URL (or a text with URLs) fit for logs: ``postgresql://user:***@host/db``,
     ``...?password=***``."""
+    whole = _WHOLE_URL.match(text)  # one URL: its password may hold quotes too
+    if whole is not None:
+        text = text[: whole.start("value")] + MASK + text[whole.end("value") :]
     return _mask_found(text, (_URL_PASSWORD, _QUERY))
 
 

@@ -51,6 +51,8 @@ def check_sqlite(url: str, *, must_exist: bool = False) -> None:
     if path is None:
         return
     where = f"study storage {redact_url(url)}"
+    if "\x00" in str(path):
+        raise StorageError(f"{where!r}: a file name cannot hold a NUL character")
     try:
         info = path.stat()
     except FileNotFoundError:
