@@ -94,22 +94,34 @@ class ModelSpec:
         }
 
 
-def _hf_cache_dirs() -> list[Path]:
+def hf_cache_dirs() -> list[Path]:
+    """Where huggingface_hub keeps models: ``HF_HUB_CACHE``, ``HF_HOME/hub``, else
+    ``$XDG_CACHE_HOME/huggingface/hub`` (``~/.cache/huggingface/hub``)."""
     dirs = []
     if os.environ.get("HF_HUB_CACHE"):
-        dirs.append(Path(os.environ["HF_HUB_CACHE"]))
-    hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
-    dirs.append(Path(hf_home) / "hub")
+        dirs.append(Path(os.environ["HF_HUB_CACHE"]).expanduser())
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    hf_home = os.environ.get("HF_HOME") or str(Path(cache_home) / "huggingface")
+    dirs.append(Path(hf_home).expanduser() / "hub")
     return dirs
 
 
 def _find_cached_config(model_id: str) -> Path | None:
-    """``config.json`` of a Hugging Face cache entry (newest snapshot), if present."""
+    """``config.json`` of a Hugging Face cache entry: the snapshot ``refs/main`` names (the one
+    huggingface_hub loads), else the newest snapshot, if present."""
     folder = "models--" + model_id.replace("/", "--")
-    for cache in _hf_cache_dirs():
+    for cache in hf_cache_dirs():
         snapshots = cache / folder / "snapshots"
         if not snapshots.is_dir():
             continue
+        ref = cache / folder / "refs" / "main"
+        try:
+            commit = ref.read_text().strip() if ref.is_file() else ""
+        except (OSError, UnicodeDecodeError):
+            commit = ""
+        main = snapshots / commit / "config.json"
+        if commit.isalnum() and main.is_file():  # a commit hash, never a path
+            return main
         candidates = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
         if candidates:
             return candidates[-1]

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, replace
 
+from autotune.app.hub import check_hub_model
 from autotune.app.options import TuneOptions
 from autotune.engine.defaults import vllm_defaults
 from autotune.engine.launcher import DEFAULT_VLLM_CMD, ENV_VLLM_CMD, engine_version, resolve_command
@@ -101,7 +102,7 @@ def prepare(options: TuneOptions) -> Prepared:
     """Resolve the command, model, hardware and space; say what could not be checked."""
     options = options.check()  # numbers in range, a model id, arguments after -- spelt out
     spec = resolve_model(options.model)
-    machine = hardware_for(options.gpu, options.device, options.vllm_cmd)
+    machine = hardware_for(options.gpu, options.device, options.vllm_cmd, tuning=True)
     hardware = engine_hardware(machine, sizes=parallel_sizes(options.extra_args))  # the key
     goal = options.goal(total_gib=hardware.memory_gib)  # bad goal input: one line, first
     # Every input is checked before the engine command is resolved (no vLLM needed for that).
@@ -121,6 +122,7 @@ def prepare(options: TuneOptions) -> Prepared:
                 f"needs (input {wl.input_len} + output {wl.output_len} = {need}); "
                 "raise --min-model-len or shorten the workload"
             )
+    check_hub_model(spec)  # an uncached hub id offline: one line before any study or launch
     command = resolve_command(options.vllm_cmd)
     hints = supports_size_hints(engine_version(command)) if spec.is_vision else False
     if hints:  # this vLLM takes image size hints: the image limit carries them
@@ -150,13 +152,16 @@ def prepare(options: TuneOptions) -> Prepared:
     )
 
 
-def hardware_for(gpu: str | None, device: str, vllm_cmd: str | None) -> Hardware:
-    """``--device auto`` asks the vLLM that would be launched whether it is a CPU build."""
+def hardware_for(
+    gpu: str | None, device: str, vllm_cmd: str | None, *, tuning: bool = False
+) -> Hardware:
+    """``--device auto`` asks the vLLM that would be launched whether it is a CPU build (said
+    when ``tuning``: serve, its dry run and the profile views look up without a word)."""
     version = None
     if device == "auto" and not gpu and not os.environ.get(ENV_GPU):
         version = engine_version(resolve_command(vllm_cmd))
     chosen = choose_device(device=device, gpu=gpu, engine_version=version)
-    if version and chosen == "cpu":
+    if version and chosen == "cpu" and tuning:
         log.info(f"vLLM {version} is a CPU build: tuning for the CPU backend")
     return resolve_hardware(gpu=gpu, device=chosen)
 

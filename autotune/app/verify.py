@@ -15,7 +15,13 @@ from autotune.app.prepare import engine_env
 from autotune.app.serve import announce
 from autotune.errors import UserError
 from autotune.profiles.match import combined_extra
-from autotune.profiles.verify import Verification, drift_table, measure, workload_of
+from autotune.profiles.verify import (
+    Verification,
+    allowance_of,
+    drift_table,
+    measure,
+    workload_of,
+)
 
 __all__ = ["verify"]
 log = logging.getLogger(__name__)
@@ -56,6 +62,8 @@ def verify(
     )
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     log_dir = paths.state_dir(options.state_dir) / "logs" / "verify" / f"{match.path.stem}-{stamp}"
+    if (note := allowance_of(profile, tolerance=tolerance).note()) is not None:
+        log.warning(note)
     with sigterm_as_interrupt():
         result = measure(
             profile=profile,

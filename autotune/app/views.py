@@ -5,14 +5,13 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from autotune import paths
 from autotune.engine.safety import redact_url
@@ -20,8 +19,9 @@ from autotune.errors import UserError
 from autotune.hardware import Device
 from autotune.masking import mask
 from autotune.model import resolve_model
+from autotune.profiles.export_k8s import ExportOptions
 from autotune.profiles.match import Match
-from autotune.profiles.store import ProfileStore
+from autotune.profiles.store import Profile, ProfileStore
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def print_trials(
     if not names:
         raise UserError(f"no study for {model} in {url}" if model else f"no studies in {url}")
     out: dict[str, object] = {}
-    console = Console() if Console().is_terminal else Console(width=200)
+    console = _console()
     for study_name in names:
         study = st.load_study(study_name, url)
         rows = st.trial_rows(study.get_trials(deepcopy=False))
@@ -106,29 +106,116 @@ def write_study_report(
     return write_report(study=newest, out=out, png=png)
 
 
-def print_profiles(*, profiles_dir: Path | None) -> None:
+def _console() -> Console:
+    """stdout at the terminal's width (or ``COLUMNS``); 200 columns into a file or a pipe."""
+    console = Console()
+    return console if console.is_terminal or "COLUMNS" in os.environ else Console(width=200)
+
+
+def print_profiles(*, profiles_dir: Path | None, as_json: bool = False) -> None:
+    """The saved profiles: a table that fits the terminal, or JSON (every file, its key)."""
+    from autotune.report.columns import Column, FittedTable
+
     store = ProfileStore(paths.profiles_dir(profiles_dir))
     found = store.all()
+    listed = [_listed(path, p, root=store.root) for path, p in found]
+    if as_json:
+        json.dump(listed, sys.stdout, indent=2, default=str)
+        print()
     if not found:
         print(f"no profiles in {store.root}", file=sys.stderr)
+    if as_json or not found:
         return
-    table = Table(title=Text(f"profiles in {store.root}"), title_justify="left")
-    for col in ("model", "hardware", "workload", "objective", "vLLM", "tok/s", "created", "file"):
-        table.add_column(col, overflow="fold")
-    for path, p in found:  # a profile may come from someone else: its text is never markup
-        tput = p.metrics.get("output_throughput")
-        cells = (
-            p.model_name,
-            p.hardware_key,
-            p.workload_signature,
-            p.objective,
-            p.vllm_version or "?",
-            f"{tput:.1f}" if isinstance(tput, (int, float)) else "",
-            p.created,
-            str(path),
+    columns = [
+        Column(name="model", justify="left", keep=True),
+        Column(name="hardware", justify="left", keep=True),
+        Column(name="workload", justify="left", keep=True),
+        Column(name="tok/s", keep=True),
+        Column(name="objective", justify="left"),
+        Column(name="vLLM", justify="left"),
+        Column(name="created", justify="left"),
+        Column(name="file", justify="left"),
+    ]
+    rows = [  # a profile may come from someone else: its text is never markup (Text cells)
+        (
+            item["model"],
+            item["hardware"],
+            item["workload"],
+            f"{item['output_throughput']:.1f}" if item["output_throughput"] is not None else "",
+            item["objective"],
+            item["vllm_version"] or "?",
+            item["created"][:16].replace("T", " "),
+            item["file"],
         )
-        table.add_row(*(Text(str(cell)) for cell in cells))
-    Console().print(table)
+        for item in listed
+    ]
+    table = FittedTable(
+        title=f"profiles in {store.root}",
+        columns=columns,
+        rows=[tuple(mask(str(cell)) for cell in row) for row in rows],
+        drop=("file", "created", "vLLM", "objective"),
+    )
+    _console().print(table)
+
+
+def _listed(path: Path, profile: Profile, *, root: Path) -> dict[str, Any]:
+    tput = profile.metrics.get("output_throughput")
+    try:
+        file = str(path.relative_to(root))
+    except ValueError:
+        file = str(path)
+    return {
+        "model": profile.model_name,
+        "hardware": profile.hardware_key,
+        "workload": profile.workload_signature,
+        "objective": profile.objective,
+        "vllm_version": profile.vllm_version,
+        "output_throughput": float(tput) if isinstance(tput, (int, float)) else None,
+        "created": profile.created,
+        "file": file,
+        "path": str(path),
+    }
+
+
+def tune_summary(path: Path, profile: Profile) -> dict[str, Any]:
+    """What ``tune --json`` prints at the end: the chosen trial, its throughput and arguments,
+    the profile file."""
+    tput = profile.metrics.get("output_throughput")
+    return {
+        "profile": str(path),
+        "model": profile.model_name,
+        "hardware": profile.hardware_key,
+        "workload": profile.workload_signature,
+        "objective": profile.objective,
+        "vllm_version": profile.vllm_version,
+        "study": profile.provenance.get("study"),
+        "trial": profile.provenance.get("trial"),
+        "output_throughput": float(tput) if isinstance(tput, (int, float)) else None,
+        "vllm_args": profile.vllm_args,
+        "extra_args": profile.extra_args,
+    }
+
+
+def summary_line(path: Path, profile: Profile) -> str:
+    """The one line ``tune`` ends with: trial, tok/s, the tuned arguments and the profile."""
+    from autotune.report.progress import short_args
+
+    data = tune_summary(path, profile)
+    tput = data["output_throughput"]
+    speed = f"{tput:.1f} output tok/s" if tput is not None else "no throughput measured"
+    args = short_args(profile.vllm_args)
+    return f"chosen: trial {data['trial']}, {speed}, {args}; profile saved to {path}"
+
+
+def print_tune_summary(result: tuple[Path, Profile] | None) -> None:
+    """``tune --json``: the summary on stdout (``saved`` false when another worker saves)."""
+    if result is None:
+        data: dict[str, Any] = {"saved": False, "why": "another worker of the study saves it"}
+    else:
+        data = {"saved": True} | tune_summary(*result)
+    json.dump({k: mask(v) if isinstance(v, str) else v for k, v in data.items()}, sys.stdout,
+              indent=2, default=str)  # fmt: skip
+    print()
 
 
 def _lookup(
@@ -163,8 +250,11 @@ def show_profile(*, as_json: bool, **where: Any) -> None:
         print(yaml.safe_dump(data, sort_keys=False), end="")
 
 
-def export_profile(*, fmt: str, model: str, **where: Any) -> None:
+def export_profile(
+    *, fmt: str, model: str, options: ExportOptions | None = None, **where: Any
+) -> None:
     from autotune.profiles.export import export
 
     match, command = _lookup(model=model, **where)
-    sys.stdout.write(export(match.profile, fmt=fmt, model=model, command=command))
+    text = export(match.profile, fmt=fmt, model=model, command=command, options=options)
+    sys.stdout.write(text)

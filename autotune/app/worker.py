@@ -12,9 +12,10 @@ from autotune.app import preflight
 from autotune.app.interrupt import sigterm_as_interrupt
 from autotune.app.options import TuneOptions
 from autotune.app.prepare import prepare
+from autotune.app.views import summary_line
 from autotune.engine import lease
 from autotune.engine.defaults import vllm_defaults
-from autotune.engine.multimodal import image_count
+from autotune.engine.multimodal import IMAGE_DIM, image_count, most_images_line
 from autotune.engine.safety import redact, redact_url, split_extra
 from autotune.errors import UserError
 from autotune.hardware import Hardware
@@ -129,8 +130,14 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
     console = make_console()
     log.info(f"study {name} ({redact_url(storage)}); space: {space.describe()}")
     live = not options.quiet and console.is_terminal
-    reporter = LiveReporter(console=console) if live else LineReporter()
+    total = options.trials  # every launch counts against it: (n/--trials)
+    reporter = LiveReporter(console=console, total=total) if live else LineReporter(total=total)
     with sigterm_as_interrupt(), reporter, preflight.storage_errors(storage):
+        if (done := st.launches(study)) >= total:
+            log.info(
+                f"nothing to launch: the study has run {done} of --trials {total} launches; "
+                "choosing from them (raise --trials to search further)"
+            )
         claims.defaults_first(study, plan.default_params)
         finalize.search(plan, finish, reporter=reporter, budget=options.trials)
         if (others := workers.finisher(study)) is not None:
@@ -170,7 +177,16 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
         num_prompts=num_prompts,
         sections=sections,
     )
-    return _save(options, spec=spec, hardware=hardware, workload=wl, chosen=chosen, state=state)
+    images = next(((int(d.low), int(d.high)) for d in space.dims if d.name == IMAGE_DIM), None)
+    return _save(
+        options,
+        spec=spec,
+        hardware=hardware,
+        workload=wl,
+        chosen=chosen,
+        state=state,
+        images=images,
+    )
 
 
 def _save(
@@ -181,6 +197,7 @@ def _save(
     workload: Workload,
     chosen: Chosen,
     state: Path,
+    images: tuple[int, int] | None = None,
 ) -> tuple[Path, Profile]:
     """Build the profile of ``chosen`` and write it to the profile store."""
     dropped = split_extra(options.extra_args)[1]
@@ -201,15 +218,12 @@ def _save(
     where = paths.profiles_dir(options.profiles_dir)
     with preflight.profile_errors(where):
         path = ProfileStore(where).save(profile)
-    if options.images_max:
-        most = image_count(profile.vllm_args)
-        log.info(
-            "largest image count that fits with usable throughput: %s (trial %s)",
-            most,
-            chosen.number,
+    if options.images_max and images is not None:
+        line = most_images_line(
+            image_count(profile.vllm_args), trial=chosen.number, searched=images
         )
-    tput = float(profile.metrics.get("output_throughput") or 0.0)
-    log.info("best: trial %s, %.1f output tok/s; profile saved to %s", chosen.number, tput, path)
+        log.info(line)
+    log.info(summary_line(path, profile))
     return path, profile
 
 

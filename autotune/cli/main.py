@@ -14,7 +14,7 @@ import click
 
 from autotune import __version__, logs
 from autotune.cli.goal_options import goals
-from autotune.cli.options import hardware, tuning
+from autotune.cli.options import WORKLOAD_OPTIONS, VllmFlagsCommand, hardware, tuning
 from autotune.cli.params import model_id, user_args
 from autotune.cli.profiles import profiles
 from autotune.cli.translate import tune_options
@@ -34,21 +34,33 @@ def cli() -> None:
 @hardware
 @tuning
 @goals
-def tune(model: str, **kw: Any) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="At the end, print the chosen profile's summary as JSON on stdout.")  # fmt: skip
+def tune(model: str, as_json: bool, **kw: Any) -> None:
     """Run (or resume) an Optuna study over real engine launches; save the best profile.
 
     Arguments after `--` are passed to every engine launch unchanged."""
     from autotune.app import tune as api
 
-    api.tune(tune_options(model, kw))
+    result = api.tune(tune_options(model, kw))
+    if as_json:
+        from autotune.app.views import print_tune_summary
+
+        print_tune_summary(result)
 
 
-@cli.command()
+@cli.command(cls=VllmFlagsCommand)
 @click.argument("model", callback=model_id)
 @hardware
 @tuning
 @goals
 @click.option("--dry-run", is_flag=True, help="Print the command line instead of running it.")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse flags after -- that override a tuned value or change memory or numerics "
+    "(--kv-cache-dtype, --quantization, --dtype, -tp, ...) instead of warning.",
+)
 @click.option(
     "--pick",
     type=click.Choice(["throughput", "memory", "balanced"]),
@@ -74,13 +86,22 @@ def serve(
     workload_sig: str | None,
     profile_file: Path | None,
     pick: str | None,
+    strict: bool,
     **kw: Any,
 ) -> None:
     """Exec vLLM with the saved profile for this model and hardware; tune first on a miss.
 
-    Arguments after `--` are passed to vLLM unchanged."""
+    vLLM's --max-model-len N and --max-num-seqs N ask for a profile with at least N,
+    --gpu-memory-utilization V and --kv-cache-memory-bytes B for one reserving at most that
+    (LOW:HIGH: within the range). Arguments after `--` are passed to vLLM unchanged; one that
+    overrides a tuned value or changes memory or numerics is said (refused under --strict)."""
     from autotune.app.serve import serve
 
+    ctx = click.get_current_context()
+    asked = any(
+        ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+        for name in WORKLOAD_OPTIONS
+    )
     serve(
         tune_options(model, kw),
         dry_run=dry_run,
@@ -88,6 +109,8 @@ def serve(
         workload=workload_sig,
         profile_file=profile_file,
         pick=pick,
+        strict=strict,
+        asked_workload=asked,
     )
 
 
@@ -136,8 +159,11 @@ def report(
 @cli.command()
 @click.argument("model", callback=model_id)
 @click.option("--gpu", metavar="NAME:MEMORY_GIB[xCOUNT]", help="The GPU, e.g. H100:80 [NVML].")
-@click.option("--device", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
-              help="cpu: vLLM's CPU backend, rows by KV cache bytes.")  # fmt: skip
+@click.option("--device", type=click.Choice(["auto", "gpu", "cpu"]), default="auto",
+              show_default=True, help="cpu: vLLM's CPU backend, rows by KV cache bytes; auto: "
+              "cpu when the vLLM to launch is a CPU build (+cpu).")  # fmt: skip
+@click.option("--vllm-cmd", metavar="CMD", help="The vLLM that --device auto asks "
+              "[env AUTOTUNE_VLLM_CMD, default: vllm serve].")  # fmt: skip
 @click.option("--max-model-len", "request_len", type=click.IntRange(1, 1 << 24),
               help="Request length of the concurrency column [the model's maximum].")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")

@@ -10,9 +10,41 @@ from typing import Any, TypeVar
 import click
 
 from autotune.cli.params import finite_text, floats, ints, user_args
+from autotune.engine.safety import KNOWN_FLAGS
+from autotune.masking import is_secret_flag
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DIGITS = re.compile(r"[0-9]{1,6}")
+# The options that make a workload's signature: given to ``serve``, its profile comes first.
+WORKLOAD_OPTIONS = ("input_len", "output_len", "dataset", "images_per_request", "image_size")
+
+
+class VllmFlagsCommand(click.Command):
+    """A command that takes vLLM's flags after ``--``: an unknown option is one line that says
+    how to pass it through (``-- --port 8000``), as a vLLM user would type it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given_args = list(args)  # click's parser consumes the list it is given
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            flag = exc.option_name
+            if not flag.startswith("--"):
+                raise
+            args = given_args
+            given = next((a for a in args if a == flag or a.startswith(flag + "=")), flag)
+            where = args.index(given) if given in args else -1
+            value = args[where + 1] if given == flag and 0 <= where < len(args) - 1 else ""
+            if is_secret_flag(flag):
+                given, value = flag, "VALUE"
+            passed = given if not value or value.startswith("-") else f"{given} {value}"
+            vllm = flag.replace("_", "-") in KNOWN_FLAGS
+            close = f"; or did you mean {exc.possibilities[0]}?" if exc.possibilities else ""
+            raise click.UsageError(
+                f"autotune has no option {flag}; pass vLLM's flags after --, e.g. "
+                f"autotune {ctx.info_name} MODEL [options] -- {passed}{'' if vllm else close}",
+                ctx,
+            ) from None
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -132,7 +164,9 @@ tuning = options(
         "--images",
         "images_mode",
         type=click.Choice(["max"]),
-        help="max: find the largest image count that fits on this GPU with a usable throughput.",
+        help="max: find the largest image count per prompt that fits on this GPU with a usable "
+        "throughput, searched from --min-images up to what the longest context holds "
+        "(max_model_len / tokens per image), at most 64; the log says when that top was reached.",
     ),
     click.option(
         "--image-size",

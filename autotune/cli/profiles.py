@@ -19,11 +19,12 @@ def profiles() -> None:
 
 @profiles.command("list")
 @click.option("--profiles-dir", type=click.Path(path_type=Path), help="[env AUTOTUNE_PROFILES_DIR]")
-def profiles_list(profiles_dir: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+def profiles_list(profiles_dir: Path | None, as_json: bool) -> None:
     """List saved profiles."""
     from autotune.app import views as reports
 
-    reports.print_profiles(profiles_dir=profiles_dir)
+    reports.print_profiles(profiles_dir=profiles_dir, as_json=as_json)
 
 
 @profiles.command("save")
@@ -84,9 +85,19 @@ def profiles_show(
 @click.argument("model", callback=model_id)
 @hardware
 @click.option(
-    "--format", "fmt", type=click.Choice(["vllm-config", "cli", "json", "k8s"]),
+    "--format", "fmt",
+    type=click.Choice(["vllm-config", "cli", "json", "k8s", "helm-values", "kserve"]),
     default="vllm-config", show_default=True, help="What to write to stdout.",
 )  # fmt: skip
+@click.option("--image", metavar="REPO:TAG",
+              help="k8s, helm-values, kserve: the image (default: the official vLLM image of the "
+              "profile's vLLM release, the CPU image for a CPU profile).")  # fmt: skip
+@click.option("--hf-cache-pvc", metavar="NAME",
+              help="k8s, helm-values, kserve: a PersistentVolumeClaim for the Hugging Face cache "
+              "(default: an emptyDir).")  # fmt: skip
+@click.option("--hf-token-secret", metavar="NAME", default="hf-token", show_default=True,
+              help="k8s, helm-values, kserve: the Secret whose key HF_TOKEN is the Hugging Face "
+              "token (optional).")  # fmt: skip
 def profiles_export(
     model: str,
     gpu: str | None,
@@ -94,14 +105,21 @@ def profiles_export(
     vllm_cmd: str | None,
     profiles_dir: Path | None,
     fmt: str,
+    image: str | None,
+    hf_cache_pvc: str | None,
+    hf_token_secret: str,
 ) -> None:
-    """Write the profile serve would use for MODEL as a vLLM config, command line, JSON or a
-    Kubernetes Deployment."""
+    """Write the profile serve would use for MODEL as a vLLM config, command line, JSON, a
+    Kubernetes Deployment and Service, production-stack Helm values or a KServe
+    InferenceService."""
     from autotune.app import views as reports
+    from autotune.profiles.export_k8s import ExportOptions
 
+    options = ExportOptions(image=image, hf_cache_pvc=hf_cache_pvc, hf_token_secret=hf_token_secret)
     reports.export_profile(
-        model=model, gpu=gpu, device=device, vllm_cmd=vllm_cmd, profiles_dir=profiles_dir, fmt=fmt
-    )
+        model=model, gpu=gpu, device=device, vllm_cmd=vllm_cmd, profiles_dir=profiles_dir, fmt=fmt,
+        options=options,
+    )  # fmt: skip
 
 
 @profiles.command("verify", context_settings={"ignore_unknown_options": True})
@@ -169,4 +187,4 @@ def profiles_verify(
     if result.failure:
         click.echo(f"autotune: {result.failure}", err=True)
         sys.exit(1)
-    click.echo(f"autotune: the profile holds within {tolerance:.0%}", err=True)
+    click.echo(f"autotune: {result.held()}", err=True)

@@ -9,6 +9,8 @@ from typing import Any
 
 IMAGE_DIM = "image_limit"  # the search dimension; vLLM's argument is limit_mm_per_prompt
 LIMIT_ARG = "limit_mm_per_prompt"
+DEFAULT_IMAGES = 16  # the top of the searched image limit by default
+MOST_IMAGES = 64  # the most ``--images max`` searches (fewer when the context holds fewer)
 _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -52,3 +54,33 @@ def profiled_images(
     budget = max(max_num_batched_tokens, image_tokens)
     per_prompt = max(1, min(limit, max_model_len // image_tokens))
     return max(1, min(budget // image_tokens, max_num_seqs * per_prompt))
+
+
+def image_range(
+    *,
+    low: int,
+    most: bool,
+    image_tokens: int | None,
+    max_model_len: int | None,
+) -> tuple[int, int]:
+    """The image limits searched: from ``low`` (``--min-images``) to ``DEFAULT_IMAGES``, or with
+    ``most`` (``--images max``) to the images the context holds (``max_model_len`` ÷ tokens per
+    image, when both are known) and at most ``MOST_IMAGES``; never below ``low``."""
+    top = DEFAULT_IMAGES
+    if most:
+        fits = max_model_len // image_tokens if image_tokens and max_model_len else MOST_IMAGES
+        top = min(MOST_IMAGES, fits)
+    return low, max(top, low)
+
+
+def most_images_line(count: int | None, *, trial: int, searched: tuple[int, int]) -> str:
+    """What ``--images max`` found, saying so when it is the top of the searched range (more
+    might fit: the search could not tell)."""
+    low, high = searched
+    line = f"largest image count that fits with usable throughput: {count} (trial {trial})"
+    if count is not None and count >= high > low:
+        line += (
+            f"; the top of the searched range {low}..{high}, so more may fit: search higher "
+            f"with --limit-mm-per-prompt {high}:N"
+        )
+    return line

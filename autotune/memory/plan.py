@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from autotune.engine.defaults import vllm_defaults
+from autotune.engine.launcher import engine_version, resolve_command
 from autotune.errors import UserError
-from autotune.hardware import Hardware
+from autotune.hardware import ENV_GPU, Backend, Hardware, choose_device
 from autotune.memory.kv import resolve_kv_cache_dtype
 from autotune.memory.model import MemoryModel
 from autotune.memory.setup import base_model, engine_flags
@@ -30,7 +32,9 @@ UTILIZATIONS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.95)
 
 @dataclass(frozen=True, kw_only=True)
 class Row:
-    """One memory setting; ``max_concurrency`` is for requests of the plan's ``request_len``."""
+    """One memory setting; ``max_concurrency`` is for requests of the plan's ``request_len``.
+    ``fits``: false when the setting leaves no KV cache for one block (the weights and the
+    non-KV memory take it all): then every number is 0, never negative."""
 
     gpu_memory_utilization: float | None
     kv_cache_memory_bytes: int | None
@@ -38,6 +42,7 @@ class Row:
     kv_cache_tokens: int
     max_model_len_fit: int
     max_concurrency: float
+    fits: bool
 
 
 def _kv_settings(model: MemoryModel, hardware: Hardware) -> list[tuple[float | None, int]]:
@@ -74,16 +79,17 @@ def plan(
     for util, kv in _kv_settings(model, hardware):
         blocks = max(0, kv // model.bytes_per_block)
         need = model.blocks_per_request(length)
-        usable = kv - model.bytes_per_block
-        fit = _fit(model, usable, limit)
+        fit = _fit(model, kv - model.bytes_per_block, limit)
+        fits = blocks > 0 and fit > 0
         rows.append(
             Row(
                 gpu_memory_utilization=util,
                 kv_cache_memory_bytes=None if util is not None else kv,
-                kv_cache_bytes=kv,
-                kv_cache_tokens=blocks * model.block_size,
-                max_model_len_fit=fit,
-                max_concurrency=round(blocks / need, 2) if need else math.inf,
+                kv_cache_bytes=max(kv, 0) if fits else 0,
+                kv_cache_tokens=blocks * model.block_size if fits else 0,
+                max_model_len_fit=fit if fits else 0,
+                max_concurrency=(round(blocks / need, 2) if need else math.inf) if fits else 0.0,
+                fits=fits,
             )
         )
     return {
@@ -122,18 +128,30 @@ def _size(n: float | None) -> str:
     return "-" if n is None else f"{n / GIB:.2f} GiB"
 
 
+def _backend(*, device: str, gpu: str | None, vllm_cmd: str | None) -> Backend:
+    """``--device auto`` as every command decides it: cpu when the vLLM that would be launched
+    is a CPU build (asked without launching it; not installed here: gpu)."""
+    version = None
+    if device == "auto" and not gpu and not os.environ.get(ENV_GPU):
+        try:
+            version = engine_version(resolve_command(vllm_cmd))
+        except UserError:
+            version = None
+    return choose_device(device=device, gpu=gpu, engine_version=version)
+
+
 def run(
     *, model: str, gpu: str | None, device: str, extra_args: Sequence[str],
-    request_len: int | None, as_json: bool,
+    request_len: int | None, as_json: bool, vllm_cmd: str | None = None,
 ) -> None:  # fmt: skip
     """``autotune plan``: resolve the model and hardware, print the plan."""
-    from autotune.hardware import choose_device, resolve_hardware
+    from autotune.hardware import resolve_hardware
     from autotune.model import resolve_model
 
     data = plan(
         spec=resolve_model(model),
         hardware=resolve_hardware(
-            gpu=gpu, device=choose_device(device=device, gpu=gpu, engine_version=None)
+            gpu=gpu, device=_backend(device=device, gpu=gpu, vllm_cmd=vllm_cmd)
         ),
         extra_args=extra_args,
         request_len=request_len,
@@ -171,8 +189,12 @@ def print_plan(data: dict[str, Any], *, as_json: bool) -> None:
         table.add_column(col, justify="right")
     for r in data["rows"]:
         util = r["gpu_memory_utilization"]
+        setting = f"{util:.2f}" if util is not None else _size(r["kv_cache_memory_bytes"])
+        if not r.get("fits", True):  # the weights and non-KV memory leave no KV cache
+            table.add_row(setting, "does not fit", "-", "-", "-")
+            continue
         table.add_row(
-            f"{util:.2f}" if util is not None else _size(r["kv_cache_memory_bytes"]),
+            setting,
             _size(r["kv_cache_bytes"]),
             f"{r['kv_cache_tokens']:,}",
             f"{r['max_model_len_fit']:,}",

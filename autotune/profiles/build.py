@@ -74,9 +74,10 @@ def build_profile(
     (``split_extra``). Logs are recorded relative to the state directory. The profile is
     validated as a loaded one would be (no control characters, sane lengths, known flags)."""
     kept, _dropped = split_extra(extra_args)
+    sections = stored_sections(chosen.sections)
     variants = [
         Variant.from_dict(v, source=f"variants[{i}]")
-        for i, v in enumerate(chosen.sections.get("variants") or [])
+        for i, v in enumerate(sections.get("variants") or [])
     ]
     provenance: dict[str, Any] = {
         "study": chosen.study,
@@ -99,7 +100,7 @@ def build_profile(
         warnings=warnings_for(
             extra_args, vllm_args=[chosen.vllm_args, *(v.vllm_args for v in variants)]
         ),
-        **dict(chosen.sections),
+        **sections,
         extra_args=kept,
         metrics=dict(chosen.metrics),
         startup=dict(chosen.startup),
@@ -108,6 +109,35 @@ def build_profile(
     )
     Profile.from_dict(profile.to_dict(), source=f"the profile of trial {chosen.number}")
     return profile
+
+
+def stored_sections(sections: Mapping[str, Any]) -> dict[str, Any]:
+    """``sections`` with every ``noise`` as stored: the throughput of each run, their number and
+    spread, the spread null (unknown) for a single run rather than a misleading 0.0."""
+    out = dict(sections)
+    if isinstance(out.get("noise"), Mapping):
+        out["noise"] = stored_noise(out["noise"])
+    if isinstance(out.get("variants"), list):
+        out["variants"] = [
+            dict(v) | {"noise": stored_noise(v["noise"])}
+            if isinstance(v, Mapping) and isinstance(v.get("noise"), Mapping)
+            else v
+            for v in out["variants"]
+        ]
+    return out
+
+
+def stored_noise(noise: Mapping[str, Any]) -> dict[str, Any]:
+    """One configuration's repeats: ``repeats`` counted from the runs' throughputs when they
+    are there, and ``spread`` null when fewer than two runs give one."""
+    out = dict(noise)
+    runs = out.get("output_throughput")
+    if isinstance(runs, list):
+        out["repeats"] = len(runs)
+    repeats = out.get("repeats")
+    if not isinstance(repeats, int) or repeats < 2:
+        out["spread"] = None
+    return out
 
 
 def _relative(log: str | None, state: Path | None) -> str | None:

@@ -1,5 +1,7 @@
-"""Export a profile for other tools: a YAML for ``vllm serve --config``, a command line, JSON, or
-a Kubernetes Deployment on the vLLM OpenAI image.
+"""Export a profile for other tools: a YAML for ``vllm serve --config``, a command line, JSON, a
+Kubernetes Deployment and Service (export_k8s), values for vLLM's production-stack Helm chart
+(export_helm) or a KServe InferenceService (export_kserve), on the image of the profile's vLLM
+release.
 
 A profile may come from someone else, and ``vllm serve --config`` trusts its file: the profile is
 validated again here, every format is built by ``yaml.safe_dump``, ``json.dumps`` or
@@ -9,7 +11,6 @@ line of its own (inject a key such as ``trust-remote-code``)."""
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from collections.abc import Sequence
 from typing import Any
@@ -17,12 +18,15 @@ from typing import Any
 import yaml
 
 from autotune.errors import UserError
+from autotune.profiles.export_helm import helm_values
+from autotune.profiles.export_k8s import ExportOptions, k8s
+from autotune.profiles.export_kserve import kserve
 from autotune.profiles.match import serve_argv
 from autotune.profiles.store import Profile
 from autotune.profiles.values import bad_char
 
-FORMATS = ("vllm-config", "cli", "json", "k8s")
-VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"  # pinned; override the tag for your vLLM version
+FORMATS = ("vllm-config", "cli", "json", "k8s", "helm-values", "kserve")
+CLUSTER_FORMATS = ("k8s", "helm-values", "kserve")
 
 
 def _extra_pairs(extra: Sequence[str]) -> dict[str, Any]:
@@ -51,39 +55,6 @@ def vllm_config(profile: Profile) -> dict[str, Any]:
     return config
 
 
-def _k8s(profile: Profile, model: str) -> dict[str, Any]:
-    name = re.sub(r"[^a-z0-9-]+", "-", f"vllm-{profile.model_name}".lower()).strip("-")[:63]
-    args = serve_argv(command=[], model=model, profile=profile)
-    gpus = int(profile.hardware.get("count") or 1)
-    container: dict[str, Any] = {
-        "name": "vllm",
-        "image": VLLM_IMAGE,
-        "args": [*args, "--host", "0.0.0.0", "--port", "8000"],
-        "ports": [{"containerPort": 8000, "name": "http"}],
-        "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 5},
-        "resources": {"limits": {"nvidia.com/gpu": gpus}},
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": name,
-            "annotations": {
-                "autotune/profile": f"{profile.hardware_key} {profile.workload_signature}",
-                "autotune/gpu": str(profile.hardware.get("gpu")),
-            },
-        },
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [container]},
-            },
-        },
-    }
-
-
 def _quoted(text: str) -> str:
     """``text`` for a comment: a JSON string in ASCII (no line break can survive it)."""
     return json.dumps(text, ensure_ascii=True)
@@ -94,26 +65,53 @@ def _word(text: str) -> str:
     return shlex.quote(text) if text.isascii() and text.isprintable() else _quoted(text)
 
 
-def _header(profile: Profile, model: str) -> str:
+def _header(profile: Profile, model: str, *, use: str | None = None) -> str:
     return (
         f"# autotune profile for {_quoted(profile.model_name)} on "
         f"{_quoted(profile.hardware_key)}, workload {_quoted(profile.workload_signature)}\n"
-        f"# use: vllm serve {_word(model)} --config FILE\n"
+        f"# use: {use or f'vllm serve {_word(model)} --config FILE'}\n"
     )
 
 
-def export(profile: Profile, *, fmt: str, model: str, command: Sequence[str]) -> str:
+def export(
+    profile: Profile,
+    *,
+    fmt: str,
+    model: str,
+    command: Sequence[str],
+    options: ExportOptions | None = None,
+) -> str:
     """The profile in ``fmt`` as text for stdout; a profile that is not valid (built in code
-    rather than loaded) is refused like a bad file."""
+    rather than loaded) is refused like a bad file. ``options``: image, cache and token of the
+    cluster formats."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if bad_char(model) is not None:
         raise UserError(f"the model {model!a} holds a control character")
     profile = Profile.from_dict(profile.to_dict(), source="the profile to export")
     if fmt == "vllm-config":
-        return _header(profile, model) + yaml.safe_dump(vllm_config(profile), sort_keys=False)
+        return _header(profile, model) + _dump(vllm_config(profile))
     if fmt == "cli":
         return shlex.join(serve_argv(command=command, model=model, profile=profile)) + "\n"
     if fmt == "json":
         return json.dumps(profile.to_dict(), indent=2) + "\n"
-    return yaml.safe_dump(_k8s(profile, model), sort_keys=False)
+    options = options or ExportOptions()
+    if fmt == "helm-values":
+        values = helm_values(profile, model=model, options=options)
+        use = "helm install vllm vllm/vllm-stack -f FILE"
+        return _header(profile, model, use=use) + _dump(_plain(values))
+    args = serve_argv(command=[], model=model, profile=profile)
+    build = k8s if fmt == "k8s" else kserve
+    docs = _plain(build(profile, args=args, options=options))
+    return _header(profile, model, use="kubectl apply -f FILE") + yaml.safe_dump_all(
+        docs, sort_keys=False
+    )
+
+
+def _plain(data: Any) -> Any:
+    """A copy that shares no object (so YAML writes no anchors and aliases)."""
+    return json.loads(json.dumps(data))
+
+
+def _dump(data: object) -> str:
+    return yaml.safe_dump(data, sort_keys=False)

@@ -5,7 +5,7 @@ This path never imports Optuna (tuning on a miss is imported lazily by the calle
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,14 @@ def find_profile(
     vllm_version: str | None = None,
     parallel: Mapping[str, int] | None = None,
     limits: Mapping[str, Any] | None = None,
+    accept: Callable[[Profile], bool] | None = None,
 ) -> Match | None:
     """``--profile FILE`` wins; else the newest profile for this model (same ``config.json``),
     hardware, parallel sizes the user set (and workload): tuned on this vLLM release (exact), else
     on another patch release of the same minor (compatible), else none. Without a known vLLM
     version, the version is not matched. ``limits`` (SLOs, floor, budget given to serve): only
-    a profile tuned under exactly these."""
+    a profile tuned under exactly these. ``accept``: only profiles it accepts (``serve``'s
+    vLLM flags, e.g. ``--max-model-len 8192``)."""
     if profile_file is not None:
         return Match(path=profile_file, profile=store.load(profile_file), others=0)
     found = [
@@ -53,6 +55,7 @@ def find_profile(
         if _same_config(prof, spec)
         and _same_parallel(prof, parallel or {})
         and (limits is None or limits_key(prof.constraints) == dict(limits))
+        and (accept is None or accept(prof))
     ]
     if vllm_version is None:
         how = "unversioned"
@@ -105,11 +108,14 @@ def describe_miss(
     vllm_version: str | None = None,
     parallel: Mapping[str, int] | None = None,
     limits: Mapping[str, Any] | None = None,
+    also: Sequence[str] = (),
 ) -> str:
-    """What was looked for, and which profiles exist instead."""
+    """What was looked for (``also``: further requirements, said as given), and which
+    profiles exist instead."""
     wanted = f"model {spec.name} on {hardware.key}" + (f", workload {workload}" if workload else "")
     wanted += "".join(f", {name} {limit}" for name, limit in (limits or {}).items())
     wanted += "".join(f", {name} {size}" for name, size in (parallel or {}).items())
+    wanted += "".join(f", {text}" for text in also)
     if vllm_version:
         wanted += f", vLLM {_minor(vllm_version)}.x"
     if hardware.source != "nvml":

@@ -18,7 +18,7 @@ from autotune.search import study_keys as keys
 from autotune.trial.record import TrialRecord
 
 MISSING = "autotune report needs plotly and matplotlib: pip install 'vllm-autotune[report]'"
-MIN_FEASIBLE = 3  # fewer feasible trials: no parameter importances
+MIN_FEASIBLE = 10  # fewer feasible trials: no parameter importances (too few to tell)
 LOG_SPAN = 20.0  # a parameter whose range spans more than this is drawn on a log axis
 UNITS = {"gpu_memory_utilization": "fraction of GPU memory", "kv_cache_memory_bytes": "bytes",
          "max_num_seqs": "sequences", "max_num_batched_tokens": "tokens per step",
@@ -96,24 +96,51 @@ def best_so_far(pts: list[Point], *, maximize: bool = True) -> list[tuple[int, f
     return list(zip((n for n, _ in good), best, strict=True))
 
 
-def importances(study: optuna.Study) -> tuple[dict[str, float], str]:
+@dataclass(frozen=True)
+class Importances:
+    """Parameter importances over the feasible trials, or why there are none."""
+
+    values: dict[str, float]  # parameter → importance; empty: no chart, ``note`` says why
+    trials: int  # the feasible trials they were computed over
+    constant: tuple[str, ...]  # tuned parameters that never varied over them (left out)
+    note: str  # the caveat instead of the chart, or what the chart leaves out
+
+    @property
+    def title(self) -> str:
+        return f"Parameter importances over {self.trials} feasible trials (PED-ANOVA)"
+
+
+def importances(study: optuna.Study) -> Importances:
     """PED-ANOVA importances (Optuna's default; fANOVA would need scikit-learn) over the
-    feasible trials, or ``({}, why not)``."""
-    feasible = [p.number for p in points(study) if p.kind == "feasible"]
-    if len(feasible) < MIN_FEASIBLE:
-        return {}, f"parameter importances need {MIN_FEASIBLE} feasible trials ({len(feasible)})"
+    feasible trials, only with ``MIN_FEASIBLE`` of them and only for the parameters that took
+    more than one value among them (a constant parameter cannot matter)."""
+    feasible = [study.trials[p.number] for p in points(study) if p.kind == "feasible"]
+    n = len(feasible)
+    if n < MIN_FEASIBLE:
+        why = f"parameter importances need {MIN_FEASIBLE} feasible trials ({n}): too few to tell"
+        return Importances({}, n, (), why)
+    seen: dict[str, set[object]] = {}
+    for t in feasible:
+        for name, value in t.params.items():
+            seen.setdefault(name, set()).add(value)
+    varied = sorted(name for name, values in seen.items() if len(values) > 1)
+    constant = tuple(sorted(set(seen) - set(varied)))
+    left_out = f"; not shown, never varied: {', '.join(constant)}" if constant else ""
+    if not varied:
+        why = f"no tuned parameter varied over the {n} feasible trials: no importances"
+        return Importances({}, n, constant, why)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     only = optuna.create_study(directions=study.directions)
-    only.add_trials([study.trials[n] for n in feasible])
+    only.add_trials(feasible)
     sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
     target = (lambda t: sign * t.values[0]) if len(study.directions) > 1 else None
     try:
         with warnings.catch_warnings():  # PED-ANOVA warns on any target; ours is signed
             warnings.simplefilter("ignore", UserWarning)
-            found = optuna.importance.get_param_importances(only, target=target)  # PED-ANOVA
+            found = optuna.importance.get_param_importances(only, params=varied, target=target)
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-        return {}, f"parameter importances unavailable: {exc}"
-    return dict(found), ""
+        return Importances({}, n, constant, f"parameter importances unavailable: {exc}")
+    return Importances(dict(found), n, constant, f"over {n} feasible trials{left_out}")
 
 
 def chosen(study: optuna.Study) -> int | None:

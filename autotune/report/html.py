@@ -164,13 +164,14 @@ def write_report(*, study: optuna.Study, out: Path, png: bool) -> list[Path]:
         figures.append(("Throughput against each tuned parameter",
                         _params_figure(go, pts, params, number)))  # fmt: skip
     figures.append(("Optimization history", _history_figure(go, study, pts, number)))
-    found, why = importances(study)
-    if found:
+    imp = importances(study)
+    if imp.values:
+        found = imp.values
         names = sorted(found, key=found.__getitem__)
         bars = go.Figure(go.Bar(x=[found[n] for n in names], y=names, orientation="h",
                                 text=[f"{found[n]:.2f}" for n in names]))  # fmt: skip
-        bars.update_layout(title="Parameter importances (PED-ANOVA over feasible trials)",
-                           height=160 + 50 * len(names), xaxis_title="importance")  # fmt: skip
+        bars.update_layout(title=imp.title, height=160 + 50 * len(names),
+                           xaxis_title=f"importance ({imp.note})")  # fmt: skip
         figures.append(("Parameter importances", bars))
     if len(study.directions) > 1:
         figures.append(("Pareto front", optuna.visualization.plot_pareto_front(study)))
@@ -179,8 +180,8 @@ def write_report(*, study: optuna.Study, out: Path, png: bool) -> list[Path]:
         div = fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displaylogo": False},
                           default_height=f"{int(fig.layout.height or 450)}px")  # fmt: skip
         sections += [f"<h2>{_e(title)}</h2>", div]
-    if why:
-        sections.append(f"<h2>Parameter importances</h2><p class=note>{_e(why)}</p>")
+    if not imp.values:
+        sections.append(f"<h2>Parameter importances</h2><p class=note>{_e(imp.note)}</p>")
     if len(study.directions) == 1:
         sections.append("<h2>Trade-offs</h2><p class=note>single objective: no Pareto front</p>")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import optuna
 from autotune.errors import UserError
 from autotune.report.data import (
     MISSING,
+    Importances,
     Param,
     Point,
     best_so_far,
@@ -55,9 +56,9 @@ def write_pngs(*, study: optuna.Study, stem: Path) -> list[Path]:
     figures = [("history", _history(plt, study, pts, number))]
     if params and pts:
         figures.insert(0, ("params", _params(plt, study, pts, params, number)))
-    found, _ = importances(study)
-    if found:
-        figures.append(("importance", _importance(plt, study, found, pts)))
+    imp = importances(study)
+    if imp.values:
+        figures.append(("importance", _importance(plt, study, imp)))
     for name, fig in figures:
         path = stem.with_name(f"{stem.name}-{name}.png")
         fig.savefig(path, dpi=DPI)
@@ -186,16 +187,18 @@ def _history(plt: Any, study: optuna.Study, pts: list[Point], number: int | None
     return fig
 
 
-def _importance(plt: Any, study: optuna.Study, found: dict[str, float], pts: list[Point]) -> Any:
-    """Horizontal bars, most important on top."""
+def _importance(plt: Any, study: optuna.Study, imp: Importances) -> Any:
+    """Horizontal bars, most important on top; the trial count in the title, the parameters
+    left out (never varied) under the axis."""
+    found = imp.values
     names = sorted(found, key=found.__getitem__)
-    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.6 * len(names)), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8, 1.8 + 0.6 * len(names)), layout="constrained")
     bars = ax.barh(names, [found[n] for n in names], color="#1f77b4")
     ax.bar_label(bars, labels=[f"{found[n]:.2f}" for n in names], padding=3, fontsize=9)
     ax.set_xlim(0, max(found.values()) * 1.15 or 1)
-    ax.set_xlabel("importance for output throughput (PED-ANOVA, Optuna's default evaluator)")
-    n = sum(p.kind == "feasible" for p in pts)
-    ax.set_title(f"Parameter importances over {n} feasible trials\n{short_name(study)}",
-                 fontsize=11)  # fmt: skip
+    ax.set_xlabel(
+        "importance for output throughput (PED-ANOVA, Optuna's default evaluator)\n" + imp.note
+    )
+    ax.set_title(f"{imp.title}\n{short_name(study)}", fontsize=11)
     ax.grid(axis="x", alpha=0.3)
     return fig

@@ -6,11 +6,13 @@ parsed as markup: ``[/v1/completions]`` is text) and with secrets masked."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -21,12 +23,12 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 from rich.text import Text
 
 from autotune.engine.outcome import Outcome
 from autotune.masking import mask
-from autotune.trial.record import TrialRecord, TrialRow
+from autotune.report.columns import Column, FittedTable
+from autotune.trial.record import REMEASURE, TrialRecord, TrialRow
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -71,11 +73,20 @@ def _result_text(trial: FrozenTrial) -> str:
     return f"{outcome}: {mask(record.reason)[:120]}"
 
 
-class LiveReporter:
-    """Trial n/N, the candidate, each result, best so far, elapsed and ETA."""
+def of_total(*, launch: int, budget: int, total: int | None) -> int:
+    """The N of a launch's ``(n/N)``: ``--trials`` (``total``), which the study's launches,
+    its re-measures and every worker's share all count against; the search's own budget (a
+    part of it) when ``total`` is not known."""
+    return max(total, launch) if total is not None else budget
 
-    def __init__(self, *, console: Console | None = None) -> None:
+
+class LiveReporter:
+    """Trial n/N (launches against ``total``, ``--trials``), the candidate, each result, best
+    so far, elapsed and ETA."""
+
+    def __init__(self, *, console: Console | None = None, total: int | None = None) -> None:
         self.console = console or Console(stderr=True)
+        self.total = total
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -98,6 +109,7 @@ class LiveReporter:
         self.progress.stop()
 
     def trial_started(self, *, number: int, launch: int, budget: int, args: dict[str, Any]) -> None:
+        budget = of_total(launch=launch, budget=budget, total=self.total)
         self.progress.update(self.task, total=budget, completed=launch - 1, phase="")
         best = f" (best {self.best:.1f} tok/s)" if self.best is not None else ""
         self.progress.update(self.task, description=f"trial {number}{best}")
@@ -123,8 +135,9 @@ class LiveReporter:
 class LineReporter:
     """Plain timestamped lines on stderr, for logs and CI."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, total: int | None = None) -> None:
         self.started = time.monotonic()
+        self.total = total
 
     def _say(self, text: str) -> None:
         print(
@@ -140,6 +153,7 @@ class LineReporter:
         return None
 
     def trial_started(self, *, number: int, launch: int, budget: int, args: dict[str, Any]) -> None:
+        budget = of_total(launch=launch, budget=budget, total=self.total)
         self._say(f"trial {number} ({launch}/{budget}): {short_args(args)}")
 
     def phase(self, text: str) -> None:
@@ -164,48 +178,69 @@ def _brief(row: TrialRow) -> str:
 
 
 def make_console() -> Console:
-    """stderr; wide enough for the tables when it is a log file rather than a terminal."""
+    """stderr; wide enough for the tables when it is a log file rather than a terminal (unless
+    ``COLUMNS`` says how wide)."""
     console = Console(stderr=True)
-    return console if console.is_terminal else Console(stderr=True, width=200)
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(stderr=True, width=200)
 
 
-def trials_table(rows: Sequence[TrialRow], *, best: int | None, title: str) -> Table:
+# Left out first when the terminal is narrow; #, outcome, the tuned values and tok/s stay.
+_DROP = ("reason", "log", "source", "preempt", "KV peak %", "TTFT p95", "KV tokens")
+
+
+def _source(text: str) -> str:
+    """Who proposed a trial, in a word: the sampler, a move (``edge: …``), a re-measure."""
+    if not text:
+        return "tpe"
+    if text.startswith(REMEASURE):
+        return "re-measure " + text.removeprefix(REMEASURE).strip()
+    return text.split(":", 1)[0]
+
+
+def trials_table(rows: Sequence[TrialRow], *, best: int | None, title: str) -> FittedTable:
     """All trials of a study: outcome, arguments, key metrics (with the peak KV-cache usage
-    and the preemptions vLLM reported during the benchmark) and why a trial failed."""
-    table = Table(title=Text(mask(title)), title_justify="left")
+    and the preemptions vLLM reported during the benchmark), who proposed each, why it failed
+    and its log, laid out for the terminal's width (``report.columns``)."""
     names = [n for n in _SHORT if any(n in row.args for row in rows)]
-    for col in (
-        "#",
-        "outcome",
-        *(_SHORT[n] for n in names),
-        "tok/s",
-        "TTFT p95",
-        "KV tokens",
-        "KV peak %",
-        "preempt",
-        "reason",
-    ):
-        if col == "reason":
-            table.add_column(col, overflow="ellipsis", no_wrap=True, max_width=60)
-        else:
-            justify: Literal["left", "right"] = "left" if col == "outcome" else "right"
-            table.add_column(col, justify=justify, no_wrap=True, min_width=len(col))
+    logs = {Path(row.log).parent for row in rows if row.log}
+    one_dir = len(logs) == 1
+    columns = [
+        Column(name="#", keep=True),
+        Column(name="outcome", justify="left", keep=True),
+        *(Column(name=_SHORT[n], keep=True) for n in names),
+        Column(name="tok/s", keep=True),
+        Column(name="TTFT p95"),
+        Column(name="KV tokens"),
+        Column(name="KV peak %"),
+        Column(name="preempt"),
+        Column(name="source", justify="left", max_width=24),
+        Column(name="reason", justify="left", flexible=True, max_width=60),
+        Column(name="log", justify="left"),
+    ]
 
     def num(value: Any, fmt: str = "{:.1f}") -> str:
         return "" if value is None else fmt.format(value)
 
+    cells = []
     for row in rows:
         reason = "" if row.outcome == Outcome.OK.value else _brief(row)
-        cells = (
-            f"{row.number}{'*' if row.number == best else ''}",
-            str(row.outcome),
-            *(_value(name, row.args.get(name, "")) for name in names),
-            num(row.throughput),
-            num(row.ttft_p95_ms),
-            num(row.kv_cache_tokens, "{:,}"),
-            num(row.peak_kv_cache_usage_pct),
-            num(row.preemptions, "{:,}"),
-            reason,
+        log = Path(row.log).name if one_dir and row.log else row.log
+        cells.append(
+            (
+                f"{row.number}{'*' if row.number == best else ''}",
+                str(row.outcome),
+                *(_value(name, row.args.get(name, "")) for name in names),
+                num(row.throughput),
+                num(row.ttft_p95_ms),
+                num(row.kv_cache_tokens, "{:,}"),
+                num(row.peak_kv_cache_usage_pct),
+                num(row.preemptions, "{:,}"),
+                _source(row.source),
+                reason,
+                mask(log),
+            )
         )
-        table.add_row(*(Text(cell) for cell in cells))
-    return table
+    notes = [f"logs in {mask(str(next(iter(logs))))}"] if one_dir else []
+    return FittedTable(title=mask(title), columns=columns, rows=cells, drop=_DROP, notes=notes)

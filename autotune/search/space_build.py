@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from autotune.engine.multimodal import IMAGE_DIM, LIMIT_ARG
+from autotune.engine.multimodal import IMAGE_DIM, LIMIT_ARG, image_range
 from autotune.errors import UserError
 from autotune.hardware import Hardware
 from autotune.model import ModelSpec
@@ -48,7 +48,8 @@ def build_space(
     """The default ranges, re-ranged or fixed by the user's ``--flag LOW:HIGH`` / ``--flag V``.
 
     Vision models add the image limit (``limit_mm_per_prompt``): at least ``min_images``, up to
-    16 (64 with ``images_max``, which looks for the largest count that fits)."""
+    16, or with ``images_max`` (which looks for the largest count that fits) up to the images
+    the longest context holds, at most 64 (``engine.multimodal.image_range``)."""
     memory = _memory_dim(hardware, overrides)
     vision = spec.is_vision or overrides.get(IMAGE_DIM) is not None
     if not vision and (min_images or images_max):
@@ -68,8 +69,13 @@ def build_space(
         if text is not None:
             low, high = parse_range(name, text)
         elif name == IMAGE_DIM:
-            low = min_images or 1
-            high = max(64 if images_max else 16, low)
+            length = next((d.high for d in dims if d.name == "max_model_len"), None)
+            low, high = image_range(
+                low=min_images or 1,
+                most=images_max,
+                image_tokens=spec.image_tokens,
+                max_model_len=int(length) if length else spec.max_position_embeddings,
+            )
         elif name == "max_model_len":
             model_max = spec.max_position_embeddings
             if model_max is None:

@@ -175,7 +175,7 @@ def test_stored_layouts_match_as_find_profile_does(tmp_path: Path) -> None:
 
 def test_lookup_uses_the_stored_layout_before_the_memory_model(tmp_path: Path) -> None:
     """serve/show/export/verify: a profile tuned on one GPU is found even where the memory model
-    (here held to a lower utilization) would now say two; and the other way round."""
+    (here for a 131072-token context) would now say two; and the other way round."""
     model = write_model(tmp_path / "fp8", LLAMA_70B_FP8)
     spec = resolve_model(str(model))
     store = ProfileStore(tmp_path / "profiles")
@@ -184,7 +184,7 @@ def test_lookup_uses_the_stored_layout_before_the_memory_model(tmp_path: Path) -
         gpu="H100:80",
         vllm_cmd="no-such-vllm serve",  # version unknown: matched without it
         profiles_dir=store.root,
-        ranges={"gpu_memory_utilization": "0.85"},
+        min_model_len=131072,  # (serve's --gpu-memory-utilization V would cap the profile's)
     )
     assert lookup(opts, workload=None, strict=False).hardware.key == "h100-80gib-x2"  # no profile
     saved(store, spec, 1)
@@ -193,7 +193,7 @@ def test_lookup_uses_the_stored_layout_before_the_memory_model(tmp_path: Path) -
     assert where.find() is not None
     other = write_model(tmp_path / "bf16", LLAMA_70B)
     saved(store, resolve_model(str(other)), 4)
-    where = lookup(replace(opts, model=str(other), ranges={}), workload=None, strict=False)
+    where = lookup(replace(opts, model=str(other)), workload=None, strict=False)
     assert where.hardware.key == "h100-80gib-x4" and where.parallel == {"tensor_parallel_size": 4}
     assert where.extra_args == ("--tensor-parallel-size", "4") and where.find() is not None
     given = lookup(replace(opts, extra_args=("-tp", "2")), workload=None, strict=False)

@@ -62,12 +62,16 @@ def test_fp8_70b_is_tuned_and_served_on_one_h100(tmp_path: Path) -> None:
     assert f" serve {model} " in out
     assert "--tensor-parallel-size" not in out and "--max-model-len 4096" in out
     # The profile is evidence that one GPU fits: found even where the memory model alone would
-    # now say two (served held to 0.85 of the GPU), and by the read-only views.
-    low = [*ARGS, "--dry-run"]
-    low[low.index("0.96")] = "0.85"
-    rc, out, err = autotune("serve", str(model), *low, **weights)
+    # now say two (a 131072-token request), and by the read-only views.
+    rc, out, err = autotune("serve", str(model), *ARGS, "--dry-run", "--min-model-len", "131072",
+                            **weights)  # fmt: skip
     assert rc == 0, err
     assert f"using profile {path}" in err and "--tensor-parallel-size" not in out
+    # vLLM's --gpu-memory-utilization given to serve caps the profile's reservation: a miss.
+    low = [*ARGS, "--dry-run", "--no-tune"]
+    low[low.index("0.96")] = "0.85"
+    rc, out, err = autotune("serve", str(model), *low, **weights)
+    assert rc == 2 and out == "" and "gpu_memory_utilization <= 0.85" in err, err
     rc, out, err = autotune("profiles", "show", str(model), "--gpu", "H100:80", "--json",
                             "--vllm-cmd", FAKE_CMD)  # fmt: skip
     assert rc == 0, err

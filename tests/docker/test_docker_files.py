@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from autotune import paths
-from autotune.profiles.export import VLLM_IMAGE
+from autotune.pins import vllm_image
 from tests.conftest import ROOT
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -75,9 +75,9 @@ def test_base_image_is_pinned_and_matches_export() -> None:
     refs = [next(w for w in words if not w.startswith("--")) for words in froms]
     for ref in refs:
         assert is_pinned(ref), f"FROM {ref}: pin a tag (not latest) or a digest"
-    # The image that serves is the vLLM release `profiles export --format k8s` names.
+    # The image that serves is the release the project is tested against (autotune/pins.py).
     repo, tag, _ = split_image(refs[-1])
-    assert f"{repo}:{tag}" == VLLM_IMAGE
+    assert f"{repo}:{tag}" == vllm_image()
 
 
 def test_entrypoint_env_volumes_port() -> None:

@@ -40,9 +40,9 @@ def test_cli_json_and_k8s() -> None:
     assert json.loads(argv[argv.index("--limit-mm-per-prompt") + 1]) == {"image": 2}
     data = json.loads(export(profile(), fmt="json", model="m", command=[]))
     assert data["schema_version"] == 2 and data["vllm_args"]["max_num_seqs"] == 64
-    k8s = yaml.safe_load(export(profile(), fmt="k8s", model="org/m", command=[]))
-    assert k8s["kind"] == "Deployment"
+    k8s, service = yaml.safe_load_all(export(profile(), fmt="k8s", model="org/m", command=[]))
+    assert k8s["kind"] == "Deployment" and service["kind"] == "Service"
     (container,) = k8s["spec"]["template"]["spec"]["containers"]
-    assert container["image"].startswith("vllm/vllm-openai:")
+    assert container["image"] == f"vllm/vllm-openai:v{profile().vllm_version}"
     assert container["args"][0] == "org/m" and "--max-num-seqs" in container["args"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1

@@ -144,7 +144,7 @@ def test_few_feasible_trials_skip_importances_with_a_note(tmp_path: Path) -> Non
         trial.set_constraint(st.CONSTRAINT, -1.0 if value else 1.0)
         study.tell(trial, value)
     written = write_report(study=study, out=tmp_path / "one.html", png=True)
-    assert "parameter importances need 3 feasible trials (1)" in written[0].read_text()
+    assert "parameter importances need 10 feasible trials (1)" in written[0].read_text()
     assert [p.name for p in written[1:]] == ["one-params.png", "one-history.png"]
 
 

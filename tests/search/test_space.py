@@ -164,9 +164,8 @@ def test_vision_space_adds_the_image_limit() -> None:
     assert len(limits) > 5
     defaults = space.default_params(vllm_defaults(L4, spec))
     assert defaults["image_limit"] == 16  # vLLM's 999, clamped into the space
-    assert (
-        build_space(spec=spec, hardware=L4, overrides={}, images_max=True)["image_limit"].high == 64
-    )
+    most = build_space(spec=spec, hardware=L4, overrides={}, images_max=True)["image_limit"]
+    assert (most.low, most.high) == (1, 4096 // 576)  # the images LLaVA's context holds
     plain = build_space(spec=spec, hardware=L4, overrides={"image_limit": "2"})
     assert plain.args({})["limit_mm_per_prompt"] == '{"image": 2}'
     with pytest.raises(UserError, match="below --min-images"):
