@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from hypothesis import strategies as st
 from autotune.cli.main import main
 from autotune.load import dataset
 from tests.conftest import LLAMA_8B, write_model
+from tests.load.test_hostile_files import _png
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "corpus_cli.yaml").read_text())
 FUZZ = settings(
@@ -74,17 +73,6 @@ def tune(model: Path, *args: str) -> list[str]:
 
 
 # --- the corpus: every concrete input of the issue ------------------------------------------
-
-
-def _png(width: int, height: int) -> bytes:
-    """A PNG that claims ``width`` x ``height`` pixels (Pillow checks the size on open)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def _image_dataset(tmp: Path, name: str, data: bytes) -> Path:
