@@ -40,7 +40,8 @@ def fill(
     requests in flight): fewer leave KV cache idle, more only queue or preempt. The utilization
     comes down to the model's edge for the larger batches (``expected``), and
     ``max_model_len`` to the KV tokens the model predicts for them (``capacity``), so the move
-    can start. Once per configuration."""
+    can start; halfway (geometrically) to a count already known to fail for memory there
+    (``_failed_cap``). Once per configuration."""
     if "max_num_seqs" not in space or space["max_num_seqs"].fixed or request_tokens <= 0:
         return None
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
