@@ -18,8 +18,9 @@ MAX_ITEMS = 10_000  # entries in one list or mapping
 MAX_INT = 1 << 63
 MAX_DEPTH = 32
 # Cc: control (NUL, newline, ESC, NEL), Cf: format (bidi overrides, zero width), Cs: lone
-# surrogates, Zl/Zp: the line and paragraph separators YAML and some terminals break lines on.
-_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+# surrogates, Co/Cn: private use and unassigned, Zl/Zp: the line and paragraph separators YAML
+# and some terminals break lines on.
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 KEY_FIELDS = (("model", "name"), ("hardware", "key"), ("workload", "signature"))
 
 
@@ -39,11 +40,17 @@ def bad_char(text: str) -> str | None:
 
 def check_text(text: str, *, where: str, source: str, limit: int = MAX_TEXT) -> None:
     """``text`` at ``where`` (e.g. ``workload.signature``): printable, at most ``limit`` long."""
+    where = printable(where)
     if len(text) > limit:
         raise ProfileError(f"{source}: {where} is longer than {limit} characters")
     char = bad_char(text)
     if char is not None:
         raise ProfileError(f"{source}: {where} holds the control character {char!a}")
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would not print escaped (``\\x1f``)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def check_tree(data: object, *, source: str) -> None:

@@ -260,7 +260,8 @@ def test_vision_study_then_serve_at_the_limit(
     ("model", "extra", "message"),
     [
         (None, ["--", "--dtype", "float64"], "the engine rejected the settings"),
-        ("someorg/not-cached-model", [], "cannot find model someorg/not-cached-model"),
+        # not in the cache and offline: one line before any launch (app/hub.py)
+        ("someorg/not-cached-model", [], "someorg/not-cached-model is not in the Hugging Face"),
     ],
 )
 def test_user_errors_stop_the_study(
