@@ -7,11 +7,11 @@ from pathlib import Path
 import optuna
 
 from autotune.engine.outcome import Outcome, StartupInfo
-from autotune.load.metrics import Metrics
 from autotune.search import study as st
 from autotune.search import tell
 from autotune.trial.record import remeasure_source, store
 from autotune.trial.runner import TrialResult
+from tests.report.test_report import metrics
 
 MODEL = "m"
 NAME = f"{MODEL}@l4-24gib-x1@in512-out128@throughput@abc123"
@@ -34,12 +34,6 @@ PLAN = [
     (Outcome.OK, 1543.2, ""),
     (Outcome.OK, 1498.7, remeasure_source(4)),
 ]
-
-
-def metrics(tput: float) -> Metrics:
-    fields = {f: 1.0 for f in Metrics.__dataclass_fields__}
-    ints = {"completed": 10, "failed": 0, "input_tokens": 100, "output_tokens": 50}
-    return Metrics.from_dict({**fields, **ints, "max_concurrency": 4, "output_throughput": tput})
 
 
 def record_study(storage: str, logs: Path) -> optuna.Study:
