@@ -15,6 +15,8 @@ class Request:
     """Chat messages for ``/v1/chat/completions``."""
     max_tokens: int
     ignore_eos: bool
+    timestamp: float | None = None
+    """When a trace sent it (seconds, any origin; ``--trace`` replays the gaps), else None."""
 
     @property
     def is_chat(self) -> bool:

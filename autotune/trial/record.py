@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from autotune.engine.outcome import Outcome, StartupInfo
 from autotune.errors import UserError
 from autotune.load.metrics import Metrics
+from autotune.trial.capacity import Capacity
 
 # Outcomes of trials that never produced a result of their own (not engine outcomes).
 RUNNING = "running"
@@ -66,6 +67,9 @@ class TrialRecord:
     peak_kv_cache_usage_pct: float | None = None  # vllm:kv_cache_usage_perc x 100 at its peak
     peak_requests_waiting: int | None = None  # vllm:num_requests_waiting at its peak
     peak_requests_running: int | None = None  # vllm:num_requests_running at its peak
+    # vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total during the benchmark
+    prefix_cache_hit_rate: float | None = None
+    capacity: Capacity | None = None  # --objective capacity: the rate search on this engine
     reserved_gib: float | None = None  # GPU memory the configuration reserves
     reserved_source: str | None = None  # where that number came from
     missed: tuple[str, ...] = ()  # SLOs (or the floor) a served configuration missed
@@ -115,6 +119,7 @@ class TrialRecord:
         values["errors"] = tuple(values.get("errors") or ())
         values["missed"] = tuple(values.get("missed") or ())
         values["launched"] = bool(values.get("launched"))
+        values["capacity"] = _capacity(values.get("capacity"))
         return cls(**values)
 
     def to_attrs(self, *, only: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -126,11 +131,13 @@ class TrialRecord:
 # What vLLM's /metrics showed during the benchmark.
 ENGINE_STATS = (
     "preemptions", "peak_kv_cache_usage_pct", "peak_requests_waiting", "peak_requests_running",
+    "prefix_cache_hit_rate",
 )  # fmt: skip
 # The fields a launch's result sets (``TrialResult.record``); the rest are set around it.
 RESULT_FIELDS = (
     "outcome", "reason", "vllm_args", "log", "metrics", "startup", "estimated_max_model_len",
-    "vllm_version", "startup_s", "errors", "goodput", "peak_memory_gib", *ENGINE_STATS,
+    "vllm_version", "startup_s", "errors", "goodput", "peak_memory_gib", "capacity",
+    *ENGINE_STATS,
 )  # fmt: skip
 
 
@@ -142,7 +149,7 @@ def attrs(**fields: Any) -> dict[str, Any]:
         raise TypeError(f"not trial record fields: {sorted(unknown)}")
     out: dict[str, Any] = {}
     for name, value in fields.items():
-        if isinstance(value, (Metrics, StartupInfo)):
+        if isinstance(value, (Metrics, StartupInfo, Capacity)):
             value = value.to_dict()
         elif isinstance(value, tuple):
             value = list(value)
@@ -177,6 +184,15 @@ def _metrics(raw: Any) -> Metrics | None:
     try:
         return Metrics.from_dict(raw)
     except UserError:  # written by another version: not comparable
+        return None
+
+
+def _capacity(raw: Any) -> Capacity | None:
+    if not isinstance(raw, Mapping) or not raw:
+        return None
+    try:
+        return Capacity.from_dict(raw)
+    except UserError:  # written by another version
         return None
 
 

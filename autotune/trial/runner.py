@@ -29,6 +29,7 @@ from autotune.load import client as loadgen
 from autotune.load.metrics import Metrics, RequestRecord, goodput
 from autotune.load.request import Request
 from autotune.load.stall import STALLED, StallWatch, first_wave_s
+from autotune.trial.capacity import Capacity
 from autotune.trial.record import TrialRecord
 
 MAX_FAILED_SHARE = 0.1  # more failed requests than this makes a configuration unusable
@@ -61,6 +62,8 @@ class TrialResult:
     peak_kv_cache_usage_pct: float | None = None  # vllm:kv_cache_usage_perc x 100 at its peak
     peak_requests_waiting: int | None = None  # vllm:num_requests_waiting at its peak
     peak_requests_running: int | None = None  # vllm:num_requests_running at its peak
+    prefix_cache_hit_rate: float | None = None  # prefix-cache hits / queries in the benchmark
+    capacity: Capacity | None = None  # --objective capacity: the rate search on this engine
 
     @property
     def throughput(self) -> float:
@@ -86,6 +89,8 @@ class TrialResult:
             peak_kv_cache_usage_pct=self.peak_kv_cache_usage_pct,
             peak_requests_waiting=self.peak_requests_waiting,
             peak_requests_running=self.peak_requests_running,
+            prefix_cache_hit_rate=self.prefix_cache_hit_rate,
+            capacity=self.capacity,
         )
 
 
