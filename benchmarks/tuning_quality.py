@@ -733,7 +733,7 @@ def autotune_study(
         goal=plan.goal,
         noise=finish.noise,
         statistic=finish.statistic,
-        repeats=finish.repeats,
+        repeats=finish.settled,
         most_images=finish.most_images,
     )
     return study, (ranked[0].args if ranked else None)

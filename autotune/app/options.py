@@ -13,6 +13,8 @@ from pathlib import Path
 from autotune.engine.safety import check_user_args
 from autotune.errors import UserError
 from autotune.hardware import Device
+from autotune.load.arrivals import Arrivals, signed
+from autotune.load.trace import trace_workload
 from autotune.load.workload import Workload
 from autotune.search.goal import Goal, Objective, Statistic, goal_from
 
@@ -30,6 +32,9 @@ LIMITS: dict[str, tuple[float, float]] = {
     "min_throughput": (0, 1e9),
     "concurrency": (1, 1_000_000),
     "request_rate": (0, 1e6),
+    "burstiness": (0, 1000),  # arrivals (``load.arrivals``)
+    "ramp_up_s": (0, 86_400),
+    "trace_speed": (0, 10_000),
     "warmup": (0, 100_000),
     "repeats": (1, 100),
     "finalists": (1, 100),
@@ -38,6 +43,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "input_len": (1, 1 << 20),  # workload
     "output_len": (1, 1 << 20),
     "num_prompts": (1, 100_000),
+    "shared_prefix_len": (0, 1 << 20),
+    "prefix_groups": (1, 10_000),
 }
 # A Hugging Face id: ORG/NAME or NAME, letters, digits, '-', '_', '.', at most 96 each.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(?:/[A-Za-z0-9][\w.-]{0,95})?", re.ASCII)
@@ -99,9 +106,13 @@ class TuneOptions:
     memory_budget: str | None = None  # --memory-budget FRACTION or GiB
     concurrency: int | None = None  # --concurrency: requests in flight at most
     request_rate: float | None = None  # --request-rate: Poisson arrivals per second
+    burstiness: float = 1.0  # --burstiness: gamma shape of the gaps (1: Poisson)
+    ramp_up_s: float = 0.0  # --ramp-up: seconds for the rate to rise from 0 to --request-rate
+    trace: Path | None = None  # --trace: a JSONL dataset sent at its rows' timestamps
+    trace_speed: float = 1.0  # --trace-speed: the trace's gaps divided by this
     warmup: int = 0  # --warmup: requests sent first, not measured
-    repeats: int = 3  # --repeats: measurements of each finalist
-    finalists: int = 2  # --finalists: candidates re-measured
+    repeats: int = 3  # --repeats: most measurements of a finalist
+    finalists: int = 4  # --finalists: candidates re-measured
     statistic: Statistic = "median"  # --statistic: of the repeats
     soak: bool = True  # --no-soak skips the worst-case load run of the winner
     prune: bool = True  # --no-prune: never stop a benchmark early
@@ -117,6 +128,7 @@ class TuneOptions:
         wl = self.workload
         numbers = {name: getattr(self, name, None) for name in LIMITS}
         numbers.update(input_len=wl.input_len, output_len=wl.output_len, num_prompts=wl.num_prompts)
+        numbers.update(shared_prefix_len=wl.shared_prefix_len, prefix_groups=wl.prefix_groups)
         for name, value in numbers.items():
             if value is None:
                 continue
@@ -129,7 +141,28 @@ class TuneOptions:
                 flag = "--" + name.removesuffix("_s").replace("_", "-")
                 span = "..".join(str(int(x) if x == int(x) else x) for x in (low, high))
                 raise UserError(f"{flag} {value!r}: expected a number {span}")
-        return replace(self, extra_args=tuple(check_user_args(self.extra_args)))
+        self.arrivals()  # one line for a bad arrival pattern, before anything starts
+        traced = wl if self.trace is None else trace_workload(wl, self.trace)
+        return replace(self, workload=traced, extra_args=tuple(check_user_args(self.extra_args)))
+
+    def arrivals(self) -> Arrivals | None:
+        """When the benchmark's requests are sent (None: all at once), or one clear line."""
+        if self.trace is None:
+            if self.trace_speed != 1.0:
+                raise UserError("--trace-speed scales a --trace: give --trace FILE too")
+            if self.request_rate is None and self.burstiness == 1.0 and not self.ramp_up_s:
+                return None
+            return Arrivals(
+                rate=self.request_rate, burstiness=self.burstiness, ramp_up_s=self.ramp_up_s
+            )
+        if self.burstiness != 1.0 or self.ramp_up_s:
+            raise UserError("--trace sends at the trace's timestamps: drop --burstiness/--ramp-up")
+        return Arrivals(rate=self.request_rate, trace_speed=self.trace_speed)
+
+    def signature(self, workload: Workload | None = None) -> str:
+        """The signature of the traffic tuned for (study names, profile keys): the workload's
+        (``workload``, else these options') and its arrival pattern."""
+        return signed((workload or self.workload).signature(), self.arrivals())
 
     def goal(self, *, total_gib: float) -> Goal:
         """What "best" means for these options on a GPU of ``total_gib`` (one clear line for a

@@ -66,9 +66,9 @@ def _space(
 def _bound_seqs(
     space: SearchSpace, options: TuneOptions, spec: ModelSpec, hardware: Hardware
 ) -> SearchSpace:
-    """A default ``max_num_seqs`` range ends at the requests of the workload (input + output
-    tokens) that the KV cache can hold at the top of the memory range, by the analytic model's
-    upper bound; never below vLLM's default. A range the user gave is kept."""
+    """A default ``max_num_seqs`` range ends at the workload's typical requests (mean input +
+    output tokens) that the KV cache can hold at the top of the memory range, by the analytic
+    model's upper bound; never below vLLM's default. A range the user gave is kept."""
     wl = options.workload
     if options.ranges.get("max_num_seqs") is not None or wl.dataset is not None:
         return space
@@ -81,7 +81,7 @@ def _bound_seqs(
         model=found[0],
         memory_dim=memory.name,
         memory_high=float(memory.high),
-        request_tokens=wl.input_len + wl.output_len,
+        request_tokens=wl.mean_request_tokens,
     )
     keep = int(vllm_defaults(hardware, spec)["max_num_seqs"])
     return space if cap is None else bound_max_num_seqs(space, cap=cap, keep=keep)
@@ -115,12 +115,14 @@ def prepare(options: TuneOptions) -> Prepared:
 
         check_sqlite(options.storage)
     if wl.dataset is None and "max_model_len" in space:
-        need = wl.input_len + wl.output_len
+        need = wl.max_request_tokens
         if space["max_model_len"].low < need:
+            sizes = f"input {wl.input_len} + output {wl.output_len}"
+            if wl.lengths_from is not None:
+                sizes = f"its longest request in {wl.lengths_from.name}, input + output"
             raise UserError(
                 f"max_model_len {space['max_model_len'].describe()} is shorter than the workload "
-                f"needs (input {wl.input_len} + output {wl.output_len} = {need}); "
-                "raise --min-model-len or shorten the workload"
+                f"needs ({sizes} = {need}); raise --min-model-len or shorten the workload"
             )
     check_hub_model(spec)  # an uncached hub id offline: one line before any study or launch
     command = resolve_command(options.vllm_cmd)

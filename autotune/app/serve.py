@@ -82,7 +82,7 @@ def serve(
 def _asked(options: TuneOptions) -> str:
     """The signature of the workload the options describe (a dataset must be readable)."""
     options.workload.validate()
-    return options.workload.signature()
+    return options.signature()
 
 
 def _say_requirements(where: ProfileLookup, profile: Profile, *, pick: str | None) -> None:

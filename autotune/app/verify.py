@@ -51,7 +51,7 @@ def verify(
         raise UserError(where.miss())
     announce(match, hardware=where.hardware)
     profile = match.profile
-    wl, num_prompts = workload_of(profile)
+    wl, num_prompts, arrivals = workload_of(profile)
     runner = TrialRunner(
         command=where.command,
         model=options.model,
@@ -59,6 +59,7 @@ def verify(
         extra_args=tuple(combined_extra(profile, options.extra_args)),
         env=engine_env(where.hardware),
         startup_timeout_s=options.startup_timeout_s,
+        arrivals=arrivals,
     )
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     log_dir = paths.state_dir(options.state_dir) / "logs" / "verify" / f"{match.path.stem}-{stamp}"

@@ -203,6 +203,8 @@ def summary_line(path: Path, profile: Profile) -> str:
     data = tune_summary(path, profile)
     tput = data["output_throughput"]
     speed = f"{tput:.1f} output tok/s" if tput is not None else "no throughput measured"
+    if (line := capacity_line(profile)) is not None:
+        speed = f"{line}, {speed}"
     args = short_args(profile.vllm_args)
     return f"chosen: trial {data['trial']}, {speed}, {args}; profile saved to {path}"
 
@@ -247,7 +249,20 @@ def show_profile(*, as_json: bool, **where: Any) -> None:
         print()
     else:
         print(f"# {match.path}")
+        if (line := capacity_line(match.profile)) is not None:
+            print(f"# {line}")
         print(yaml.safe_dump(data, sort_keys=False), end="")
+
+
+def capacity_line(profile: Profile) -> str | None:
+    """``--objective capacity``: the capacity and the SLOs it holds, else None."""
+    if "capacity_rps" not in profile.metrics:
+        return None
+    rate = profile.metrics["capacity_rps"]
+    slos = ", ".join(f"{k}={v:g}" for k, v in profile.constraints.items() if "_ms" in k)
+    if not isinstance(rate, (int, float)):
+        return f"capacity: no request rate met {slos}"
+    return f"capacity: {rate:.3g} requests/s within {slos}"
 
 
 def export_profile(

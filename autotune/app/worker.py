@@ -56,7 +56,7 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
     name = st.study_name(
         model=spec.name,
         hardware_key=hardware.key,
-        workload=wl.signature(),
+        workload=options.signature(wl),
         objective=goal.name(),
         space=space,
     )
@@ -70,7 +70,7 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
         workers.check_fingerprint(study, hardware.to_dict())  # writes: the storage's preflight
         study.set_user_attr(keys.MODEL, spec.to_dict() | {"name": spec.name})
         study.set_user_attr(keys.HARDWARE, hardware.to_dict())
-        study.set_user_attr(keys.WORKLOAD, wl.to_dict() | {"signature": wl.signature()})
+        study.set_user_attr(keys.WORKLOAD, wl.to_dict() | {"signature": options.signature(wl)})
         study.set_user_attr(keys.SPACE, space.describe())
         study.set_user_attr(
             keys.INPUTS,
@@ -208,7 +208,8 @@ def _save(
     profile = build_profile(
         model=spec.to_dict() | {"name": spec.name},
         hardware=hardware.to_dict(),
-        workload=workload.to_dict() | {"signature": workload.signature()},
+        workload=workload.to_dict() | {"signature": options.signature(workload)},
+        arrivals=None if (pace := options.arrivals()) is None else pace.to_dict(),
         objective=options.objective,
         extra_args=options.extra_args,
         chosen=chosen,

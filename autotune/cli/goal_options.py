@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from autotune.cli.options import options
@@ -10,11 +12,13 @@ from autotune.cli.params import finite_text, floats, ints
 goals = options(
     click.option(
         "--objective",
-        type=click.Choice(["throughput", "goodput", "memory", "pareto"]),
+        type=click.Choice(["throughput", "goodput", "memory", "pareto", "capacity"]),
         default="throughput",
         show_default=True,
         help="throughput: output tok/s; goodput: requests/s meeting the SLOs; memory: the "
-        "smallest reservation above --min-throughput; pareto: throughput against memory.",
+        "smallest reservation above --min-throughput; pareto: throughput against memory; "
+        "capacity: the highest request rate whose percentiles meet every --slo (searched on "
+        "each running engine; --num-prompts requests per rate step).",
     ),
     click.option(
         "--slo",
@@ -45,6 +49,35 @@ goals = options(
         help="Poisson arrivals per second instead of all at once.",
     ),
     click.option(
+        "--burstiness",
+        type=floats("burstiness", min_open=True),
+        default=1.0,
+        show_default=True,
+        help="Gamma shape of the gaps between arrivals at --request-rate: 1 is Poisson, "
+        "below 1 burstier, above 1 steadier (as vllm bench serve).",
+    ),
+    click.option(
+        "--ramp-up",
+        metavar="SECONDS",
+        type=floats("ramp_up_s"),
+        default=0.0,
+        help="Raise the arrival rate linearly from 0 to --request-rate over this many seconds.",
+    ),
+    click.option(
+        "--trace",
+        metavar="FILE.jsonl",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Replay a JSONL trace: its rows are the requests (as --dataset), each sent at its "
+        "'timestamp' (seconds); --num-prompts defaults to its row count.",
+    ),
+    click.option(
+        "--trace-speed",
+        type=floats("trace_speed", min_open=True),
+        default=1.0,
+        show_default=True,
+        help="Replay the trace this many times faster (2: half the gaps).",
+    ),
+    click.option(
         "--warmup",
         type=ints("warmup"),
         default=0,
@@ -56,12 +89,14 @@ goals = options(
         type=ints("repeats"),
         default=3,
         show_default=True,
-        help="Measurements of each finalist (1: no re-measurement); count against --trials.",
+        help="Most measurements of a finalist (1: no re-measurement): each is launched again "
+        "once, and up to this many times while its runs differ by more than --noise; the "
+        "launches count against --trials.",
     ),
     click.option(
         "--finalists",
         type=ints("finalists"),
-        default=2,
+        default=4,
         show_default=True,
         help="How many of the best are re-measured.",
     ),

@@ -16,7 +16,21 @@ from autotune.masking import is_secret_flag
 F = TypeVar("F", bound=Callable[..., Any])
 _DIGITS = re.compile(r"[0-9]{1,6}")
 # The options that make a workload's signature: given to ``serve``, its profile comes first.
-WORKLOAD_OPTIONS = ("input_len", "output_len", "dataset", "images_per_request", "image_size")
+WORKLOAD_OPTIONS = (
+    "input_len",
+    "output_len",
+    "dataset",
+    "images_per_request",
+    "image_size",
+    "lengths_from",
+    "shared_prefix_len",
+    "prefix_groups",
+    "request_rate",
+    "burstiness",
+    "ramp_up",
+    "trace",
+    "trace_speed",
+)
 
 
 class VllmFlagsCommand(click.Command):
@@ -210,7 +224,30 @@ tuning = options(
     click.option(
         "--dataset",
         type=click.Path(path_type=Path),
-        help="JSONL of prompts or chat messages instead of synthetic prompts.",
+        help="Prompts instead of synthetic ones: ShareGPT JSON (a list, not *.jsonl; the first "
+        "human turn, as many output tokens as its reply) or JSONL (prompt or messages, "
+        "output_len, images, timestamp).",
+    ),
+    click.option(
+        "--lengths-from",
+        type=click.Path(path_type=Path),
+        help="Synthetic prompts whose (input, output) token counts are drawn from this ShareGPT "
+        "JSON or JSONL file (tokens counted by the model's tokenizer.json, else ~4 chars each).",
+    ),
+    click.option(
+        "--shared-prefix-len",
+        type=ints("shared_prefix_len"),
+        default=0,
+        show_default=True,
+        help="Tokens every prompt starts with from one of --prefix-groups system prompts (inside "
+        "--input-len; words of a system message for chats, added before dataset prompts).",
+    ),
+    click.option(
+        "--prefix-groups",
+        type=ints("prefix_groups"),
+        default=1,
+        show_default=True,
+        help="Distinct shared prefixes; requests take them in turn.",
     ),
     click.option(
         "--trials",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from autotune.app.options import TuneOptions
+from autotune.errors import UserError
+from autotune.load.tokens import tokenizer_file
 from autotune.load.workload import Workload
 
 
@@ -27,8 +30,17 @@ def tune_options(model: str, kw: dict[str, Any]) -> TuneOptions:
         num_prompts=kw.pop("num_prompts"),
         dataset=kw.pop("dataset"),
         images_per_request=kw.pop("images_per_request"),
+        lengths_from=kw.pop("lengths_from"),
+        shared_prefix_len=kw.pop("shared_prefix_len"),
+        prefix_groups=kw.pop("prefix_groups"),
+        tokenizer=tokenizer_file(model),
         **({"image_size": size} if (size := kw.get("image_size")) else {}),
     )
+    trace = kw.pop("trace")
+    if trace is not None:  # its rows are the requests, sent at their timestamps
+        if workload.dataset is not None:
+            raise UserError("--trace FILE is the dataset as well: drop --dataset")
+        workload = replace(workload, dataset=trace)
     return TuneOptions(
         model=model,
         gpu=kw.pop("gpu"),
@@ -62,6 +74,10 @@ def tune_options(model: str, kw: dict[str, Any]) -> TuneOptions:
         memory_budget=kw.pop("memory_budget"),
         concurrency=kw.pop("concurrency"),
         request_rate=kw.pop("request_rate"),
+        burstiness=kw.pop("burstiness"),
+        ramp_up_s=kw.pop("ramp_up"),
+        trace=trace,
+        trace_speed=kw.pop("trace_speed"),
         warmup=kw.pop("warmup"),
         repeats=kw.pop("repeats"),
         finalists=kw.pop("finalists"),

@@ -22,6 +22,9 @@ PREEMPTIONS = ("vllm:num_preemptions_total", "vllm:num_preemptions")
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # 0-1; the 2nd before 0.11
 WAITING = ("vllm:num_requests_waiting",)
 RUNNING = ("vllm:num_requests_running",)
+# in tokens: prompt tokens looked up in the prefix cache, and of those the tokens found cached
+PREFIX_QUERIES = ("vllm:prefix_cache_queries_total",)
+PREFIX_HITS = ("vllm:prefix_cache_hits_total",)
 _SAMPLE = re.compile(
     r'^(?P<name>[A-Za-z_:][\w:]*)(?:\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})?[ \t]+(?P<value>\S+)', re.M
 )
@@ -36,6 +39,8 @@ class EngineStats:
     kv_cache_usage: float | None = None  # 0-1, the fullest engine's KV cache
     requests_waiting: int | None = None
     requests_running: int | None = None
+    prefix_cache_queries: float | None = None  # vllm:prefix_cache_queries_total (tokens)
+    prefix_cache_hits: float | None = None  # vllm:prefix_cache_hits_total (tokens)
 
 
 def parse_metrics(text: str) -> EngineStats:
@@ -57,12 +62,18 @@ def parse_metrics(text: str) -> EngineStats:
         found = first(names)
         return None if found is None else int(sum(found))
 
+    def summed(names: tuple[str, ...]) -> float | None:
+        found = first(names)
+        return None if found is None else float(sum(found))
+
     usage = first(KV_USAGE)
     return EngineStats(
         preemptions=total(PREEMPTIONS),
         kv_cache_usage=None if usage is None else min(max(max(usage), 0.0), 1.0),
         requests_waiting=total(WAITING),
         requests_running=total(RUNNING),
+        prefix_cache_queries=summed(PREFIX_QUERIES),
+        prefix_cache_hits=summed(PREFIX_HITS),
     )
 
 
@@ -85,6 +96,28 @@ def preemptions(base_url: str) -> int | None:
     """``vllm:num_preemptions_total`` summed over engines, or None when ``/metrics`` is unread."""
     stats = scrape(base_url)
     return None if stats is None else stats.preemptions
+
+
+def prefix_cache_counts(base_url: str) -> tuple[float, float] | None:
+    """(queries, hits) of vLLM's prefix cache in tokens, summed over engines; None when
+    ``/metrics`` is unread or lacks either counter."""
+    stats = scrape(base_url)
+    if stats is None or stats.prefix_cache_queries is None or stats.prefix_cache_hits is None:
+        return None
+    return stats.prefix_cache_queries, stats.prefix_cache_hits
+
+
+def hit_rate(
+    *, before: tuple[float, float] | None, after: tuple[float, float] | None
+) -> float | None:
+    """Prefix-cache hits / queries between two reads; None when either is missing or nothing
+    was looked up in between."""
+    if before is None or after is None:
+        return None
+    queries, hits = after[0] - before[0], after[1] - before[1]
+    if queries <= 0:
+        return None
+    return round(min(max(hits / queries, 0.0), 1.0), 4)
 
 
 class PeakLoad:

@@ -1,15 +1,14 @@
 """A saturating load generator for an OpenAI-compatible server such as ``vllm serve``.
 
-All requests are sent at once (or ``max_concurrency`` at a time, or as Poisson arrivals at
-``request_rate`` per second), streamed, and timed on the client the way ``vllm bench serve``
-times them (see :mod:`autotune.load.metrics`). Completion prompts go to ``/v1/completions``, chat
-messages to ``/v1/chat/completions``.
+All requests are sent at once (or ``max_concurrency`` at a time, or at the offsets of an
+:class:`~autotune.load.arrivals.Arrivals` process: Poisson, gamma, ramp-up or a trace), streamed,
+and timed on the client the way ``vllm bench serve`` times them (:mod:`autotune.load.stream`).
+Completion prompts go to ``/v1/completions``, chat messages to ``/v1/chat/completions``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -17,17 +16,12 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from autotune.load.arrivals import arrivals
+from autotune.load.arrivals import Arrivals
+from autotune.load.backlog import LoadState, due_by
 from autotune.load.metrics import Metrics, RequestRecord, aggregate
 from autotune.load.request import Request
-from autotune.load.responses import (
-    describe,
-    error_message,
-    event_error,
-    failed,
-    has_content,
-    summarise_errors,
-)
+from autotune.load.responses import describe, failed, summarise_errors
+from autotune.load.stream import stream_one
 
 __all__ = ["BenchResult", "run", "run_benchmark"]
 
@@ -50,6 +44,10 @@ class BenchResult:
     """How many answers came with each non-200 HTTP status."""
     records: tuple[RequestRecord, ...] = field(default=(), repr=False)
     """Every request as measured, in the order given (like ``--save-detailed``)."""
+    started: float = 0.0
+    """``time.perf_counter()`` at the start of the run: the origin of ``offsets``."""
+    offsets: tuple[float, ...] = field(default=(), repr=False)
+    """When each request was due, in seconds after ``started``; () when sent all at once."""
 
 
 async def run_benchmark(
@@ -59,12 +57,14 @@ async def run_benchmark(
     requests: Sequence[Request],
     max_concurrency: int | None = None,
     request_rate: float | None = None,
+    arrivals: Arrivals | None = None,
     seed: int = 0,
     timeout_s: float = 600.0,
     should_abort: Callable[[], str | None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_record: Callable[[RequestRecord], None] | None = None,
     on_chunk: Callable[[], None] | None = None,
+    watch: Callable[[LoadState], str | None] | None = None,
     api_key: str | None = None,
 ) -> BenchResult:
     """Send ``requests`` to the server at ``base_url`` and measure them (with ``api_key``: as
@@ -73,15 +73,19 @@ async def run_benchmark(
     ``should_abort`` is polled about every 0.2 s; when it returns a reason, or when the server
     stops accepting connections, or after ``timeout_s``, the outstanding requests are cancelled
     and counted as failed. ``on_progress(done, total)`` and ``on_record(record)`` are called after
-    each finished request, ``on_chunk()`` after each streamed line (a stall detector's pulse).
-    ``request_rate``: request ``i`` is sent at the ``i``-th arrival of a
-    Poisson process (seeded, the same times in every run), still at most ``max_concurrency``.
+    each finished request, ``on_chunk()`` after each streamed line and while nothing is in flight
+    (a stall detector's pulse: the server owes nothing in a paced run's idle gap).
+    ``arrivals``: request ``i`` is sent at ``arrivals.offsets(requests, seed=seed)[i]`` (the
+    same times in every run), still at most ``max_concurrency`` in flight; ``request_rate`` is
+    short for ``Arrivals(rate=request_rate)``. ``watch(state)`` is polled with ``should_abort``
+    and may stop the run the same way (a backlog that keeps growing: ``load.saturation``).
     """
+    offsets = _pacing(arrivals, request_rate).offsets(requests, seed=seed)
     width = max(1, min(max_concurrency or len(requests), len(requests)))
     slots: list[RequestRecord | None] = [None] * len(requests)
     state = _RunState(total=len(requests), on_progress=on_progress, on_record=on_record)
     state.on_chunk = on_chunk
-    state.arrivals = arrivals(len(requests), rate=request_rate, seed=seed)
+    state.arrivals = offsets
     semaphore = asyncio.Semaphore(width)
     deadline = time.perf_counter() + timeout_s
     async with httpx.AsyncClient(
@@ -91,12 +95,15 @@ async def run_benchmark(
         trust_env=False,  # the server is ours; never route it through an environment proxy
         headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
     ) as client:
+        state.started = time.perf_counter()  # the origin of the offsets: the client is ready
         tasks = [
             asyncio.create_task(_send(client, semaphore, model, request, state, slots, i))
             for i, request in enumerate(requests)
         ]
         try:
-            aborted = await _supervise(tasks, state, should_abort=should_abort, deadline=deadline)
+            aborted = await _supervise(
+                tasks, state, should_abort=should_abort, watch=watch, deadline=deadline
+            )
         finally:
             for task in tasks:
                 task.cancel()
@@ -115,6 +122,8 @@ async def run_benchmark(
         aborted=aborted,
         statuses=dict(Counter(r.status for r in records if r.status and r.status != 200)),
         records=tuple(records),
+        started=state.started,
+        offsets=tuple(state.arrivals),
     )
 
 
@@ -125,12 +134,14 @@ def run(
     requests: Sequence[Request],
     max_concurrency: int | None = None,
     request_rate: float | None = None,
+    arrivals: Arrivals | None = None,
     seed: int = 0,
     timeout_s: float = 600.0,
     should_abort: Callable[[], str | None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_record: Callable[[RequestRecord], None] | None = None,
     on_chunk: Callable[[], None] | None = None,
+    watch: Callable[[LoadState], str | None] | None = None,
     api_key: str | None = None,
 ) -> BenchResult:
     """Synchronous :func:`run_benchmark` (runs its own event loop)."""
@@ -144,12 +155,20 @@ def run(
             should_abort=should_abort,
             on_progress=on_progress,
             request_rate=request_rate,
+            arrivals=arrivals,
             seed=seed,
             on_record=on_record,
             on_chunk=on_chunk,
+            watch=watch,
             api_key=api_key,
         )
     )
+
+
+def _pacing(arrivals: Arrivals | None, request_rate: float | None) -> Arrivals:
+    if arrivals is not None and request_rate is not None:
+        raise ValueError("give arrivals or request_rate, not both")
+    return arrivals if arrivals is not None else Arrivals(rate=request_rate)
 
 
 class _RunState:
@@ -168,10 +187,25 @@ class _RunState:
         self.arrivals: list[float] = []
         self.started = time.perf_counter()
         self.done = 0
+        self.sent = 0
+        self.sorted_offsets: list[float] = []
         self.on_progress = on_progress
         self.connection_errors = 0
         self.threshold = min(_MAX_CONSECUTIVE_CONNECTION_ERRORS, total)
         self.gone: str | None = None
+
+    def snapshot(self) -> LoadState:
+        """The counts now (``sorted_offsets`` is filled lazily, once)."""
+        if self.arrivals and not self.sorted_offsets:
+            self.sorted_offsets = sorted(self.arrivals)
+        elapsed = time.perf_counter() - self.started
+        return LoadState(
+            elapsed_s=elapsed,
+            total=self.total,
+            due=due_by(self.sorted_offsets, elapsed, total=self.total),
+            sent=self.sent,
+            finished=self.done,
+        )
 
     def finished(self, record: RequestRecord, *, connection_error: bool) -> None:
         self.done += 1
@@ -192,6 +226,7 @@ async def _supervise(
     state: _RunState,
     *,
     should_abort: Callable[[], str | None] | None,
+    watch: Callable[[LoadState], str | None] | None = None,
     deadline: float,
 ) -> str | None:
     """Wait for the tasks; return why the run must stop early, or ``None`` once all are done."""
@@ -201,7 +236,11 @@ async def _supervise(
         _, pending = await asyncio.wait(pending, timeout=wait_s)
         if not pending:
             break
+        if state.sent == state.done and state.on_chunk is not None:
+            state.on_chunk()  # nothing in flight: a paced run's idle gap is no stall
         reason = state.gone or (should_abort() if should_abort is not None else None)
+        if reason is None and watch is not None:
+            reason = watch(state.snapshot())
         if reason is None and time.perf_counter() >= deadline:
             reason = "timeout"
         if reason is not None:
@@ -226,9 +265,10 @@ async def _send(
         if state.gone is not None:
             slots[index] = failed(start, "cancelled")  # the server is gone; don't knock again
             return
+        state.sent += 1
         connection_error = False
         try:
-            record = await _stream(client, model, request, start, on_chunk=state.on_chunk)
+            record = await stream_one(client, model, request, start, on_chunk=state.on_chunk)
         except asyncio.CancelledError:
             slots[index] = failed(start, "cancelled")
             raise
@@ -237,81 +277,3 @@ async def _send(
             record = failed(start, describe(exc))
         slots[index] = record
         state.finished(record, connection_error=connection_error)
-
-
-async def _stream(
-    client: httpx.AsyncClient,
-    model: str,
-    request: Request,
-    start: float,
-    *,
-    on_chunk: Callable[[], None] | None = None,
-) -> RequestRecord:
-    """POST one streaming request and time its chunks."""
-    payload: dict[str, object] = {
-        "model": model,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "ignore_eos": request.ignore_eos,
-        "temperature": 0,
-    }
-    if request.messages is not None:
-        path = "/v1/chat/completions"
-        payload.update(messages=request.messages, max_completion_tokens=request.max_tokens)
-    else:
-        path = "/v1/completions"
-        payload.update(prompt=request.prompt, max_tokens=request.max_tokens)
-    ttft: float | None = None
-    itls: list[float] = []
-    last = start
-    chunks = 0
-    usage: dict[str, object] = {}
-    done = False
-    error: str | None = None
-    async with client.stream("POST", path, json=payload) as response:
-        if response.status_code != 200:
-            body = await response.aread()
-            message = f"{response.status_code} {error_message(body)}"
-            return failed(start, message, status=response.status_code)
-        async for line in response.aiter_lines():
-            if on_chunk is not None:
-                on_chunk()
-            if not line.startswith("data:") or error is not None:
-                continue  # read to the end so the connection can be reused
-            data = line[5:].strip()
-            if data == "[DONE]":
-                done = True
-                continue
-            event = json.loads(data)
-            if not isinstance(event, dict):
-                continue
-            error = event_error(event)
-            if has_content(event):
-                now = time.perf_counter()
-                if ttft is None:
-                    ttft = now - start
-                else:
-                    itls.append(now - last)
-                last = now
-                chunks += 1
-            reported = event.get("usage")
-            if isinstance(reported, dict):
-                usage = reported
-    end = time.perf_counter()
-    if error is None and not done:
-        error = "stream ended before [DONE]"
-    prompt_tokens = usage.get("prompt_tokens")
-    output_tokens = usage.get("completion_tokens")
-    return RequestRecord(
-        ok=error is None,
-        prompt_tokens=prompt_tokens
-        if isinstance(prompt_tokens, int)
-        else (len(request.prompt) if isinstance(request.prompt, list) else 0),
-        output_tokens=output_tokens if isinstance(output_tokens, int) else chunks,
-        start=start,
-        ttft_s=ttft,
-        itls_s=tuple(itls),
-        e2e_s=(end if ttft is None else last) - start,  # to the last token, as vLLM's bench
-        error=error,
-        status=200,
-    )

@@ -1,10 +1,12 @@
-"""A JSONL dataset of prompts (``--dataset``): reading its rows into requests, with their images,
-and the small value checks the workload record shares."""
+"""A JSONL dataset of prompts (``--dataset``, ``--trace``): reading its rows into requests, with
+their images and send times (``timestamp``: seconds, a number >= 0), and the small value checks
+the workload record shares."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import stat
 from pathlib import Path
 
@@ -23,7 +25,7 @@ def regular_file(path: Path, *, what: str, max_bytes: int) -> int:
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist") from None
     except (OSError, ValueError) as exc:
-        raise UserError(f"{what} {path}: cannot read it ({_reason(exc)})") from None
+        raise UserError(f"{what} {path}: cannot read it ({error_reason(exc)})") from None
     if not stat.S_ISREG(info.st_mode):
         raise UserError(f"{what} {path}: cannot read it (not a regular file)")
     if info.st_size > max_bytes:
@@ -31,7 +33,7 @@ def regular_file(path: Path, *, what: str, max_bytes: int) -> int:
     return info.st_size
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
     return (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
 
 
@@ -54,7 +56,7 @@ def _lines(path: Path) -> list[str]:
                     raise UserError(f"dataset {path} is larger than {MAX_DATASET_BYTES >> 20} MiB")
                 lines.append(line.decode("utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"dataset {path}: cannot read it ({_reason(exc)})") from None
+        raise UserError(f"dataset {path}: cannot read it ({error_reason(exc)})") from None
     return lines
 
 
@@ -92,6 +94,14 @@ def _parse_row(
     output_len = row.get("output_len", default_output_len)
     if isinstance(output_len, bool) or not isinstance(output_len, int) or output_len < 1:
         raise UserError(f"{where}: output_len must be a positive integer")
+    timestamp = row.get("timestamp")
+    if timestamp is not None and (
+        isinstance(timestamp, bool)
+        or not isinstance(timestamp, (int, float))
+        or not (math.isfinite(timestamp) and timestamp >= 0)
+    ):
+        shown = repr(timestamp)[:40]
+        raise UserError(f"{where}: timestamp must be a number of seconds >= 0, got {shown}")
     prompt, messages = row.get("prompt"), row.get("messages")
     if (prompt is None) == (messages is None):
         raise UserError(f"{where}: expected exactly one of 'prompt' or 'messages'")
@@ -116,18 +126,24 @@ def _parse_row(
         if paths := image_paths(row, where):
             messages = chat_with_images(prompt, messages, paths, folder=folder, where=where)
             prompt = None
-    return Request(prompt=prompt, messages=messages, max_tokens=output_len, ignore_eos=True)
+    return Request(
+        prompt=prompt,
+        messages=messages,
+        max_tokens=output_len,
+        ignore_eos=True,
+        timestamp=None if timestamp is None else float(timestamp),
+    )
 
 
-def file_sha256(path: Path) -> str:
-    regular_file(path, what="dataset", max_bytes=MAX_DATASET_BYTES)
+def file_sha256(path: Path, *, what: str = "dataset") -> str:
+    regular_file(path, what=what, max_bytes=MAX_DATASET_BYTES)
     digest = hashlib.sha256()
     try:
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     except OSError as exc:
-        raise UserError(f"dataset {path}: cannot read it ({exc.strerror or exc})") from None
+        raise UserError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
     return digest.hexdigest()
 
 

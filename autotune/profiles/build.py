@@ -13,6 +13,7 @@ from autotune import __version__
 from autotune.engine.safety import parallel_sizes, split_extra
 from autotune.engine.settings import warnings_for
 from autotune.profiles.store import SCHEMA_VERSION, SINGLE_DEVICE, Profile, Variant
+from autotune.trial.capacity import Capacity
 from autotune.trial.record import TrialRecord
 
 
@@ -44,11 +45,12 @@ class Chosen:
         """The chosen trial ``number`` of ``study``, from its record. Its ``metrics`` are the
         benchmark's, with what vLLM's ``/metrics`` showed during it (preemptions, the peak
         KV-cache usage and requests waiting and running) when they were read."""
+        measured = record.metrics.to_dict() | record.engine_stats if record.metrics else {}
         return cls(
             number=number,
             vllm_args=record.vllm_args,
             vllm_version=record.vllm_version,
-            metrics=record.metrics.to_dict() | record.engine_stats if record.metrics else {},
+            metrics=measured | capacity_metrics(record.capacity) if measured else {},
             startup=record.startup.to_dict(),
             log=record.log,
             study=study,
@@ -68,9 +70,11 @@ def build_profile(
     storage_given: bool,
     state: Path | None,
     saved_by: str | None = None,
+    arrivals: Mapping[str, Any] | None = None,
 ) -> Profile:
     """The profile of ``chosen``: ``model``, ``hardware`` and ``workload`` as their ``to_dict``
-    (with ``name`` and ``signature``); extra arguments autotune does not keep are dropped here
+    (with ``name`` and ``signature``; ``arrivals``, ``Arrivals.to_dict`` of a paced benchmark,
+    goes under ``workload.arrivals``); extra arguments autotune does not keep are dropped here
     (``split_extra``). Logs are recorded relative to the state directory. The profile is
     validated as a loaded one would be (no control characters, sane lengths, known flags)."""
     kept, _dropped = split_extra(extra_args)
@@ -94,7 +98,9 @@ def build_profile(
         model=dict(model),
         hardware=dict(hardware),
         vllm_version=chosen.vllm_version,
-        workload=dict(workload) | {"num_prompts": chosen.num_prompts},
+        workload=dict(workload)
+        | {"num_prompts": chosen.num_prompts}
+        | ({"arrivals": dict(arrivals)} if arrivals else {}),
         objective=objective,
         vllm_args=dict(chosen.vllm_args),
         warnings=warnings_for(
@@ -109,6 +115,31 @@ def build_profile(
     )
     Profile.from_dict(profile.to_dict(), source=f"the profile of trial {chosen.number}")
     return profile
+
+
+# What the profile keeps of each rate step of a capacity search (with rate, met, saturated).
+POINT_METRICS = (
+    "completed", "failed", "request_throughput", "output_throughput", "ttft_ms_p95",
+    "ttft_ms_p99", "tpot_ms_p95", "tpot_ms_p99", "itl_ms_p95", "itl_ms_p99", "e2e_ms_p95",
+    "e2e_ms_p99",
+)  # fmt: skip
+
+
+def capacity_metrics(capacity: Capacity | None) -> dict[str, Any]:
+    """``--objective capacity``: ``capacity_rps`` (requests/s within every SLO; null when no
+    rate met them) and ``capacity_points``, each rate step compactly; {} for other objectives.
+    The profile's other metrics are the step at capacity."""
+    if capacity is None:
+        return {}
+    points = []
+    for p in capacity.points:
+        values = p.metrics.to_dict()
+        point: dict[str, Any] = {"rate": round(p.rate, 4), "met": p.met}
+        point |= {"saturated": True} if p.saturated else {}
+        point |= {k: round(float(values[k]), 3) for k in POINT_METRICS}
+        points.append(point)
+    rate = None if capacity.rate is None else round(capacity.rate, 4)
+    return {"capacity_rps": rate, "capacity_points": points}
 
 
 def stored_sections(sections: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ profile stores fewer than three runs (its spread is then unknown).
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from rich.text import Text
 
 from autotune.engine.outcome import Outcome
 from autotune.errors import UserError
+from autotune.load.arrivals import Arrivals, signed
 from autotune.load.workload import Workload
 from autotune.profiles.store import Profile
 from autotune.trial.runner import TrialResult, TrialRunner
@@ -166,17 +167,22 @@ class Verification:
         )
 
 
-def workload_of(profile: Profile) -> tuple[Workload, int]:
-    """The profile's workload and request count, checked against what it was tuned with."""
-    data = {k: v for k, v in profile.workload.items() if k != "signature"}
+def workload_of(profile: Profile) -> tuple[Workload, int, Arrivals | None]:
+    """The profile's workload, request count and arrival pattern (None: all at once), checked
+    against what it was tuned with."""
+    data = {k: v for k, v in profile.workload.items() if k not in ("signature", "arrivals")}
     workload = Workload.from_dict(data)
     workload.validate()
-    if workload.signature() != profile.workload_signature:
+    pace = profile.workload.get("arrivals")
+    if pace is not None and not isinstance(pace, Mapping):
+        raise UserError(f"workload: arrivals must be a mapping, got {type(pace).__name__}")
+    arrivals = None if pace is None else Arrivals.from_dict(pace)
+    if (now := signed(workload.signature(), arrivals)) != profile.workload_signature:
         raise UserError(
             f"the workload changed since tuning ({profile.workload_signature} → "
-            f"{workload.signature()}): the dataset file differs"
+            f"{now}): the dataset file differs"
         )
-    return workload, int(workload.num_prompts or 64)
+    return workload, int(workload.num_prompts or 64), arrivals
 
 
 def measure(

@@ -11,6 +11,8 @@ from typing import Any
 import optuna
 
 from autotune.errors import UserError
+from autotune.report.capacity_plot import capacity_view
+from autotune.report.capacity_plot import html_figure as capacity_html
 from autotune.report.data import (
     MISSING,
     Param,
@@ -175,6 +177,8 @@ def write_report(*, study: optuna.Study, out: Path, png: bool) -> list[Path]:
         figures.append(("Parameter importances", bars))
     if len(study.directions) > 1:
         figures.append(("Pareto front", optuna.visualization.plot_pareto_front(study)))
+    if (view := capacity_view(study)) is not None:
+        figures.append(("Capacity against request rate", capacity_html(go, view)))
     for i, (title, fig) in enumerate(figures):
         fig.update_layout(template="plotly_white")
         div = fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displaylogo": False},

@@ -9,6 +9,8 @@ from typing import Any
 import optuna
 
 from autotune.errors import UserError
+from autotune.report.capacity_plot import capacity_view
+from autotune.report.capacity_plot import png_figure as capacity_png
 from autotune.report.data import (
     MISSING,
     Importances,
@@ -48,7 +50,7 @@ def short_name(study: optuna.Study) -> str:
 
 def write_pngs(*, study: optuna.Study, stem: Path) -> list[Path]:
     """``<stem>-params.png``, ``<stem>-history.png`` and, when computable,
-    ``<stem>-importance.png``; the paths written."""
+    ``<stem>-importance.png`` and ``<stem>-capacity.png``; the paths written."""
     plt = _pyplot()
     pts, params, number = points(study), tuned_params(study), chosen(study)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +61,8 @@ def write_pngs(*, study: optuna.Study, stem: Path) -> list[Path]:
     imp = importances(study)
     if imp.values:
         figures.append(("importance", _importance(plt, study, imp)))
+    if (view := capacity_view(study)) is not None:
+        figures.append(("capacity", capacity_png(plt, view)))
     for name, fig in figures:
         path = stem.with_name(f"{stem.name}-{name}.png")
         fig.savefig(path, dpi=DPI)

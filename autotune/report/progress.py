@@ -187,7 +187,8 @@ def make_console() -> Console:
 
 
 # Left out first when the terminal is narrow; #, outcome, the tuned values and tok/s stay.
-_DROP = ("reason", "log", "source", "preempt", "KV peak %", "TTFT p95", "KV tokens")
+PREFIX_HIT = "prefix hit"  # prefix-cache hits / queries during the benchmark, in percent
+_DROP = ("reason", "log", "source", PREFIX_HIT, "preempt", "KV peak %", "TTFT p95", "KV tokens")
 
 
 def _source(text: str) -> str:
@@ -206,6 +207,7 @@ def trials_table(rows: Sequence[TrialRow], *, best: int | None, title: str) -> F
     names = [n for n in _SHORT if any(n in row.args for row in rows)]
     logs = {Path(row.log).parent for row in rows if row.log}
     one_dir = len(logs) == 1
+    hits = any(row.prefix_cache_hit_rate for row in rows)  # the prefix cache served something
     columns = [
         Column(name="#", keep=True),
         Column(name="outcome", justify="left", keep=True),
@@ -215,6 +217,7 @@ def trials_table(rows: Sequence[TrialRow], *, best: int | None, title: str) -> F
         Column(name="KV tokens"),
         Column(name="KV peak %"),
         Column(name="preempt"),
+        *([Column(name=PREFIX_HIT)] if hits else []),
         Column(name="source", justify="left", max_width=24),
         Column(name="reason", justify="left", flexible=True, max_width=60),
         Column(name="log", justify="left"),
@@ -237,6 +240,7 @@ def trials_table(rows: Sequence[TrialRow], *, best: int | None, title: str) -> F
                 num(row.kv_cache_tokens, "{:,}"),
                 num(row.peak_kv_cache_usage_pct),
                 num(row.preemptions, "{:,}"),
+                *([num(row.prefix_cache_hit_rate, "{:.0%}")] if hits else []),
                 _source(row.source),
                 reason,
                 mask(log),

@@ -32,20 +32,39 @@ log = logging.getLogger(__name__)
 class Finish:
     """How a tune run ends: re-measurement, statistic and soak."""
 
-    repeats: int = 3  # measurements of each finalist (1: no re-measurement)
-    finalists: int = 2
+    repeats: int = 3  # most measurements of a finalist (1: no re-measurement)
+    finalists: int = 4
     statistic: Statistic = "median"  # of the repeats
     soak: bool = True
     noise: float = 0.05
     most_images: bool = False
+
+    @property
+    def settled(self) -> int:
+        """Measurements that settle a finalist whose runs agree: two (one re-measure)."""
+        return min(self.repeats, 2)
+
+    def runs_wanted(self, cand: Candidate) -> int:
+        """Measurements ``cand`` needs: a second one; up to ``repeats`` while its runs differ
+        by more than ``noise`` of the highest (one of them may be an outlier: the median of
+        three is robust to it, the worse of two is not)."""
+        runs = cand.measured
+        if len(runs) < self.settled:
+            return self.settled
+        high = max(runs)
+        differ = high > 0 and (high - min(runs)) > self.noise * high
+        return self.repeats if differ else len(runs)
 
 
 FAR = 4  # a candidate this many times ``--noise`` behind the best value is not re-measured
 
 
 def reserve(finish: Finish, *, trials: int) -> int:
-    """Launches kept from the study for re-measurement (0 when the budget is too small)."""
-    need = finish.finalists * max(finish.repeats - 1, 0)
+    """Launches kept from the study for re-measurement (0 when the budget is too small): one
+    per finalist. A third run for a finalist whose two runs disagree takes what is left."""
+    if finish.repeats < 2:
+        return 0
+    need = finish.finalists * (finish.settled - 1)
     return need if trials - need >= max(finish.finalists, 2) else 0
 
 
@@ -64,43 +83,56 @@ def search(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budget:
 
 
 def _wanted(plan: st.StudyPlan, finish: Finish, *, left: int) -> int:
-    """Launches the re-measures would take now, at most ``left``."""
+    """Launches the finalists' second runs would take now, at most ``left``."""
     if finish.repeats < 2 or left <= 0:
         return 0
-    ranked = best.ranked(
-        plan.study, goal=plan.goal, noise=finish.noise, most_images=finish.most_images
-    )
-    cands = finalists(ranked, goal=plan.goal, count=finish.finalists, noise=finish.noise)
-    return min(sum(max(finish.repeats - len(c.trials), 0) for c in cands), left)
+    need = sum(max(finish.settled - len(c.trials), 0) for c in _finalists(plan, finish))
+    return min(need, left)
 
 
 def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budget: int) -> int:
-    """Launch the best candidates again until each has ``repeats`` measurements (one pass),
-    within the launch ``budget`` (``--trials``, the study's launches included). A re-measure
-    runs exactly the arguments its finalist ran with: never lifted by the guide, never skipped
-    by the pre-screen (``search.study.run_study``)."""
+    """Launch the best candidates again, one launch at a time, within the launch ``budget``
+    (``--trials``, the study's launches included). Each launch goes to the finalist with the
+    fewest measurements that still needs one (``Finish.runs_wanted``), the finalists chosen
+    again after every launch: a candidate whose first run was lucky drops out once its second
+    shows it, and the next one gets the launch. A re-measure runs exactly the arguments its
+    finalist ran with: never lifted by the guide, never skipped by the pre-screen
+    (``search.study.run_study``)."""
     study = plan.study
-    left = budget - st.launches(study)
-    if finish.repeats < 2 or left <= 0:
+    if finish.repeats < 2:
         return 0
-    ranked = best.ranked(study, goal=plan.goal, noise=finish.noise, most_images=finish.most_images)
-    cands = finalists(ranked, goal=plan.goal, count=finish.finalists, noise=finish.noise)
-    wanted = 0
-    for cand in cands:
+    done = 0
+    while budget - st.launches(study) > 0:
+        short = [c for c in _finalists(plan, finish) if len(c.trials) < finish.runs_wanted(c)]
+        if not short:
+            break
+        cand = min(short, key=lambda c: len(c.trials))
+        if not done:
+            log.info(f"re-measuring the {finish.finalists} best, one launch at a time")
         ran = TrialRecord.of(cand.chosen)
         # What ran (after the guide's lift), not Optuna's params (the sampler's own proposal).
         params = dict(ran.params if ran.params is not None else cand.chosen.params)
         marks = attrs(source=remeasure_source(cand.trials[0].number), vllm_args=ran.vllm_args)
-        for _ in range(min(finish.repeats - len(cand.trials), left - wanted)):
-            study.enqueue_trial(params, user_attrs=marks)
-            wanted += 1
-    if wanted:
-        log.info(f"re-measuring the {min(len(cands), finish.finalists)} best: {wanted} launches")
-        again = replace(
-            plan, budget=st.launches(study) + wanted, timeout_s=None, patience=0, prune=False
-        )
+        study.enqueue_trial(params, user_attrs=marks)
+        before = st.launches(study)
+        again = replace(plan, budget=before + 1, timeout_s=None, patience=0, prune=False)
         st.run_study(again, reporter=reporter)
-    return wanted
+        if st.launches(study) <= before:  # nothing launched (the study stopped): do not spin
+            break
+        done += 1
+    return done
+
+
+def _finalists(plan: st.StudyPlan, finish: Finish) -> list[Candidate]:
+    ranked = best.ranked(
+        plan.study,
+        goal=plan.goal,
+        noise=finish.noise,
+        statistic=finish.statistic,
+        repeats=finish.settled,
+        most_images=finish.most_images,
+    )
+    return finalists(ranked, goal=plan.goal, count=finish.finalists, noise=finish.noise)
 
 
 def finalists(
@@ -147,7 +179,7 @@ def choose(
                 goal=goal,
                 noise=finish.noise,
                 statistic=finish.statistic,
-                repeats=finish.repeats,
+                repeats=finish.settled,
                 most_images=finish.most_images,
             )
             if choice.args_key(c.args) not in failed

@@ -27,7 +27,7 @@ SLO_METRICS = {
     "e2e_p99_ms": "e2e_ms_p99",
 }
 Direction = Literal["maximize", "minimize"]
-Objective = Literal["throughput", "goodput", "memory", "pareto"]
+Objective = Literal["throughput", "goodput", "memory", "pareto", "capacity"]
 OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 Statistic = Literal["worst", "median"]  # of a configuration's repeated measurements
 INFEASIBLE = "infeasible"  # the configuration cannot serve (OOM, KV too small, crash, ...)
@@ -84,8 +84,8 @@ class Goal:
             raise UserError(f"--objective {self.kind}: choose one of {', '.join(OBJECTIVES)}")
         if self.kind == "memory" and self.min_throughput is None:
             raise UserError("--objective memory needs --min-throughput TOKENS_PER_S")
-        if self.kind == "goodput" and not self.slos:
-            raise UserError("--objective goodput needs at least one --slo NAME=MS")
+        if self.kind in ("goodput", "capacity") and not self.slos:
+            raise UserError(f"--objective {self.kind} needs at least one --slo NAME=MS")
 
     @property
     def directions(self) -> tuple[Direction, ...]:
@@ -118,11 +118,19 @@ class Goal:
         return "-".join(parts)
 
     def values(
-        self, *, throughput: float, goodput: float | None, reserved_gib: float
+        self,
+        *,
+        throughput: float,
+        goodput: float | None,
+        reserved_gib: float,
+        capacity: float | None = None,
     ) -> list[float]:
-        """The Optuna values of a measured configuration."""
+        """The Optuna values of a measured configuration (``capacity``: requests/s within the
+        SLOs, None when no rate met them)."""
         if self.kind == "goodput":
             return [goodput or 0.0]
+        if self.kind == "capacity":
+            return [capacity or 0.0]
         if self.kind == "memory":
             return [reserved_gib]
         if self.kind == "pareto":
@@ -133,8 +141,11 @@ class Goal:
         """Values of an infeasible trial: worst, but on the plots' scale (no inf)."""
         return [self.total_gib if d == "minimize" else 0.0 for d in self.directions]
 
-    def constraints(self, metrics: Mapping[str, Any] | None, *, ok: bool) -> dict[str, float]:
-        """Constraint values (> 0 violated) for a trial; failures violate ``infeasible``."""
+    def constraints(
+        self, metrics: Mapping[str, Any] | None, *, ok: bool, capacity: float | None = None
+    ) -> dict[str, float]:
+        """Constraint values (> 0 violated) for a trial; failures violate ``infeasible``; for
+        ``capacity``, a configuration where no rate met the SLOs violates ``slo``."""
         out = {key: 1.0 for key in self.constraint_keys}
         if not ok or metrics is None:
             return out
@@ -143,6 +154,8 @@ class Goal:
             out[SLO] = max(
                 float(metrics.get(SLO_METRICS[n], 0.0)) / lim - 1 for n, lim in self.slos
             )
+            if self.kind == "capacity" and capacity is None:
+                out[SLO] = max(out[SLO], 1.0)
         if self.min_throughput is not None:
             out[FLOOR] = 1 - float(metrics.get("output_throughput", 0.0)) / self.min_throughput
         return out

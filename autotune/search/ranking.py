@@ -142,8 +142,9 @@ def _rank(cands: list[Candidate], goal: Goal, noise: float, most_images: bool) -
     leader = max(cands, key=lambda c: sign * c.value)
     near = [c for c in cands if indistinguishable(c, leader, noise=noise, sign=sign)]
 
-    def preferred(c: Candidate) -> tuple[int, float, float]:
-        return (int(c.args.get("max_model_len", 0)), -c.reserved_gib, sign * c.value)
+    def preferred(c: Candidate) -> tuple[int, float, bool, float]:
+        length = int(c.args.get("max_model_len", 0))
+        return (length, -c.reserved_gib, prefix_caching_on(c.args), sign * c.value)
 
     first = sorted(near, key=preferred, reverse=True)
     return first + sorted((c for c in cands if c not in near), key=lambda c: -sign * c.value)
@@ -155,7 +156,8 @@ def indistinguishable(a: Candidate, b: Candidate, *, noise: float, sign: float =
     measurements overlap (no run of one beats every run of the other) and the statistics differ
     by at most half the wider spread of repeats (the difference is inside the noise actually
     seen). Among equals the longer context wins, then the smaller reservation (more memory
-    headroom), then the value."""
+    headroom), then prefix caching on (vLLM's default: no surprise for operators), then the
+    value."""
     hi, lo = max(sign * a.value, sign * b.value), min(sign * a.value, sign * b.value)
     if hi - lo > noise * abs(hi):
         return False
@@ -164,6 +166,11 @@ def indistinguishable(a: Candidate, b: Candidate, *, noise: float, sign: float =
     ra, rb = _primary(a), _primary(b)
     half = max(max(ra) - min(ra), max(rb) - min(rb)) / 2
     return min(ra) <= max(rb) and min(rb) <= max(ra) and hi - lo <= half
+
+
+def prefix_caching_on(args: dict[str, Any]) -> bool:
+    """Whether a configuration serves with prefix caching (vLLM's default unless turned off)."""
+    return args.get("enable_prefix_caching") is not False
 
 
 def _primary(c: Candidate) -> list[float]:

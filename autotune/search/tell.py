@@ -57,12 +57,19 @@ def tell(
     write(trial, record.to_attrs(only=(*RESULT_FIELDS, "reserved_gib", "reserved_source")))
     if result.outcome is Outcome.OK and result.metrics is not None:
         metrics = result.metrics.to_dict()
-        for key, value in goal.constraints(metrics, ok=True).items():
+        capacity = result.capacity.rate if result.capacity is not None else None
+        for key, value in goal.constraints(metrics, ok=True, capacity=capacity).items():
             trial.set_constraint(key, value)
-        if missed := goal.missed(metrics):
+        missed = goal.missed(metrics)
+        if goal.kind == "capacity" and capacity is None:
+            missed = missed or ["no request rate met the SLOs"]
+        if missed:
             store(trial, missed=tuple(missed))
         values = goal.values(
-            throughput=result.throughput, goodput=result.goodput, reserved_gib=reserved
+            throughput=result.throughput,
+            goodput=result.goodput,
+            reserved_gib=reserved,
+            capacity=capacity,
         )
         study.tell(trial, values)
     elif result.outcome is Outcome.PRUNED:

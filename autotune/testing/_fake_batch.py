@@ -1,4 +1,5 @@
-"""The fake engine's continuous-batching loop: admission, chunked prefill, preemption, crashes.
+"""The fake engine's continuous-batching loop: admission, chunked prefill, preemption, crashes,
+and the prefix cache (``_fake_prefix``): cached leading blocks of a prompt need no prefill.
 
 Pure threads and arithmetic; the HTTP handler feeds it requests and reads tokens back.
 """
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from queue import Queue
 from typing import Protocol
+
+from autotune.testing._fake_prefix import PrefixCache
 
 
 @dataclass(eq=False)
@@ -30,6 +33,8 @@ class Request:
     decoded: int = 0
     generated: int = 0
     aborted: bool = False
+    blocks: tuple[int, ...] | None = None  # the prompt's block hashes; None: prefix caching off
+    preempted: bool = False
 
     @property
     def kv(self) -> int:
@@ -65,6 +70,7 @@ class BatchEngine:
         token_limit: int | None = None,
         step: StepCost | None = None,
         on_death: Callable[[str], None] = lambda reason: None,
+        block_size: int = 16,
     ) -> None:
         self.max_num_seqs, self.mbt, self.capacity = max_num_seqs, max_num_batched_tokens, capacity
         self.scale, self.crash_under_load, self.crash_after = (
@@ -80,6 +86,8 @@ class BatchEngine:
         self.running: dict[Request, None] = {}  # admission order; popitem() = newest
         self.counters = {"prompt": 0, "generation": 0, "preemptions": 0, "stop": 0, "length": 0}
         self.counters["abort"] = 0
+        self.block_size = block_size  # of the prefix cache's blocks
+        self.prefix = PrefixCache()
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="engine-loop", daemon=True)
 
@@ -93,8 +101,11 @@ class BatchEngine:
             self._fail_all()
             self._cond.notify_all()
 
-    def submit(self, prompt: int, target: int, max_tokens: int) -> Request:
-        req = Request(prompt, max(1, min(target, max_tokens)), max_tokens)
+    def submit(
+        self, prompt: int, target: int, max_tokens: int, *, blocks: tuple[int, ...] | None = None
+    ) -> Request:
+        """Queue a request; ``blocks``: its prompt's block hashes (None: prefix caching off)."""
+        req = Request(prompt, max(1, min(target, max_tokens)), max_tokens, blocks=blocks)
         with self._cond:
             if self.dead or self._stop:
                 raise EngineDead
@@ -113,6 +124,8 @@ class BatchEngine:
                 "running": len(self.running),
                 "waiting": len(self.waiting),
                 "kv_usage": used / self.capacity if self.capacity else 0.0,
+                "prefix_queries": self.prefix.queries,
+                "prefix_hits": self.prefix.hits,
                 **self.counters,
             }
 
@@ -126,6 +139,7 @@ class BatchEngine:
         for req in [r for r in (*self.running, *self.waiting) if r.aborted]:
             if req in self.running:
                 del self.running[req]
+                self._leave(req)
             else:
                 self.waiting.remove(req)
             self.counters["abort"] += 1
@@ -136,7 +150,8 @@ class BatchEngine:
             if planned + req.prompt + req.max_tokens > self.capacity and self.running:
                 break
             self.waiting.popleft()
-            req.need, req.filled, req.decoded = req.prompt + req.generated, 0, 0
+            cached = self._cached(req)
+            req.need, req.filled, req.decoded = req.prompt + req.generated, cached, 0
             self.running[req] = None
             planned += req.need
         decode = {r: None for r in self.running if r.filled >= r.need}
@@ -144,8 +159,12 @@ class BatchEngine:
             victim, _ = self.running.popitem()  # preempt the newest; it is recomputed later
             decode.pop(victim, None)
             used -= victim.kv
+            victim.preempted = True
+            self._leave(victim)
             self.waiting.appendleft(victim)
             self.counters["preemptions"] += 1
+        held = sum(max(r.need, r.kv) for r in self.running)
+        self.prefix.evict(free_blocks=(self.capacity - held) // self.block_size)
         budget = max(self.mbt - len(decode), 0)
         prefill: list[tuple[Request, int]] = []
         for req in self.running:
@@ -155,6 +174,20 @@ class BatchEngine:
                 budget -= take
         return list(decode), prefill
 
+    def _cached(self, req: Request) -> int:
+        """Prompt tokens the prefix cache already holds for an admitted request; pins its blocks."""
+        if req.blocks is None:
+            return 0
+        tokens = req.prompt + req.generated
+        count = not req.preempted  # vLLM counts a preempted request's lookups apart
+        hit = self.prefix.lookup(req.blocks, tokens=tokens, block_size=self.block_size, count=count)
+        self.prefix.acquire(req.blocks)
+        return hit
+
+    def _leave(self, req: Request) -> None:
+        if req.blocks is not None:
+            self.prefix.release(req.blocks)
+
     def _emit(self, req: Request) -> None:
         req.generated += 1
         self.counters["generation"] += 1
@@ -162,6 +195,7 @@ class BatchEngine:
         if req.generated >= req.target:
             reason = "length" if req.target >= req.max_tokens else "stop"
             del self.running[req]
+            self._leave(req)
             self.counters[reason] += 1
             req.out.put(reason)
 

@@ -23,6 +23,7 @@ from autotune.testing._fake_batch import BatchEngine, EngineDead, Request
 from autotune.testing._fake_boot import Boot
 from autotune.testing._fake_log import ENGINE_DEAD, VERSION, Out
 from autotune.testing._fake_model import ModelInfo, ServeConfig
+from autotune.testing._fake_prefix import block_hashes, prompt_keys
 from autotune.testing._fake_prompt import PromptError, image_tokens, prompt_parts
 
 _METRICS = [  # name, type, snapshot key, help
@@ -32,6 +33,9 @@ _METRICS = [  # name, type, snapshot key, help
     "num_preemptions counter preemptions Cumulative number of preemption from the engine.",
     "prompt_tokens counter prompt Number of prefill tokens processed.",
     "generation_tokens counter generation Number of generation tokens processed.",
+    "prefix_cache_queries counter prefix_queries Prefix cache queries, in terms of number of "
+    "queried tokens.",
+    "prefix_cache_hits counter prefix_hits Prefix cache hits, in terms of number of cached tokens.",
 ]
 
 
@@ -220,8 +224,12 @@ class _Handler(BaseHTTPRequestHandler):
         target = random.Random(f"{seed}").randint(1, limit_tokens)
         target = limit_tokens if body.get("ignore_eos") else target
         assert app.engine is not None
+        blocks = None  # vLLM's default: prefix caching on unless --no-enable-prefix-caching
+        if app.ns.enable_prefix_caching is not False:
+            each = (app.model.image_tokens or 0) if app.model else 0
+            blocks = block_hashes(prompt_keys(body, chat, each), app.engine.block_size)
         try:
-            req = app.engine.submit(max(prompt, 1), target, limit_tokens)
+            req = app.engine.submit(max(prompt, 1), target, limit_tokens, blocks=blocks)
         except EngineDead:
             return self._error(500, ENGINE_DEAD.split(": ", 1)[1], "InternalServerError")
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"

@@ -213,6 +213,7 @@ class TrialRow:
     peak_kv_cache_usage_pct: float | None
     peak_requests_waiting: int | None
     peak_requests_running: int | None
+    prefix_cache_hit_rate: float | None  # prefix-cache hits / queries in the benchmark (0-1)
     reason: str
     estimated_max_model_len: int | None
     log: str
@@ -243,6 +244,7 @@ class TrialRow:
             peak_kv_cache_usage_pct=record.peak_kv_cache_usage_pct,
             peak_requests_waiting=record.peak_requests_waiting,
             peak_requests_running=record.peak_requests_running,
+            prefix_cache_hit_rate=record.prefix_cache_hit_rate,
             reason=record.reason,
             estimated_max_model_len=record.estimated_max_model_len,
             log=record.log or "",

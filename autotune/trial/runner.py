@@ -19,18 +19,26 @@ from autotune.engine.launcher import ArgValue, Ready
 from autotune.engine.outcome import (
     Classified,
     Outcome,
-    StartupInfo,
     classify_runtime,
     parse_startup,
 )
-from autotune.engine.probes import PeakLoad, PeakMemory, preemptions
+from autotune.engine.probes import (
+    PeakLoad,
+    PeakMemory,
+    hit_rate,
+    preemptions,
+    prefix_cache_counts,
+)
 from autotune.errors import StudyStopped
 from autotune.load import client as loadgen
-from autotune.load.metrics import Metrics, RequestRecord, goodput
+from autotune.load.arrivals import Arrivals
+from autotune.load.metrics import RequestRecord, goodput
 from autotune.load.request import Request
 from autotune.load.stall import STALLED, StallWatch, first_wave_s
-from autotune.trial.capacity import Capacity
-from autotune.trial.record import TrialRecord
+from autotune.trial.rate_search import CapacitySearch, StepMonitor
+from autotune.trial.result import TrialResult
+
+__all__ = ["MAX_FAILED_SHARE", "PRUNED", "REPORT_STEPS", "Report", "TrialResult", "TrialRunner"]
 
 MAX_FAILED_SHARE = 0.1  # more failed requests than this makes a configuration unusable
 EXIT_GRACE_S = 3.0  # after a cut-off benchmark: how long the engine may take to exit
@@ -38,60 +46,6 @@ REPORT_STEPS = 10  # intermediate values per benchmark (for a pruner)
 PRUNED = "pruned"
 # step, {"throughput": .., "goodput": ..} so far → True to stop the benchmark (pruned)
 Report = Callable[[int, Mapping[str, float]], bool]
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    """Everything a trial learned; what Optuna is told is derived from it."""
-
-    outcome: Outcome
-    reason: str
-    args: dict[str, ArgValue]
-    log_path: Path
-    metrics: Metrics | None = None
-    startup: StartupInfo = field(default_factory=StartupInfo)
-    estimated_max_model_len: int | None = None
-    vllm_version: str | None = None
-    startup_s: float | None = None
-    errors: tuple[str, ...] = ()
-    memory_released: bool = True
-    goodput: float | None = None  # requests/s meeting the SLOs (when SLOs are given)
-    preemptions: int | None = None  # vllm:num_preemptions_total during the benchmark
-    peak_memory_gib: float | None = None  # GPU memory in use at its peak (NVML), else None
-    # sampled from /metrics while the benchmark ran (None: /metrics unread)
-    peak_kv_cache_usage_pct: float | None = None  # vllm:kv_cache_usage_perc x 100 at its peak
-    peak_requests_waiting: int | None = None  # vllm:num_requests_waiting at its peak
-    peak_requests_running: int | None = None  # vllm:num_requests_running at its peak
-    prefix_cache_hit_rate: float | None = None  # prefix-cache hits / queries in the benchmark
-    capacity: Capacity | None = None  # --objective capacity: the rate search on this engine
-
-    @property
-    def throughput(self) -> float:
-        return self.metrics.output_throughput if self.metrics else 0.0
-
-    def record(self) -> TrialRecord:
-        """What the study stores of this result (its user attributes)."""
-        return TrialRecord(
-            launched=True,
-            outcome=self.outcome.value,
-            reason=self.reason,
-            vllm_args=dict(self.args),
-            log=str(self.log_path),
-            metrics=self.metrics,
-            startup=self.startup,
-            estimated_max_model_len=self.estimated_max_model_len,
-            vllm_version=self.vllm_version,
-            startup_s=round(self.startup_s, 2) if self.startup_s is not None else None,
-            errors=self.errors,
-            goodput=self.goodput,
-            preemptions=self.preemptions,
-            peak_memory_gib=self.peak_memory_gib,
-            peak_kv_cache_usage_pct=self.peak_kv_cache_usage_pct,
-            peak_requests_waiting=self.peak_requests_waiting,
-            peak_requests_running=self.peak_requests_running,
-            prefix_cache_hit_rate=self.prefix_cache_hit_rate,
-            capacity=self.capacity,
-        )
 
 
 @dataclass(frozen=True)
@@ -107,12 +61,13 @@ class TrialRunner:
     bench_timeout_s: float = 1800.0
     env: Mapping[str, str] | None = None
     max_concurrency: int | None = None  # --concurrency: at most this many requests in flight
-    request_rate: float | None = None  # --request-rate: Poisson arrivals per second
+    arrivals: Arrivals | None = None  # --request-rate/--trace: when each request is sent
     warmup: Sequence[Request] = ()  # sent first, not measured
     slos: Mapping[str, float] = field(default_factory=dict)  # metric key → limit, for goodput
     report: Report | None = None  # this trial's pruner: intermediate values (never the warm-up)
     stall_timeout_s: float | None = None  # --stall-timeout; None: derived (``load.stall``)
     lease_dir: Path | None = None  # where each engine's lease is kept (``engine.lease``)
+    capacity: CapacitySearch | None = None  # --objective capacity: a rate search, not one run
 
     def run(
         self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
@@ -178,13 +133,17 @@ class TrialRunner:
                     vllm_version=ready.version,
                     startup_s=ready.startup_s,
                 )
+        if self.capacity is not None:
+            return self._measure_capacity(self.capacity, engine, ready, args, on_phase)
         on_phase(f"benchmark: {len(self.requests)} requests")
         before = preemptions(ready.base_url)
+        cache_before = prefix_cache_counts(ready.base_url)
         with PeakMemory() as peak, PeakLoad(ready.base_url) as load:
             result = self._bench(
                 engine, ready, on_phase, requests=self.requests, report=self.report
             )
         after = preemptions(ready.base_url) if engine.exited() is None else None
+        cache_after = prefix_cache_counts(ready.base_url) if after is not None else None
         startup = parse_startup(engine.log_text())
         bench_outcome = self._judge(result, engine)
         return TrialResult(
@@ -205,6 +164,7 @@ class TrialRunner:
             peak_kv_cache_usage_pct=load.kv_cache_usage_pct,
             peak_requests_waiting=load.requests_waiting,
             peak_requests_running=load.requests_running,
+            prefix_cache_hit_rate=hit_rate(before=cache_before, after=cache_after),
         )
 
     def _bench(
@@ -215,7 +175,10 @@ class TrialRunner:
         *,
         requests: Sequence[Request],
         report: Report | None = None,
+        arrivals: Arrivals | None = None,
+        monitor: StepMonitor | None = None,
     ) -> loadgen.BenchResult:
+        """One benchmark; ``arrivals`` None: the runner's own; ``monitor``: a capacity step's."""
         pruned: list[str] = []
         watch = StallWatch(
             fixed_s=self.stall_timeout_s,
@@ -238,18 +201,68 @@ class TrialRunner:
                 last[0] = now
                 on_phase(f"benchmark: {done}/{total} requests")
 
+        record = monitor.on_record if monitor is not None else None
         return loadgen.run(
             base_url=ready.base_url,
             model=ready.served_model,
             requests=requests,
             max_concurrency=self.max_concurrency,
-            request_rate=self.request_rate,
+            arrivals=self.arrivals if arrivals is None else arrivals,
             timeout_s=self.bench_timeout_s,
             should_abort=died,
             on_progress=progress,
-            on_record=None if report is None else self._reporter(total, report, pruned),
+            on_record=self._reporter(total, report, pruned) if report is not None else record,
             on_chunk=watch.pulse,
+            watch=monitor,
             api_key=engine.api_key,
+        )
+
+    def _measure_capacity(
+        self,
+        search: CapacitySearch,
+        engine: launcher.Engine,
+        ready: Ready,
+        args: dict[str, ArgValue],
+        on_phase: Callable[[str], None],
+    ) -> TrialResult:
+        """The capacity search on this engine (``trial.rate_search``); the trial's metrics are
+        the step at capacity (else the lowest rate tried, which missed)."""
+
+        def bench(
+            requests: Sequence[Request], arrivals: Arrivals, monitor: StepMonitor | None
+        ) -> loadgen.BenchResult:
+            return self._bench(
+                engine, ready, on_phase, requests=requests, arrivals=arrivals, monitor=monitor
+            )
+
+        seqs = args.get("max_num_seqs")
+        run = search.run(
+            bench=bench,
+            arrivals=self.arrivals,
+            max_num_seqs=seqs if isinstance(seqs, int) else None,
+            base_url=ready.base_url,
+            on_step=on_phase,
+        )
+        found = run.capacity
+        shown = found.at_capacity or min(found.points, key=lambda p: p.rate, default=None)
+        if run.fatal is not None:
+            judged = self._judge(run.fatal, engine)
+        elif found.rate is None:
+            judged = Classified(Outcome.OK, "no request rate met the SLOs")
+        else:
+            judged = Classified(Outcome.OK, f"capacity {found.rate:.3g} requests/s")
+        startup = parse_startup(engine.log_text())
+        return TrialResult(
+            outcome=judged.outcome,
+            reason=judged.reason,
+            args=args,
+            log_path=engine.log_path,
+            metrics=shown.metrics if shown is not None else run.burst.metrics,
+            startup=startup,
+            vllm_version=ready.version or startup.vllm_version,
+            startup_s=ready.startup_s,
+            errors=(run.fatal or run.burst).errors,
+            capacity=found,
         )
 
     def _reporter(

@@ -40,14 +40,14 @@ def soak_requests(
     if wl.images_per_request is not None:
         most = most_images(wl, args, image_tokens)
         wl = replace(wl, images_per_request=(most, most))
-    if wl.dataset is not None:
+    if wl.dataset is not None or wl.lengths_from is not None:
         rows = build_requests(wl, num_prompts=count, vocab_size=vocab_size)
         longest = sorted(rows, key=_length, reverse=True)
     else:
         longest = build_requests(wl, num_prompts=count, vocab_size=vocab_size)
     max_len = args.get("max_model_len")
     long_len = int(max_len) - wl.output_len - _MARGIN if isinstance(max_len, int) else 0
-    if long_len <= wl.input_len:
+    if long_len < 1 or long_len + wl.output_len <= wl.max_request_tokens:
         return longest
     long_wl = Workload(input_len=long_len, output_len=wl.output_len, seed=wl.seed + 1)
     near_max = build_requests(long_wl, num_prompts=near, vocab_size=vocab_size)
@@ -60,7 +60,7 @@ def most_images(workload: Workload, args: Mapping[str, Any], image_tokens: int |
     limit = image_count(dict(args)) or high
     max_len = args.get("max_model_len")
     if image_tokens and isinstance(max_len, int):
-        room = max_len - workload.input_len - workload.output_len - _MARGIN
+        room = max_len - workload.max_request_tokens - _MARGIN
         limit = min(limit, max(room // image_tokens, 1))
     return max(limit, low)
 
@@ -113,7 +113,13 @@ def run_soak(
     """Launch ``args`` under the worst-case load; the verdict and what was seen."""
     requests = soak_requests(workload, args, vocab_size=vocab_size, image_tokens=image_tokens)
     heavy = replace(
-        runner, requests=requests, warmup=(), max_concurrency=None, request_rate=None, slos={}
+        runner,
+        requests=requests,
+        warmup=(),
+        max_concurrency=None,
+        arrivals=None,
+        slos={},
+        capacity=None,  # the soak is one worst-case run, never a rate search
     )
     result = heavy.run(args=dict(args), log_path=log_path, on_phase=on_phase)
     m = result.metrics

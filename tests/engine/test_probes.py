@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from autotune.engine.probes import EngineStats, PeakLoad, parse_metrics, preemptions, scrape
+from autotune.engine.probes import (
+    EngineStats,
+    PeakLoad,
+    hit_rate,
+    parse_metrics,
+    preemptions,
+    prefix_cache_counts,
+    scrape,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -157,3 +165,37 @@ def test_nothing_read_is_none() -> None:
     assert (load.kv_cache_usage_pct, load.requests_waiting, load.requests_running) == (None,) * 3
     assert scrape("http://127.0.0.1:9", timeout_s=0.5) is None
     assert preemptions("http://127.0.0.1:9") is None
+
+
+# vLLM 0.32/0.33: the prefix-cache counters (tokens), with their _created gauges, two engines.
+PREFIX = """\
+# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.
+# TYPE vllm:prefix_cache_queries_total counter
+vllm:prefix_cache_queries_total{engine="0",model_name="m"} 4096.0
+vllm:prefix_cache_queries_total{engine="1",model_name="m"} 1024.0
+# TYPE vllm:prefix_cache_queries_created gauge
+vllm:prefix_cache_queries_created{engine="0",model_name="m"} 1.7962167366929336e+09
+# TYPE vllm:prefix_cache_hits_total counter
+vllm:prefix_cache_hits_total{engine="0",model_name="m"} 2304.0
+vllm:prefix_cache_hits_total{engine="1",model_name="m"} 256.0
+vllm:external_prefix_cache_hits_total{engine="0",model_name="m"} 77.0
+"""
+
+
+def test_prefix_cache_counters_summed_over_engines(endpoint: Metrics) -> None:
+    stats = parse_metrics(PREFIX)
+    assert (stats.prefix_cache_queries, stats.prefix_cache_hits) == (5120.0, 2560.0)
+    assert parse_metrics(V033).prefix_cache_queries is None  # not shown: None, not 0
+    endpoint.text = PREFIX
+    assert prefix_cache_counts(endpoint.url) == (5120.0, 2560.0)
+    endpoint.text = PREFIX.split("# TYPE vllm:prefix_cache_hits_total")[0]  # queries alone
+    assert prefix_cache_counts(endpoint.url) is None
+    assert prefix_cache_counts("http://127.0.0.1:9") is None
+
+
+def test_hit_rate_between_two_reads() -> None:
+    assert hit_rate(before=(100.0, 10.0), after=(500.0, 310.0)) == 0.75
+    assert hit_rate(before=(0.0, 0.0), after=(0.0, 0.0)) is None  # nothing looked up (caching off)
+    assert hit_rate(before=None, after=(5.0, 1.0)) is None
+    assert hit_rate(before=(5.0, 1.0), after=None) is None
+    assert hit_rate(before=(900.0, 800.0), after=(100.0, 10.0)) is None  # counters reset: unknown

