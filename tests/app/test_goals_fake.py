@@ -47,7 +47,8 @@ def tune(model: Path, *args: str, extra_env: dict[str, str] | None = None) -> di
         env={**FAKE_ENV, **(extra_env or {})},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    (path,) = Path(os.environ["AUTOTUNE_PROFILES_DIR"]).rglob("*.yaml")
+    saved = Path(os.environ["AUTOTUNE_PROFILES_DIR"]).rglob("*.yaml")
+    path = max(saved, key=lambda p: p.stat().st_mtime_ns)  # this run's profile
     profile: dict[str, Any] = yaml.safe_load(path.read_text())
     return profile
 
@@ -215,6 +216,9 @@ def test_load_shape_concurrency_rate_and_warm_up(model: Path) -> None:
     paced = tune(
         model, "--trials", "1", "--repeats", "1", "--no-soak", "--request-rate", "40",
         "--num-prompts", "32", "--gpu-memory-utilization", "0.9", "--max-model-len", "4096",
-        "--storage", f"sqlite:///{Path(os.environ['AUTOTUNE_STATE_DIR']) / 'paced.db'}",
     )  # fmt: skip
     assert paced["metrics"]["duration_s"] > 0.5  # 32 Poisson arrivals at 40/s take ~0.8 s
+    # Paced traffic is another workload: its own study and profile, the pattern recorded.
+    assert paced["workload"]["signature"] == profile["workload"]["signature"] + "-r40"
+    assert paced["workload"]["arrivals"]["rate"] == 40
+    assert len(list(Path(os.environ["AUTOTUNE_PROFILES_DIR"]).rglob("*.yaml"))) == 2

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from autotune.app.options import TuneOptions
-from autotune.cli.main import main
 from autotune.errors import UserError
 from autotune.load.arrivals import Arrivals, arrivals
 from autotune.load.backlog import LoadState, due_by
@@ -31,6 +30,7 @@ from autotune.load.workload import Workload
 from autotune.profiles.build import Chosen, build_profile
 from autotune.profiles.store import Profile
 from tests.conftest import write_model
+from tests.fuzz.test_fuzz_cli import run as run_cli
 
 
 def _requests(n: int, stamps: list[float | None] | None = None) -> list[Request]:
@@ -229,16 +229,6 @@ def test_a_trace_is_the_dataset_and_its_row_count(tmp_path: Path) -> None:
         TuneOptions(model="org/m", trace=trace, workload=other).check()
 
 
-def _run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
-    capsys.readouterr()
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-
-
 def test_cli_arrival_mistakes_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -256,7 +246,7 @@ def test_cli_arrival_mistakes_are_one_line(
         (["--trace", str(trace), "--num-prompts", "5"], "has 4 rows"),
         (["--trace", str(tmp_path / "missing.jsonl")], "does not exist"),
     ):
-        code, lines = _run_cli([*base, *args], capsys)
+        code, lines = run_cli([*base, *args], capsys)
         assert code == 2 and len(lines) == 1, (args, lines)
         assert lines[0].startswith("autotune: error: ") and text in lines[0], (args, lines)
 

@@ -20,6 +20,7 @@ from autotune.load.arrivals import Arrivals
 from autotune.load.client import run
 from autotune.load.request import Request
 from autotune.load.saturation import saturated
+from tests.app.test_goals_fake import FAKE_ENV, SMALL
 from tests.conftest import FAKE_CMD, run_autotune, write_model
 from tests.testing.test_fake_engine import LLAMA_8B, Fake
 
@@ -81,24 +82,6 @@ def test_replay_sends_the_trace_count_at_its_gaps(tmp_path: Path) -> None:
     assert sum(close) >= 0.9 * len(pairs), pairs
     assert all(abs(got - want) <= GAP_CAP_S for got, want in pairs), pairs
     assert saturated(result) is False  # 4-token answers at ~6 requests/s: the fake keeps up
-
-
-SMALL = {  # a ~1B Llama (as tests/app/test_goals_fake.py)
-    "architectures": ["LlamaForCausalLM"],
-    "hidden_size": 2048,
-    "intermediate_size": 5632,
-    "max_position_embeddings": 8192,
-    "num_attention_heads": 32,
-    "num_hidden_layers": 16,
-    "num_key_value_heads": 8,
-    "torch_dtype": "bfloat16",
-    "vocab_size": 32000,
-}
-FAKE_ENV = {
-    "AUTOTUNE_FAKE_STARTUP_S": "0.2",
-    "AUTOTUNE_FAKE_TIME_SCALE": "0.2",
-    "AUTOTUNE_FAKE_GPU_MEMORY_GIB": "24",
-}
 
 
 def test_tune_with_a_trace_sends_its_rows_in_every_benchmark(tmp_path: Path) -> None:
