@@ -188,6 +188,7 @@ def make_console() -> Console:
 
 # Left out first when the terminal is narrow; #, outcome, the tuned values and tok/s stay.
 PREFIX_HIT = "prefix hit"  # prefix-cache hits / queries during the benchmark, in percent
+CAPACITY = "req/s"  # --objective capacity: the highest request rate within the SLOs
 _DROP = ("reason", "log", "source", PREFIX_HIT, "preempt", "KV peak %", "TTFT p95", "KV tokens")
 
 
@@ -208,10 +209,12 @@ def trials_table(rows: Sequence[TrialRow], *, best: int | None, title: str) -> F
     logs = {Path(row.log).parent for row in rows if row.log}
     one_dir = len(logs) == 1
     hits = any(row.prefix_cache_hit_rate for row in rows)  # the prefix cache served something
+    rates = any(row.capacity_rps is not None for row in rows)  # --objective capacity
     columns = [
         Column(name="#", keep=True),
         Column(name="outcome", justify="left", keep=True),
         *(Column(name=_SHORT[n], keep=True) for n in names),
+        *([Column(name=CAPACITY, keep=True)] if rates else []),
         Column(name="tok/s", keep=True),
         Column(name="TTFT p95"),
         Column(name="KV tokens"),
@@ -235,6 +238,7 @@ def trials_table(rows: Sequence[TrialRow], *, best: int | None, title: str) -> F
                 f"{row.number}{'*' if row.number == best else ''}",
                 str(row.outcome),
                 *(_value(name, row.args.get(name, "")) for name in names),
+                *([num(row.capacity_rps, "{:.3g}")] if rates else []),
                 num(row.throughput),
                 num(row.ttft_p95_ms),
                 num(row.kv_cache_tokens, "{:,}"),

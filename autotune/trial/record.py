@@ -214,6 +214,7 @@ class TrialRow:
     peak_requests_waiting: int | None
     peak_requests_running: int | None
     prefix_cache_hit_rate: float | None  # prefix-cache hits / queries in the benchmark (0-1)
+    capacity_rps: float | None  # --objective capacity: requests/s within the SLOs
     reason: str
     estimated_max_model_len: int | None
     log: str
@@ -245,6 +246,7 @@ class TrialRow:
             peak_requests_waiting=record.peak_requests_waiting,
             peak_requests_running=record.peak_requests_running,
             prefix_cache_hit_rate=record.prefix_cache_hit_rate,
+            capacity_rps=record.capacity.rate if record.capacity is not None else None,
             reason=record.reason,
             estimated_max_model_len=record.estimated_max_model_len,
             log=record.log or "",

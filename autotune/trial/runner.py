@@ -226,7 +226,8 @@ class TrialRunner:
         on_phase: Callable[[str], None],
     ) -> TrialResult:
         """The capacity search on this engine (``trial.rate_search``); the trial's metrics are
-        the step at capacity (else the lowest rate tried, which missed)."""
+        the step at capacity (else the lowest rate tried, which missed), and what ``/metrics``
+        showed over the whole search (peaks, preemptions, the prefix cache's hit rate)."""
 
         def bench(
             requests: Sequence[Request], arrivals: Arrivals, monitor: StepMonitor | None
@@ -236,13 +237,18 @@ class TrialRunner:
             )
 
         seqs = args.get("max_num_seqs")
-        run = search.run(
-            bench=bench,
-            arrivals=self.arrivals,
-            max_num_seqs=seqs if isinstance(seqs, int) else None,
-            base_url=ready.base_url,
-            on_step=on_phase,
-        )
+        before = preemptions(ready.base_url)
+        cache_before = prefix_cache_counts(ready.base_url)
+        with PeakMemory() as peak, PeakLoad(ready.base_url) as load:
+            run = search.run(
+                bench=bench,
+                arrivals=self.arrivals,
+                max_num_seqs=seqs if isinstance(seqs, int) else None,
+                base_url=ready.base_url,
+                on_step=on_phase,
+            )
+        after = preemptions(ready.base_url) if engine.exited() is None else None
+        cache_after = prefix_cache_counts(ready.base_url) if after is not None else None
         found = run.capacity
         shown = found.at_capacity or min(found.points, key=lambda p: p.rate, default=None)
         if run.fatal is not None:
@@ -263,6 +269,12 @@ class TrialRunner:
             startup_s=ready.startup_s,
             errors=(run.fatal or run.burst).errors,
             capacity=found,
+            preemptions=None if before is None or after is None else after - before,
+            peak_memory_gib=peak.peak_gib,
+            peak_kv_cache_usage_pct=load.kv_cache_usage_pct,
+            peak_requests_waiting=load.requests_waiting,
+            peak_requests_running=load.requests_running,
+            prefix_cache_hit_rate=hit_rate(before=cache_before, after=cache_after),
         )
 
     def _reporter(

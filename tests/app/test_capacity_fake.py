@@ -12,6 +12,7 @@ and each request's prompt is prefilled once. The time per finished request is th
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from dataclasses import replace
@@ -138,6 +139,15 @@ def test_tune_for_capacity_saves_it_and_the_report_draws_the_rate_curves(tmp_pat
     rates = [t.user_attrs["capacity"]["rate"] or 0.0 for t in trials]
     assert len(trials) == 3 and [t.values[0] for t in trials] == rates
     assert capacity == pytest.approx(max(rates), rel=1e-3)
+    # /metrics over the whole search: a capacity trial still says what the engine saw
+    assert all(t.user_attrs["peak_requests_running"] >= 1 for t in trials)
+    assert all(t.user_attrs["preemptions"] is not None for t in trials)
+    listed = run_autotune("trials", model, "--json")
+    assert listed.returncode == 0, listed.stderr
+    (rows,) = json.loads(listed.stdout).values()  # one study
+    assert sorted(r["capacity_rps"] or 0.0 for r in rows) == sorted(rates)
+    table = run_autotune("trials", model)
+    assert "req/s" in table.stdout and f"{max(rates):.3g}" in table.stdout
     shown = run_autotune("profiles", "show", model, "--gpu", "L4:24", "--vllm-cmd", FAKE_CMD)
     assert shown.returncode == 0, shown.stderr
     assert f"# capacity: {capacity:.3g} requests/s within ttft_p95_ms=300" in shown.stdout

@@ -155,12 +155,14 @@ NUMERIC_OPTIONS = [
     "--trials", "--timeout", "--seed", "--min-model-len", "--input-len", "--output-len",
     "--num-prompts", "--min-images", "--startup-timeout", "--noise", "--concurrency",
     "--request-rate", "--warmup", "--repeats", "--finalists", "--patience", "--min-improvement",
-    "--min-throughput", "--stall-timeout",
+    "--min-throughput", "--stall-timeout", "--burstiness", "--ramp-up", "--trace-speed",
+    "--shared-prefix-len", "--prefix-groups",
 ]  # fmt: skip
 TEXT_OPTIONS = [
     "--gpu-memory-utilization", "--kv-cache-memory-bytes", "--max-num-seqs",
     "--max-num-batched-tokens", "--max-model-len", "--limit-mm-per-prompt", "--image-size",
     "--images-per-request", "--memory-budget", "--slo", "--enqueue", "--gpu", "--tune",
+    "--dataset", "--lengths-from", "--trace",
 ]  # fmt: skip
 
 
