@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from autotune.engine import launcher
 from autotune.engine.launcher import ArgValue, Ready
@@ -136,14 +137,10 @@ class TrialRunner:
         if self.capacity is not None:
             return self._measure_capacity(self.capacity, engine, ready, args, on_phase)
         on_phase(f"benchmark: {len(self.requests)} requests")
-        before = preemptions(ready.base_url)
-        cache_before = prefix_cache_counts(ready.base_url)
-        with PeakMemory() as peak, PeakLoad(ready.base_url) as load:
+        with _engine_stats(ready.base_url, engine) as stats:
             result = self._bench(
                 engine, ready, on_phase, requests=self.requests, report=self.report
             )
-        after = preemptions(ready.base_url) if engine.exited() is None else None
-        cache_after = prefix_cache_counts(ready.base_url) if after is not None else None
         startup = parse_startup(engine.log_text())
         bench_outcome = self._judge(result, engine)
         return TrialResult(
@@ -159,12 +156,7 @@ class TrialRunner:
             goodput=goodput(result.records, duration_s=result.metrics.duration_s, slos=self.slos)
             if self.slos
             else None,
-            preemptions=None if before is None or after is None else after - before,
-            peak_memory_gib=peak.peak_gib,
-            peak_kv_cache_usage_pct=load.kv_cache_usage_pct,
-            peak_requests_waiting=load.requests_waiting,
-            peak_requests_running=load.requests_running,
-            prefix_cache_hit_rate=hit_rate(before=cache_before, after=cache_after),
+            **stats,
         )
 
     def _bench(
@@ -237,9 +229,7 @@ class TrialRunner:
             )
 
         seqs = args.get("max_num_seqs")
-        before = preemptions(ready.base_url)
-        cache_before = prefix_cache_counts(ready.base_url)
-        with PeakMemory() as peak, PeakLoad(ready.base_url) as load:
+        with _engine_stats(ready.base_url, engine) as stats:
             run = search.run(
                 bench=bench,
                 arrivals=self.arrivals,
@@ -247,8 +237,6 @@ class TrialRunner:
                 base_url=ready.base_url,
                 on_step=on_phase,
             )
-        after = preemptions(ready.base_url) if engine.exited() is None else None
-        cache_after = prefix_cache_counts(ready.base_url) if after is not None else None
         found = run.capacity
         shown = found.at_capacity or min(found.points, key=lambda p: p.rate, default=None)
         if run.fatal is not None:
@@ -269,12 +257,7 @@ class TrialRunner:
             startup_s=ready.startup_s,
             errors=(run.fatal or run.burst).errors,
             capacity=found,
-            preemptions=None if before is None or after is None else after - before,
-            peak_memory_gib=peak.peak_gib,
-            peak_kv_cache_usage_pct=load.kv_cache_usage_pct,
-            peak_requests_waiting=load.requests_waiting,
-            peak_requests_running=load.requests_running,
-            prefix_cache_hit_rate=hit_rate(before=cache_before, after=cache_after),
+            **stats,
         )
 
     def _reporter(
@@ -352,3 +335,24 @@ def _blames_tuned_dimension(reason: str, fixed_by_user: frozenset[str]) -> bool:
         return False
     names = {m.group(0).replace("-", "_") for m in _TUNED_NAMES.finditer(reason)}
     return bool(names) and not names <= fixed_by_user
+
+
+@contextmanager
+def _engine_stats(base_url: str, engine: launcher.Engine) -> Iterator[dict[str, Any]]:
+    """What the engine showed while the block ran, as ``TrialResult`` fields: NVML's peak
+    memory, the peaks of ``/metrics`` gauges, and the preemptions and prefix-cache hit rate
+    (counter deltas; None when the engine died or ``/metrics`` was unread)."""
+    stats: dict[str, Any] = {}
+    before, cache_before = preemptions(base_url), prefix_cache_counts(base_url)
+    with PeakMemory() as peak, PeakLoad(base_url) as load:
+        yield stats
+    after = preemptions(base_url) if engine.exited() is None else None
+    cache_after = prefix_cache_counts(base_url) if after is not None else None
+    stats.update(
+        preemptions=None if before is None or after is None else after - before,
+        peak_memory_gib=peak.peak_gib,
+        peak_kv_cache_usage_pct=load.kv_cache_usage_pct,
+        peak_requests_waiting=load.requests_waiting,
+        peak_requests_running=load.requests_running,
+        prefix_cache_hit_rate=hit_rate(before=cache_before, after=cache_after),
+    )
