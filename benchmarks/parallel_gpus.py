@@ -96,7 +96,7 @@ def run(work: Path, *, gpus: int, trials: int, startup_s: float, seed: int) -> R
     launched = [(t, r) for t, r in zip(study.trials, records, strict=True) if r.vllm_args]
     ok = [t.value for t, r in launched if r.ok and t.value]
     ((_, profile),) = ProfileStore(work / "profiles").all()
-    workload, num_prompts = workload_of(profile)
+    workload, num_prompts, _ = workload_of(profile)
     requests = build_requests(workload, num_prompts=num_prompts, vocab_size=VOCAB)
     truth = FakeTruth(config=LLAMA_8B, env=env, requests=requests, model_tag=str(model))
 

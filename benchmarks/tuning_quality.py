@@ -67,6 +67,7 @@ from autotune.load.request import Request
 from autotune.load.workload import Workload, build_requests
 from autotune.search import best, finalize
 from autotune.search import study as st
+from autotune.search.goal import Goal
 from autotune.search.moves.guide import Guesses, Load, for_goal
 from autotune.search.screen_rules import ClassScreen
 from autotune.search.space import UTIL_STEP, Dim, SearchSpace
@@ -725,6 +726,7 @@ def autotune_study(
         )
         if guide
         else None,
+        settle=finalize.settle(finish, budget=budget, goal=Goal()),
     )
     finalize.search(plan, finish, reporter=_Quiet(), budget=budget)
     finalize.remeasure(plan, finish, reporter=_Quiet(), budget=budget)

@@ -9,6 +9,7 @@ configuration's arguments.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,6 +23,7 @@ from autotune.search import study as st
 from autotune.search import study_keys as keys
 from autotune.search.goal import Goal, Statistic
 from autotune.search.ranking import Candidate
+from autotune.search.tell import stagnated
 from autotune.trial.record import TrialRecord, attrs, remeasure_source
 from autotune.trial.soak import SoakVerdict, run_soak
 
@@ -44,19 +46,66 @@ class Finish:
         """Measurements that settle a finalist whose runs agree: two (one re-measure)."""
         return min(self.repeats, 2)
 
-    def runs_wanted(self, cand: Candidate) -> int:
-        """Measurements ``cand`` needs: a second one; up to ``repeats`` while its runs differ
-        by more than ``noise`` of the highest (one of them may be an outlier: the median of
-        three is robust to it, the worse of two is not)."""
+    def runs_due(self, cand: Candidate, *, top: float, sign: float) -> int:
+        """Runs the race gives ``cand`` when launches are left: up to ``repeats`` within
+        ``CLOSE`` times the noise of the leader's value ``top`` (signed), where one more run
+        can change the choice, or while its runs differ by more than the noise (one may be an
+        outlier: the median of three is robust to it); else two.
+        ``sign``: 1 to maximize, -1 to minimize, 0 for a Pareto front (every finalist is
+        close)."""
+        close = top - sign * cand.value <= CLOSE * self.noise * abs(top)
         runs = cand.measured
-        if len(runs) < self.settled:
-            return self.settled
-        high = max(runs)
-        differ = high > 0 and (high - min(runs)) > self.noise * high
-        return self.repeats if differ else len(runs)
+        differ = max(runs) - min(runs) > self.noise * max(runs)
+        return self.repeats if close or differ else self.settled
+
+    def next_run(self, finalists: list[Candidate], *, sign: float) -> Candidate | None:
+        """The finalist to launch next, the fewest runs first: each finalist gets a second run
+        (``settled``); then, from launches left (a search that ``settle``-d), ``runs_due``."""
+        short = [c for c in finalists if len(c.trials) < self.settled]
+        if not short and finalists:
+            top = max(sign * c.value for c in finalists)
+            short = [c for c in finalists if len(c.trials) < self.runs_due(c, top=top, sign=sign)]
+        return min(short, key=lambda c: len(c.trials), default=None)
 
 
 FAR = 4  # a candidate this many times ``--noise`` behind the best value is not re-measured
+CLOSE = 2  # ... this many times it behind the leader still races for further runs
+SETTLE_SHARE = 4  # the search settles after budget // this many launches without improvement
+SETTLE_GAIN = 0.01  # ... that improved the best value by more than this share
+SETTLE_AFTER = 12  # launches a search makes before it may settle (at least 0.6 of the budget)
+
+
+def settle(finish: Finish, *, budget: int, goal: Goal) -> Callable[[optuna.Study], str | None]:
+    """When the search may hand the rest of ``budget`` to the re-measure race: from
+    ``SETTLE_AFTER`` launches and 0.6 of the budget on, once no launch improved the best value
+    by more than ``SETTLE_GAIN`` for ``budget // SETTLE_SHARE`` launches (at least 4), and the
+    race can use every launch that is left (``race_room``). A search that still finds better
+    configurations keeps its launches."""
+    patience = max(4, budget // SETTLE_SHARE)
+
+    def why(study: optuna.Study) -> str | None:
+        done = st.launches(study)
+        if finish.repeats < 2 or goal.multi or done < max(SETTLE_AFTER, 0.6 * budget):
+            return None
+        if not stagnated(study, patience=patience, threshold=SETTLE_GAIN):
+            return None
+        if budget - done > race_room(study, finish, goal=goal):
+            return None
+        return (
+            f"no launch improved on the best by more than {SETTLE_GAIN:.0%} in the last "
+            f"{patience}: the remaining {budget - done} launches re-measure the finalists"
+        )
+
+    return why
+
+
+def race_room(study: optuna.Study, finish: Finish, *, goal: Goal) -> int:
+    """Launches the race would make now if no result changed: a second run for every
+    finalist, runs up to ``repeats`` for those close to the leader (``Finish.next_run``)."""
+    picked = _finalists(study, goal, finish)
+    sign = 1.0 if goal.directions[0] == "maximize" else -1.0
+    top = max((sign * c.value for c in picked), default=0.0)
+    return sum(max(finish.runs_due(c, top=top, sign=sign) - len(c.trials), 0) for c in picked)
 
 
 def reserve(finish: Finish, *, trials: int) -> int:
@@ -86,14 +135,15 @@ def _wanted(plan: st.StudyPlan, finish: Finish, *, left: int) -> int:
     """Launches the finalists' second runs would take now, at most ``left``."""
     if finish.repeats < 2 or left <= 0:
         return 0
-    need = sum(max(finish.settled - len(c.trials), 0) for c in _finalists(plan, finish))
+    picked = _finalists(plan.study, plan.goal, finish)
+    need = sum(max(finish.settled - len(c.trials), 0) for c in picked)
     return min(need, left)
 
 
 def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budget: int) -> int:
     """Launch the best candidates again, one launch at a time, within the launch ``budget``
     (``--trials``, the study's launches included). Each launch goes to the finalist with the
-    fewest measurements that still needs one (``Finish.runs_wanted``), the finalists chosen
+    fewest measurements that still needs one (``Finish.next_run``), the finalists chosen
     again after every launch: a candidate whose first run was lucky drops out once its second
     shows it, and the next one gets the launch. A re-measure runs exactly the arguments its
     finalist ran with: never lifted by the guide, never skipped by the pre-screen
@@ -102,11 +152,12 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
     if finish.repeats < 2:
         return 0
     done = 0
+    sign = 1.0 if plan.goal.directions[0] == "maximize" else -1.0
     while budget - st.launches(study) > 0:
-        short = [c for c in _finalists(plan, finish) if len(c.trials) < finish.runs_wanted(c)]
-        if not short:
+        finalists = _finalists(plan.study, plan.goal, finish)
+        cand = finish.next_run(finalists, sign=sign if not plan.goal.multi else 0.0)
+        if cand is None:
             break
-        cand = min(short, key=lambda c: len(c.trials))
         if not done:
             log.info(f"re-measuring the {finish.finalists} best, one launch at a time")
         ran = TrialRecord.of(cand.chosen)
@@ -115,7 +166,9 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
         marks = attrs(source=remeasure_source(cand.trials[0].number), vllm_args=ran.vllm_args)
         study.enqueue_trial(params, user_attrs=marks)
         before = st.launches(study)
-        again = replace(plan, budget=before + 1, timeout_s=None, patience=0, prune=False)
+        again = replace(
+            plan, budget=before + 1, timeout_s=None, patience=0, prune=False, settle=None
+        )
         st.run_study(again, reporter=reporter)
         if st.launches(study) <= before:  # nothing launched (the study stopped): do not spin
             break
@@ -123,16 +176,16 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
     return done
 
 
-def _finalists(plan: st.StudyPlan, finish: Finish) -> list[Candidate]:
+def _finalists(study: optuna.Study, goal: Goal, finish: Finish) -> list[Candidate]:
     ranked = best.ranked(
-        plan.study,
-        goal=plan.goal,
+        study,
+        goal=goal,
         noise=finish.noise,
         statistic=finish.statistic,
         repeats=finish.settled,
         most_images=finish.most_images,
     )
-    return finalists(ranked, goal=plan.goal, count=finish.finalists, noise=finish.noise)
+    return finalists(ranked, goal=goal, count=finish.finalists, noise=finish.noise)
 
 
 def finalists(

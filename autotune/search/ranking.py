@@ -110,9 +110,10 @@ def candidates(trials: Iterable[Finished], *, goal: Goal, statistic: str) -> lis
         chosen = _pick(runs, primary, statistic=statistic, worst_first=maximize)
         slow = _pick(runs, _throughput, statistic=statistic, worst_first=True)
         reserved = max(TrialRecord.of(t).reserved_gib or 0.0 for t in runs)
-        out.append(
-            Candidate(tuple(runs), True, primary(chosen), chosen, _throughput(slow), reserved)
-        )
+        # The median of two runs is their mean: the worse of two would count a slow outlier
+        # in full (``chosen`` stays an actual run: the lower middle one).
+        value = statistics.median(map(primary, runs)) if statistic == "median" else primary(chosen)
+        out.append(Candidate(tuple(runs), True, value, chosen, _throughput(slow), reserved))
     return out
 
 

@@ -180,14 +180,37 @@ class Serving(Recording):
         )  # fmt: skip
 
 
-@pytest.mark.parametrize(("second", "launches"), [(102.0, 6), (140.0, 7)])
-def test_a_finalist_is_measured_a_third_time_only_when_its_two_runs_disagree(
-    tmp_path: Path, second: float, launches: int
+@dataclass(frozen=True, kw_only=True)
+class ByConfig(Recording):
+    """Every launch serves; a configuration measures ``value(n)`` where ``n`` is the launch
+    that first ran it, every time it runs (no noise)."""
+
+    value: Callable[[int], float] = lambda launch: 100.0
+    launched: list[dict[str, Any]] = field(default_factory=list)
+
+    def run(
+        self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
+    ) -> TrialResult:
+        self.launched.append(dict(args))
+        first = self.launched.index(dict(args)) + 1
+        return TrialResult(
+            outcome=Outcome.OK, reason="", args=dict(args), log_path=log_path,
+            metrics=metrics(self.value(first)),
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(("runner_up", "third_runs"), [(140.0, 2), (125.0, 1)])
+def test_launches_left_race_the_finalists_close_to_the_leader(
+    tmp_path: Path, runner_up: float, third_runs: int
 ) -> None:
-    finish = Finish(repeats=3, finalists=1, noise=0.05)
-    runner = Serving(value=lambda n: second if n == 6 else 100.0 + n)  # launch 5 is the best
+    """Every finalist gets a second run; launches left give third runs only to finalists
+    within twice the noise of the leader (140 of 150: yes; 125: no, it stays at two)."""
+    finish = Finish(repeats=3, finalists=2, noise=0.05)
+    values = {5: 150.0, 4: runner_up}
+    runner = ByConfig(value=lambda n: values.get(n, 100.0))
     plan = _plan(tmp_path, runner, 5)
     st.run_study(plan, reporter=Quiet())
-    remeasure(plan, finish, reporter=Quiet(), budget=10)
-    assert len(runner.launched) == launches  # 105 then 102 agree (within 5%); 140 does not
-    assert all(args == runner.launched[4] for args in runner.launched[5:])
+    remeasure(plan, finish, reporter=Quiet(), budget=12)
+    runs = [runner.launched.count(runner.launched[i]) for i in (4, 3)]
+    assert runs == [3, 2 + third_runs - 1]
+    assert len(runner.launched) == 5 + 2 + third_runs  # the rest of the budget is left unused

@@ -9,7 +9,10 @@ sees a fixed function of its inputs."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -21,7 +24,7 @@ from optuna.trial import TrialState
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
 from autotune.load.request import Request
-from autotune.search.moves import edge, kv_fit, rescue, retreat
+from autotune.search.moves import edge, kv_fit, recheck, rescue, retreat
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord, attrs
 
@@ -30,7 +33,30 @@ LOCAL_SHARE = 0.5  # once the edge is known, this share of the asks is a local m
 
 
 def tried(study: optuna.Study) -> list[edge.Tried]:
-    """Finished trials as the climb sees them (pre-screened ones as the class they would hit)."""
+    """Finished trials as the climb sees them (pre-screened ones as the class they would hit).
+    A configuration that served more than once is one entry with the median of its values."""
+    out = _each_tried(study)
+    runs: dict[str, list[float]] = {}
+    for t in out:
+        if t.outcome == Outcome.OK.value and t.value is not None:
+            runs.setdefault(_key(t.params), []).append(t.value)
+    merged, seen = [], set()
+    for t in out:
+        key = _key(t.params)
+        if t.outcome == Outcome.OK.value and key in runs:
+            if key in seen:
+                continue
+            seen.add(key)
+            t = dataclasses.replace(t, value=statistics.median(runs[key]))
+        merged.append(t)
+    return merged
+
+
+def _key(params: Mapping[str, Value]) -> str:
+    return json.dumps(dict(params), sort_keys=True, default=str)
+
+
+def _each_tried(study: optuna.Study) -> list[edge.Tried]:
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         record = TrialRecord.of(t)
@@ -75,6 +101,9 @@ class Guide:
     def before_ask(self, study: optuna.Study) -> None:
         """Enqueue the next climb or local move, unless a candidate is already waiting."""
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return
+        if (again := recheck.contradiction(study, space=self.space)) is not None:
+            study.enqueue_trial(again.params, user_attrs=again.marks)
             return
         seen = tried(study)
         expected = self.expected
