@@ -726,7 +726,6 @@ def autotune_study(
         )
         if guide
         else None,
-        settle=finalize.settle(finish, budget=budget, goal=Goal()),
     )
     finalize.search(plan, finish, reporter=_Quiet(), budget=budget)
     finalize.remeasure(plan, finish, reporter=_Quiet(), budget=budget)
@@ -745,7 +744,7 @@ def trace(key: str, seed: int, budget: int, ns: argparse.Namespace, optimum: flo
     """Every trial of one autotune study: where it came from, what ran, how it ended."""
     problem = PROBLEMS[key]
     study, chosen = autotune_study(key, seed, budget, ns.sampler, ns.prescreen, not ns.no_guide)
-    best = 0.0
+    top = 0.0
     print(f"\n== trace of landscape {key}, seed {seed}, {budget} launches")
     for t in study.get_trials(deepcopy=False):
         record = TrialRecord.of(t)
@@ -754,12 +753,24 @@ def trace(key: str, seed: int, budget: int, ns: argparse.Namespace, optimum: flo
         if record.launched:
             result = problem.truth.result(args, log_path=Path("-"))
             value = result.throughput if result.outcome is Outcome.OK else 0.0
-            best = max(best, value)
-            end = f"{record.outcome} {value / optimum:.3f} (best {best / optimum:.3f})"
+            top = max(top, value)
+            end = f"{record.outcome} {value / optimum:.3f} (best {top / optimum:.3f})"
         else:
             end = f"{record.outcome}: {record.reason}"[:90]
         source = record.source or "sampler"
         print(f"  {t.number:3d} {source[:28]:28s} {ran}\n       -> {end}")
+    print("  ranking (value: the statistic of its runs; true: noise-free / optimum):")
+    finish = finish_for(problem.options)
+    ranked = best.ranked(
+        study, goal=Goal(), noise=finish.noise, statistic=finish.statistic, repeats=finish.settled
+    )
+    for c in ranked[:6]:
+        true = problem.truth.throughput(c.args) / optimum
+        runs = " ".join(f"{v:.1f}" for v in c.measured)
+        print(
+            f"    trials {[t.number for t in c.trials]}: value {c.value:.1f} ({runs}), "
+            f"reserved {c.reserved_gib:.2f} GiB, true {true:.3f}"
+        )
     value = problem.truth.throughput(chosen) if chosen else 0.0
     print(f"  chosen: {json.dumps(chosen)} -> {value / optimum:.3f}")
 

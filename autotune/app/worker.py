@@ -126,7 +126,6 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
         prune=options.prune,
         patience=options.patience,
         min_improvement=options.min_improvement,
-        settle=finalize.settle(finish, budget=options.trials, goal=goal),
     )
     console = make_console()
     log.info(f"study {name} ({redact_url(storage)}); space: {space.describe()}")

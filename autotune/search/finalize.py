@@ -9,7 +9,6 @@ configuration's arguments.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,7 +22,6 @@ from autotune.search import study as st
 from autotune.search import study_keys as keys
 from autotune.search.goal import Goal, Statistic
 from autotune.search.ranking import Candidate
-from autotune.search.tell import stagnated
 from autotune.trial.record import TrialRecord, attrs, remeasure_source
 from autotune.trial.soak import SoakVerdict, run_soak
 
@@ -60,7 +58,8 @@ class Finish:
 
     def next_run(self, finalists: list[Candidate], *, sign: float) -> Candidate | None:
         """The finalist to launch next, the fewest runs first: each finalist gets a second run
-        (``settled``); then, from launches left (a search that ``settle``-d), ``runs_due``."""
+        (``settled``); then, from launches left over (fewer finalists than the reserve),
+        ``runs_due``."""
         short = [c for c in finalists if len(c.trials) < self.settled]
         if not short and finalists:
             top = max(sign * c.value for c in finalists)
@@ -70,42 +69,6 @@ class Finish:
 
 FAR = 4  # a candidate this many times ``--noise`` behind the best value is not re-measured
 CLOSE = 2  # ... this many times it behind the leader still races for further runs
-SETTLE_SHARE = 4  # the search settles after budget // this many launches without improvement
-SETTLE_GAIN = 0.01  # ... that improved the best value by more than this share
-SETTLE_AFTER = 12  # launches a search makes before it may settle (at least 0.6 of the budget)
-
-
-def settle(finish: Finish, *, budget: int, goal: Goal) -> Callable[[optuna.Study], str | None]:
-    """When the search may hand the rest of ``budget`` to the re-measure race: from
-    ``SETTLE_AFTER`` launches and 0.6 of the budget on, once no launch improved the best value
-    by more than ``SETTLE_GAIN`` for ``budget // SETTLE_SHARE`` launches (at least 4), and the
-    race can use every launch that is left (``race_room``). A search that still finds better
-    configurations keeps its launches."""
-    patience = max(4, budget // SETTLE_SHARE)
-
-    def why(study: optuna.Study) -> str | None:
-        done = st.launches(study)
-        if finish.repeats < 2 or goal.multi or done < max(SETTLE_AFTER, 0.6 * budget):
-            return None
-        if not stagnated(study, patience=patience, threshold=SETTLE_GAIN):
-            return None
-        if budget - done > race_room(study, finish, goal=goal):
-            return None
-        return (
-            f"no launch improved on the best by more than {SETTLE_GAIN:.0%} in the last "
-            f"{patience}: the remaining {budget - done} launches re-measure the finalists"
-        )
-
-    return why
-
-
-def race_room(study: optuna.Study, finish: Finish, *, goal: Goal) -> int:
-    """Launches the race would make now if no result changed: a second run for every
-    finalist, runs up to ``repeats`` for those close to the leader (``Finish.next_run``)."""
-    picked = _finalists(study, goal, finish)
-    sign = 1.0 if goal.directions[0] == "maximize" else -1.0
-    top = max((sign * c.value for c in picked), default=0.0)
-    return sum(max(finish.runs_due(c, top=top, sign=sign) - len(c.trials), 0) for c in picked)
 
 
 def reserve(finish: Finish, *, trials: int) -> int:
@@ -166,9 +129,7 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
         marks = attrs(source=remeasure_source(cand.trials[0].number), vllm_args=ran.vllm_args)
         study.enqueue_trial(params, user_attrs=marks)
         before = st.launches(study)
-        again = replace(
-            plan, budget=before + 1, timeout_s=None, patience=0, prune=False, settle=None
-        )
+        again = replace(plan, budget=before + 1, timeout_s=None, patience=0, prune=False)
         st.run_study(again, reporter=reporter)
         if st.launches(study) <= before:  # nothing launched (the study stopped): do not spin
             break

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -147,7 +147,6 @@ class StudyPlan:
     patience: int = 0  # stop after this many launches without an improvement (0: never)
     min_improvement: float = 0.01  # ... of more than this share of the best value
     guide: Guide | None = None  # climb to the memory edge, local moves, lift
-    settle: Callable[[optuna.Study], str | None] | None = None  # why to end the search now
 
 
 def _enqueue_start(plan: StudyPlan) -> None:
@@ -239,9 +238,6 @@ def run_study(plan: StudyPlan, *, reporter: Reporter) -> None:
             plan.study.set_user_attr(
                 keys.STOPPED_EARLY, f"no improvement in {plan.patience} launches"
             )
-            break
-        if plan.settle is not None and (why := plan.settle(plan.study)) is not None:
-            reporter.phase(why)
             break
 
 

@@ -120,6 +120,7 @@ class Guide:
             partial(kv_fit.repair, space=self.space, tried=seen, expected=guess),
             partial(rescue.rescue, space=self.space, tried=seen, expected=guess, fails=fails),
             climb if idle else fill,
+            partial(rescue.restore, space=self.space, tried=seen, expected=guess),
         ):
             if (move := propose()) is not None:
                 break

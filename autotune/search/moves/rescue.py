@@ -21,7 +21,16 @@ from collections.abc import Callable, Mapping, Sequence
 from autotune.engine.defaults import Value
 from autotune.engine.multimodal import IMAGE_DIM
 from autotune.engine.outcome import Outcome
-from autotune.search.moves.edge import BATCH_DIMS, SHORT, Climb, Tried, batch_valid, memory_dim
+from autotune.search.moves.edge import (
+    BATCH_DIMS,
+    SHORT,
+    Climb,
+    Tried,
+    batch_valid,
+    best_of,
+    fit_memory,
+    memory_dim,
+)
 from autotune.search.moves.retreat import UNDER_LOAD
 from autotune.search.space import UTIL_STEP, SearchSpace
 
@@ -100,3 +109,37 @@ def _levels(low: float, high: float, start: float | None) -> list[float]:
         order.remove(round(start, 2))
         order.insert(0, round(start, 2))
     return order
+
+
+RESTORE = 2.0  # the batched-token step of ``restore``
+
+
+def restore(
+    *,
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    expected: Callable[[Mapping[str, Value]], float | None] | None = None,
+) -> Climb | None:
+    """The rescue's smallest ``max_num_batched_tokens`` is a safe start, not a finding: once the
+    best configuration runs at it with more than the fewest sequences (a fill has sized them),
+    and nothing with its other settings ran with more batched tokens, try twice as many (the
+    utilization down to the model's edge for them). Larger prefill chunks take fewer engine
+    steps; whether the memory they cost pays, only a launch can tell. Once per best."""
+    name = "max_num_batched_tokens"
+    ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
+    if name not in space or space[name].fixed or not ok:
+        return None
+    dim, memory = space[name], memory_dim(space)
+    best = best_of(ok, memory=memory.name if memory is not None else "")
+    low = best.params.get(name)
+    seqs = best.params.get("max_num_seqs")
+    if low != dim.low or ("max_num_seqs" in space and seqs == space["max_num_seqs"].low):
+        return None
+    rest = {k: v for k, v in best.params.items() if k not in (name, getattr(memory, "name", ""))}
+    for t in tried:
+        if all(t.params.get(k) == v for k, v in rest.items()) and t.params.get(name, low) > low:
+            return None  # the batched tokens were moved from here before
+    params = fit_memory(space, dict(best.params) | {name: dim.clamp(low * RESTORE)}, expected)
+    if any(dict(t.params) == params for t in tried):
+        return None
+    return Climb(params=params, why=f"restore: {name} {low} -> {params[name]} (rescue's minimum)")

@@ -1,7 +1,6 @@
-"""The end of a search under noise: a search that stopped improving hands its last launches to
-the finalists' race (``finalize.settle``), a configuration that served slower with more memory
-runs again before the guide believes it (``moves.recheck``), and the median of two runs is their
-mean."""
+"""Moves and choices for a noisy machine: a configuration that served slower with more memory
+runs again before the guide believes it (``moves.recheck``), the median of two runs is their
+mean, and the rescue's smallest batched tokens are tried doubled once (``rescue.restore``)."""
 
 from __future__ import annotations
 
@@ -12,19 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pytest
 
 from autotune.engine.launcher import ArgValue
 from autotune.engine.outcome import Outcome
 from autotune.search import best
 from autotune.search import study as st
-from autotune.search.finalize import Finish, remeasure, reserve, search, settle
+from autotune.search.finalize import Finish, remeasure
 from autotune.search.goal import Goal
 from autotune.search.moves import guide as guides
 from autotune.search.moves.guide import Guide
+from autotune.search.moves.rescue import restore
 from autotune.trial.record import TrialRecord
 from autotune.trial.runner import TrialResult
-from tests.search.test_remeasure import DEFAULTS, Quiet, Recording, Screen, metrics
+from tests.search.test_edge import SPACE, failed, ok
+from tests.search.test_remeasure import DEFAULTS, Quiet, Recording, metrics
 from tests.search.test_remeasure import SPACE as STUDY_SPACE
 
 
@@ -49,46 +49,6 @@ class Scripted(Recording):
             outcome=Outcome.OK, reason="", args=dict(args), log_path=log_path,
             metrics=metrics(self.value(same[0], len(same))),
         )  # fmt: skip
-
-
-def _plan(tmp_path: Path, runner: Scripted, *, budget: int, finish: Finish) -> st.StudyPlan:
-    study = st.open_study(name="settle", storage=optuna.storages.InMemoryStorage(), seed=5)
-    return st.StudyPlan(
-        study=study, space=STUDY_SPACE, runner=runner,
-        budget=budget - reserve(finish, trials=budget), log_dir=tmp_path / "logs",
-        default_params=DEFAULTS, prescreen=Screen(),
-        settle=settle(finish, budget=budget, goal=Goal()),
-    )  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("value", "searched"),
-    [
-        (lambda first, run: 200.0 if first == 1 else 195.0, 12),  # nothing beats launch 1
-        (lambda first, run: 100.0 + 10 * first, 16),  # still finding
-    ],
-    ids=["stalled", "improving"],
-)
-def test_a_stalled_search_hands_its_last_launches_to_the_race(
-    tmp_path: Path, value: Callable[[int, int], float], searched: int
-) -> None:
-    finish, budget = Finish(), 20
-    runner = Scripted(value=value)
-    plan = _plan(tmp_path, runner, budget=budget, finish=finish)
-    search(plan, finish, reporter=Quiet(), budget=budget)
-    assert len(runner.launched) == searched
-    remeasure(plan, finish, reporter=Quiet(), budget=budget)
-    sources = [TrialRecord.of(t).source for t in plan.study.get_trials()]
-    remeasures = [s for s in sources if s.startswith("re-measure of trial")]
-    assert len(remeasures) == len(runner.launched) - searched
-    ranked = best.ranked(plan.study, goal=Goal(), noise=finish.noise, statistic="median")
-    if searched == 12:  # the leader and the close finalists ran up to three times each
-        assert ranked[0].measured == [200.0, 200.0, 200.0]
-        assert sorted((len(c.trials) for c in ranked), reverse=True)[:5] == [3, 3, 3, 3, 1]
-        assert len(runner.launched) == budget
-    else:  # one second run per finalist (the reserve), no launch left for third runs
-        assert len(runner.launched) == budget
-        assert sorted(len(c.trials) for c in ranked)[-4:] == [2, 2, 2, 2]
 
 
 def test_more_memory_measured_slower_runs_again_before_the_guide_believes_it(
@@ -126,3 +86,19 @@ def test_the_median_of_two_runs_is_their_mean(tmp_path: Path) -> None:
     (median,) = best.ranked(study, goal=Goal(), noise=0.05, statistic="median")
     assert (worst.value, median.value) == (80.0, 90.0)
     assert TrialRecord.of(median.chosen).throughput == 80.0  # an actual run, the lower middle
+
+
+def test_restore_doubles_the_rescues_smallest_batched_tokens_once() -> None:
+    """After a rescue served at 512 batched tokens and a fill sized the sequences, the best
+    configuration is tried with 1024; not before the fill, not twice, not once moved."""
+    rescued, filled = ok(0.9, 8, 512, 20.0), ok(0.9, 59, 512, 100.0)
+    assert restore(space=SPACE, tried=[rescued]) is None  # the fewest sequences: fill first
+    move = restore(space=SPACE, tried=[rescued, filled])
+    assert move is not None and move.params == {
+        "gpu_memory_utilization": 0.9, "max_num_seqs": 59, "max_num_batched_tokens": 1024,
+    }  # fmt: skip
+    assert restore(space=SPACE, tried=[rescued, filled, failed(0.9, 59, 1024, "oom")]) is None
+    assert restore(space=SPACE, tried=[filled, ok(0.85, 59, 4096, 90.0)]) is None
+    assert restore(space=SPACE, tried=[ok(0.9, 59, 2048, 100.0)]) is None  # not at the minimum
+    lower = restore(space=SPACE, tried=[filled], expected=lambda p: 0.86)
+    assert lower is not None and lower.params["gpu_memory_utilization"] == 0.86
