@@ -24,6 +24,7 @@ from autotune.search.moves.retreat import retreat
 from autotune.search.ranking import Candidate
 from autotune.trial.runner import TrialResult
 from tests.search.test_edge import SPACE, failed, ok
+from tests.search.test_noise_moves import Scripted
 from tests.search.test_remeasure import DEFAULTS, Quiet, Recording, Screen, metrics
 from tests.search.test_remeasure import SPACE as STUDY_SPACE
 
@@ -163,42 +164,6 @@ def test_the_reserve_is_kept_for_the_finalists_that_exist(tmp_path: Path) -> Non
     assert len(runner.launched) == trials - 1
 
 
-@dataclass(frozen=True, kw_only=True)
-class Serving(Recording):
-    """Every launch serves; launch ``n`` measures ``value(n)`` output tokens/s."""
-
-    value: Callable[[int], float] = lambda launch: 100.0
-    launched: list[dict[str, Any]] = field(default_factory=list)
-
-    def run(
-        self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
-    ) -> TrialResult:
-        self.launched.append(dict(args))
-        return TrialResult(
-            outcome=Outcome.OK, reason="", args=dict(args), log_path=log_path,
-            metrics=metrics(self.value(len(self.launched))),
-        )  # fmt: skip
-
-
-@dataclass(frozen=True, kw_only=True)
-class ByConfig(Recording):
-    """Every launch serves; a configuration measures ``value(n)`` where ``n`` is the launch
-    that first ran it, every time it runs (no noise)."""
-
-    value: Callable[[int], float] = lambda launch: 100.0
-    launched: list[dict[str, Any]] = field(default_factory=list)
-
-    def run(
-        self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
-    ) -> TrialResult:
-        self.launched.append(dict(args))
-        first = self.launched.index(dict(args)) + 1
-        return TrialResult(
-            outcome=Outcome.OK, reason="", args=dict(args), log_path=log_path,
-            metrics=metrics(self.value(first)),
-        )  # fmt: skip
-
-
 @pytest.mark.parametrize(("runner_up", "third_runs"), [(140.0, 2), (125.0, 1)])
 def test_launches_left_race_the_finalists_close_to_the_leader(
     tmp_path: Path, runner_up: float, third_runs: int
@@ -207,7 +172,7 @@ def test_launches_left_race_the_finalists_close_to_the_leader(
     within twice the noise of the leader (140 of 150: yes; 125: no, it stays at two)."""
     finish = Finish(repeats=3, finalists=2, noise=0.05)
     values = {5: 150.0, 4: runner_up}
-    runner = ByConfig(value=lambda n: values.get(n, 100.0))
+    runner = Scripted(value=lambda first, run: values.get(first, 100.0))
     plan = _plan(tmp_path, runner, 5)
     st.run_study(plan, reporter=Quiet())
     remeasure(plan, finish, reporter=Quiet(), budget=12)

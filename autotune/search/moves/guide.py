@@ -10,7 +10,6 @@ sees a fixed function of its inputs."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +24,7 @@ from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
 from autotune.load.request import Request
 from autotune.search.moves import edge, kv_fit, recheck, rescue, retreat
+from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord, attrs
 
@@ -39,10 +39,10 @@ def tried(study: optuna.Study) -> list[edge.Tried]:
     runs: dict[str, list[float]] = {}
     for t in out:
         if t.outcome == Outcome.OK.value and t.value is not None:
-            runs.setdefault(_key(t.params), []).append(t.value)
+            runs.setdefault(args_key(dict(t.params)), []).append(t.value)
     merged, seen = [], set()
     for t in out:
-        key = _key(t.params)
+        key = args_key(dict(t.params))
         if t.outcome == Outcome.OK.value and key in runs:
             if key in seen:
                 continue
@@ -50,10 +50,6 @@ def tried(study: optuna.Study) -> list[edge.Tried]:
             t = dataclasses.replace(t, value=statistics.median(runs[key]))
         merged.append(t)
     return merged
-
-
-def _key(params: Mapping[str, Value]) -> str:
-    return json.dumps(dict(params), sort_keys=True, default=str)
 
 
 def _each_tried(study: optuna.Study) -> list[edge.Tried]:

@@ -11,7 +11,6 @@ on; its median then speaks for it. Once per configuration.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.engine.defaults import Value
 from autotune.search.moves.edge import NOISE, memory_dim
+from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord, attrs, remeasure_source
 
@@ -46,13 +46,13 @@ def contradiction(study: optuna.Study, *, space: SearchSpace) -> Again | None:
         record = TrialRecord.of(t)
         if not record.launched or record.params is None:
             continue
-        key = _key(record.params)
+        key = args_key(dict(record.params))
         launches[key] = launches.get(key, 0) + 1
         if record.ok and t.values:
             groups.setdefault(key, []).append(t)
     served = [(TrialRecord.of(runs[0]).params or {}, runs) for runs in groups.values()]
     for params, runs in served:
-        if launches[_key(params)] > 1:
+        if launches[args_key(dict(params))] > 1:
             continue
         value = _value(runs)
         for other, others in served:
@@ -75,7 +75,3 @@ def _less_memory(a: Mapping[str, Value], b: Mapping[str, Value], *, memory: str)
 
 def _value(runs: list[FrozenTrial]) -> float:
     return float(statistics.median(float((t.values or [0.0])[0]) for t in runs))
-
-
-def _key(params: Mapping[str, Value]) -> str:
-    return json.dumps(dict(params), sort_keys=True, default=str)
