@@ -19,6 +19,7 @@ from autotune.search import study as st
 from autotune.search.finalize import Finish, remeasure
 from autotune.search.goal import Goal
 from autotune.search.moves import guide as guides
+from autotune.search.moves import recheck
 from autotune.search.moves.guide import Guide
 from autotune.search.moves.rescue import restore
 from autotune.trial.record import TrialRecord
@@ -71,6 +72,25 @@ def test_more_memory_measured_slower_runs_again_before_the_guide_believes_it(
     assert runner.launched[2] == runner.launched[1]
     seen = [t for t in guides.tried(study) if t.params.get("gpu_memory_utilization") == 0.95]
     assert [t.value for t in seen] == [95.0]
+
+
+def test_when_more_memory_stays_slower_the_faster_run_with_less_is_measured_again(
+    tmp_path: Path,
+) -> None:
+    """0.95 measures 80 and 82: now 0.9's one run at 100 may be the lucky one; it runs again
+    (and then nothing more: both sides ran twice)."""
+    more = DEFAULTS | {"gpu_memory_utilization": 0.95}
+    runner = Scripted(value=lambda first, run: 100.0 if first == 1 else 80.0 + 2 * (run - 1))
+    study = st.open_study(name="recheck2", storage=optuna.storages.InMemoryStorage(), seed=5)
+    plan = st.StudyPlan(
+        study=study, space=STUDY_SPACE, runner=runner, budget=4, log_dir=tmp_path / "logs",
+        default_params=DEFAULTS, enqueue=(more,), guide=Guide(space=STUDY_SPACE, seed=0),
+    )  # fmt: skip
+    st.run_study(plan, reporter=Quiet())
+    sources = [TrialRecord.of(t).source for t in study.get_trials()]
+    assert sources[2:4] == ["re-measure of trial 1", "re-measure of trial 0"]
+    assert runner.launched[3] == runner.launched[0]
+    assert recheck.contradiction(study, space=STUDY_SPACE) is None
 
 
 def test_the_median_of_two_runs_is_their_mean(tmp_path: Path) -> None:

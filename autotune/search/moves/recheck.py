@@ -4,9 +4,10 @@
 The climb and the lift rest on one fact: with the same batch settings, more KV cache never slows
 vLLM down. One slow run (another job on the machine, a noisy neighbour) contradicts it, and the
 study then stops climbing and lifting: every later proposal pays for one outlier. So when a
-configuration served more than ``NOISE`` slower than the same batch settings with less memory
-and it ran only once, it runs again (a re-measure: exactly its arguments) before the guide moves
-on; its median then speaks for it. Once per configuration.
+configuration served more than ``NOISE`` slower than the same batch settings with less memory,
+the one of the two that ran only once runs again (a re-measure: exactly its arguments; the
+slower first) before the guide moves on; the medians then speak for them. At most once per
+configuration.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ class Again:
 
 
 def contradiction(study: optuna.Study, *, space: SearchSpace) -> Again | None:
-    """The first configuration measured once that served slower than the same batch settings
-    with less memory, beyond ``NOISE`` (None: no such contradiction)."""
+    """A configuration to measure again where one with more memory served slower than the same
+    batch settings with less, beyond ``NOISE``: the slower one if it ran once, else the faster
+    one if it ran once (None: no such contradiction, or both sides ran twice)."""
     dim = memory_dim(space)
     if dim is None:
         return None
@@ -52,16 +54,20 @@ def contradiction(study: optuna.Study, *, space: SearchSpace) -> Again | None:
             groups.setdefault(key, []).append(t)
     served = [(TrialRecord.of(runs[0]).params or {}, runs) for runs in groups.values()]
     for params, runs in served:
-        if launches[args_key(dict(params))] > 1:
-            continue
-        value = _value(runs)
         for other, others in served:
-            if _less_memory(other, params, memory=dim.name) and value < _value(others) * (
-                1.0 - NOISE
-            ):
-                ran = TrialRecord.of(runs[0])
-                marks = attrs(source=remeasure_source(runs[0].number), vllm_args=ran.vllm_args)
-                return Again(params=dict(params), marks=marks)
+            if not _less_memory(other, params, memory=dim.name):
+                continue
+            if _value(runs) >= _value(others) * (1.0 - NOISE):
+                continue
+            # The slower one with more memory first; then the faster one with less (its one
+            # run may have been the lucky one).
+            for again in (runs, others):
+                if launches[args_key(dict(TrialRecord.of(again[0]).params or {}))] == 1:
+                    first = TrialRecord.of(again[0])
+                    marks = attrs(
+                        source=remeasure_source(again[0].number), vllm_args=first.vllm_args
+                    )
+                    return Again(params=dict(first.params or {}), marks=marks)
     return None
 
 
