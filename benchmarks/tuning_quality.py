@@ -684,15 +684,21 @@ def run_autotune(
     return _summarise(key, "autotune", seed, budget, launched, chosen, skipped)
 
 
+def finish_of(problem: Problem) -> finalize.Finish:
+    """The re-measure plan ``api.tune`` would use, or ``--finish``'s."""
+    finish = finish_for(problem.options)
+    if FINISH:  # --finish: another re-measure plan than TuneOptions' defaults
+        finish = dataclasses.replace(finish, **FINISH)
+    return finish
+
+
 def autotune_study(
     key: str, seed: int, budget: int, sampler: str, screen: str, guide: bool
 ) -> tuple[optuna.Study, dict[str, Any] | None]:
     """The study after ``budget`` launches, and the arguments autotune would save."""
     problem = PROBLEMS[key]
     prep = problem.prep
-    finish = finish_for(problem.options)
-    if FINISH:  # --finish: another re-measure plan than TuneOptions' defaults
-        finish = dataclasses.replace(finish, **FINISH)
+    finish = finish_of(problem)
     name = st.study_name(
         model=prep.spec.name,
         hardware_key=prep.hardware.key,
@@ -760,7 +766,7 @@ def trace(key: str, seed: int, budget: int, ns: argparse.Namespace, optimum: flo
         source = record.source or "sampler"
         print(f"  {t.number:3d} {source[:28]:28s} {ran}\n       -> {end}")
     print("  ranking (value: the statistic of its runs; true: noise-free / optimum):")
-    finish = finish_for(problem.options)
+    finish = finish_of(problem)
     ranked = best.ranked(
         study, goal=Goal(), noise=finish.noise, statistic=finish.statistic, repeats=finish.settled
     )

@@ -98,8 +98,7 @@ def _wanted(plan: st.StudyPlan, finish: Finish, *, left: int) -> int:
     """Launches the finalists' second runs would take now, at most ``left``."""
     if finish.repeats < 2 or left <= 0:
         return 0
-    picked = _finalists(plan.study, plan.goal, finish)
-    need = sum(max(finish.settled - len(c.trials), 0) for c in picked)
+    need = sum(max(finish.settled - len(c.trials), 0) for c in _finalists(plan, finish))
     return min(need, left)
 
 
@@ -115,10 +114,9 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
     if finish.repeats < 2:
         return 0
     done = 0
-    sign = 1.0 if plan.goal.directions[0] == "maximize" else -1.0
+    sign = 0.0 if plan.goal.multi else 1.0 if plan.goal.directions[0] == "maximize" else -1.0
     while budget - st.launches(study) > 0:
-        finalists = _finalists(plan.study, plan.goal, finish)
-        cand = finish.next_run(finalists, sign=sign if not plan.goal.multi else 0.0)
+        cand = finish.next_run(_finalists(plan, finish), sign=sign)
         if cand is None:
             break
         if not done:
@@ -137,16 +135,16 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
     return done
 
 
-def _finalists(study: optuna.Study, goal: Goal, finish: Finish) -> list[Candidate]:
+def _finalists(plan: st.StudyPlan, finish: Finish) -> list[Candidate]:
     ranked = best.ranked(
-        study,
-        goal=goal,
+        plan.study,
+        goal=plan.goal,
         noise=finish.noise,
         statistic=finish.statistic,
         repeats=finish.settled,
         most_images=finish.most_images,
     )
-    return finalists(ranked, goal=goal, count=finish.finalists, noise=finish.noise)
+    return finalists(ranked, goal=plan.goal, count=finish.finalists, noise=finish.noise)
 
 
 def finalists(

@@ -52,21 +52,28 @@ class Scripted(Recording):
         )  # fmt: skip
 
 
+def _guided(tmp_path: Path, runner: Scripted, *, budget: int) -> optuna.Study:
+    """A guided study of ``budget`` launches: vLLM's defaults (0.9), then 0.95 with the same
+    batch settings."""
+    more = DEFAULTS | {"gpu_memory_utilization": 0.95}
+    study = st.open_study(name="recheck", storage=optuna.storages.InMemoryStorage(), seed=5)
+    plan = st.StudyPlan(
+        study=study, space=STUDY_SPACE, runner=runner, budget=budget, log_dir=tmp_path / "logs",
+        default_params=DEFAULTS, enqueue=(more,), guide=Guide(space=STUDY_SPACE, seed=0),
+    )  # fmt: skip
+    st.run_study(plan, reporter=Quiet())
+    return study
+
+
 def test_more_memory_measured_slower_runs_again_before_the_guide_believes_it(
     tmp_path: Path,
 ) -> None:
     """0.9 serves 100 tok/s; 0.95 with the same batches measures 80 once (a slow run), then
     110: it is re-measured at once, and the guide sees their median."""
-    more = DEFAULTS | {"gpu_memory_utilization": 0.95}
     runner = Scripted(
         value=lambda first, run: 100.0 if first == 1 else (80.0 if run == 1 else 110.0)
     )
-    study = st.open_study(name="recheck", storage=optuna.storages.InMemoryStorage(), seed=5)
-    plan = st.StudyPlan(
-        study=study, space=STUDY_SPACE, runner=runner, budget=3, log_dir=tmp_path / "logs",
-        default_params=DEFAULTS, enqueue=(more,), guide=Guide(space=STUDY_SPACE, seed=0),
-    )  # fmt: skip
-    st.run_study(plan, reporter=Quiet())
+    study = _guided(tmp_path, runner, budget=3)
     trials = study.get_trials()
     assert TrialRecord.of(trials[2]).source == "re-measure of trial 1"
     assert runner.launched[2] == runner.launched[1]
@@ -79,14 +86,8 @@ def test_when_more_memory_stays_slower_the_faster_run_with_less_is_measured_agai
 ) -> None:
     """0.95 measures 80 and 82: now 0.9's one run at 100 may be the lucky one; it runs again
     (and then nothing more: both sides ran twice)."""
-    more = DEFAULTS | {"gpu_memory_utilization": 0.95}
     runner = Scripted(value=lambda first, run: 100.0 if first == 1 else 80.0 + 2 * (run - 1))
-    study = st.open_study(name="recheck2", storage=optuna.storages.InMemoryStorage(), seed=5)
-    plan = st.StudyPlan(
-        study=study, space=STUDY_SPACE, runner=runner, budget=4, log_dir=tmp_path / "logs",
-        default_params=DEFAULTS, enqueue=(more,), guide=Guide(space=STUDY_SPACE, seed=0),
-    )  # fmt: skip
-    st.run_study(plan, reporter=Quiet())
+    study = _guided(tmp_path, runner, budget=4)
     sources = [TrialRecord.of(t).source for t in study.get_trials()]
     assert sources[2:4] == ["re-measure of trial 1", "re-measure of trial 0"]
     assert runner.launched[3] == runner.launched[0]

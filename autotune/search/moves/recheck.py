@@ -52,17 +52,17 @@ def contradiction(study: optuna.Study, *, space: SearchSpace) -> Again | None:
         launches[key] = launches.get(key, 0) + 1
         if record.ok and t.values:
             groups.setdefault(key, []).append(t)
-    served = [(TrialRecord.of(runs[0]).params or {}, runs) for runs in groups.values()]
-    for params, runs in served:
-        for other, others in served:
+    served = [(key, TrialRecord.of(runs[0]).params or {}, runs) for key, runs in groups.items()]
+    for key, params, runs in served:
+        for other_key, other, others in served:
             if not _less_memory(other, params, memory=dim.name):
                 continue
             if _value(runs) >= _value(others) * (1.0 - NOISE):
                 continue
             # The slower one with more memory first; then the faster one with less (its one
             # run may have been the lucky one).
-            for again in (runs, others):
-                if launches[args_key(dict(TrialRecord.of(again[0]).params or {}))] == 1:
+            for again, where in ((runs, key), (others, other_key)):
+                if launches[where] == 1:
                     first = TrialRecord.of(again[0])
                     marks = attrs(
                         source=remeasure_source(again[0].number), vllm_args=first.vllm_args
