@@ -4,8 +4,9 @@
 The climb and the lift rest on one fact: with the same batch settings, more KV cache never slows
 vLLM down. One slow run (another job on the machine, a noisy neighbour) contradicts it, and the
 study then stops climbing and lifting: every later proposal pays for one outlier. So when a
-configuration served more than ``NOISE`` slower than the same batch settings with less memory,
-the one of the two that ran only once runs again (a re-measure: exactly its arguments; the
+configuration served more than ``NOISE`` slower than the same batch settings with less memory
+(or no faster, where vLLM's counters said the KV cache bound the one with less: preemptions or
+a full cache; more KV cache must then help), the one of the two that ran only once runs again (a re-measure: exactly its arguments; the
 slower first) before the guide moves on; the medians then speak for them. At most once per
 configuration.
 """
@@ -21,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.engine.defaults import Value
-from autotune.search.moves.edge import NOISE, memory_dim
+from autotune.search.moves.edge import KV_FULL, NOISE, memory_dim
 from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord, attrs, remeasure_source
@@ -57,7 +58,7 @@ def contradiction(study: optuna.Study, *, space: SearchSpace) -> Again | None:
         for other_key, other, others in served:
             if not _less_memory(other, params, memory=dim.name):
                 continue
-            if _value(runs) >= _value(others) * (1.0 - NOISE):
+            if _value(runs) >= _value(others) * (1.0 - _margin(others)):
                 continue
             # The slower one with more memory first; then the faster one with less (its one
             # run may have been the lucky one).
@@ -77,6 +78,20 @@ def _less_memory(a: Mapping[str, Value], b: Mapping[str, Value], *, memory: str)
     return rest == {k: v for k, v in b.items() if k != memory} and float(a.get(memory, 0)) < float(
         b.get(memory, 0)
     )
+
+
+def _margin(less: list[FrozenTrial]) -> float:
+    """How much slower more memory may measure before it contradicts: ``NOISE``; nothing where
+    vLLM's counters said the KV cache bound the configuration with less memory (preemptions or
+    a full cache in every run: more KV cache must then help, so not being faster is already
+    suspect)."""
+    bound = all(_kv_bound(TrialRecord.of(t)) for t in less)
+    return 0.0 if bound else NOISE
+
+
+def _kv_bound(record: TrialRecord) -> bool:
+    peak = record.peak_kv_cache_usage_pct
+    return bool(record.preemptions) or (peak is not None and peak >= KV_FULL)
 
 
 def _value(runs: list[FrozenTrial]) -> float:
