@@ -138,9 +138,18 @@ def test_a_crash_under_load_retreats_in_memory_with_the_same_batches() -> None:
     assert lower is not None and lower.params["gpu_memory_utilization"] == 0.87
     # smaller batches than the best crashing: nothing to win back
     assert retreat(space=SPACE, tried=[best, failed(0.98, 8, 512, "crash_under_load")]) is None
-    # a retreat that dies under load again is not retreated further
+    # a retreat that dies under load again steps down twice as far, each time (exponentially)
     again = Tried(params=move.params, outcome="crash_under_load", source=move.why)
-    assert retreat(space=SPACE, tried=[best, top, crash, again]) is None
+    further = retreat(space=SPACE, tried=[best, top, crash, again])
+    assert further is not None and further.params == {
+        **crash.params,
+        "gpu_memory_utilization": 0.92,
+    }
+    third = Tried(params=further.params, outcome="crash_under_load", source=further.why)
+    last = retreat(space=SPACE, tried=[best, top, crash, again, third])
+    assert last is not None and last.params["gpu_memory_utilization"] == 0.84
+    served = Tried(params=last.params, outcome="ok", value=90.0, source=last.why)
+    assert retreat(space=SPACE, tried=[best, top, crash, again, third, served]) is None
     # a startup failure is the climb's business, not a retreat
     assert retreat(space=SPACE, tried=[best, failed(0.98, 40, 1024, "oom_cuda_graphs")]) is None
 

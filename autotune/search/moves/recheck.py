@@ -6,9 +6,9 @@ vLLM down. One slow run (another job on the machine, a noisy neighbour) contradi
 study then stops climbing and lifting: every later proposal pays for one outlier. So when a
 configuration served more than ``NOISE`` slower than the same batch settings with less memory
 (or no faster, where vLLM's counters said the KV cache bound the one with less: preemptions or
-a full cache; more KV cache must then help), the one of the two that ran only once runs again (a re-measure: exactly its arguments; the
-slower first) before the guide moves on; the medians then speak for them. At most once per
-configuration.
+a full cache; more KV cache must then help), the one of the two that ran only once runs again
+(a re-measure: exactly its arguments; the slower first) before the guide moves on; the medians
+then speak for them. At most once per configuration.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ slightly smaller KV cache). ``retreat`` proposes that second move, once per fail
 configuration whose batches are larger than the best's (or before anything served, or once
 ``SUSPECT`` batch settings have failed under load at ``u`` or above): ``b`` at the
 highest utilization that has served below ``u`` (the level the study knows works), or a few
-steps lower when nothing has. A retreat that fails under load again is retreated further only
-while the utilization is the suspect; one that runs short of memory at startup is bisected
-(``_between``). Pure: no Optuna.
+steps lower when nothing has. A retreat that fails under load again steps down twice as far
+as its last step (``_further``: an exponential search for the level that holds the runtime
+peak; while the utilization is the suspect, as a first retreat); one that runs short of memory
+at startup is bisected (``_between``). Pure: no Optuna.
 """
 
 from __future__ import annotations
@@ -58,11 +59,13 @@ def retreat(
         return _between(space, tried, last, expected)
     here = float(last.params[dim.name])
     suspect = len(_failed_at(tried, here, dim.name)) >= SUSPECT
-    if last.outcome not in UNDER_LOAD or (last.source.startswith("retreat") and not suspect):
+    if last.outcome not in UNDER_LOAD:
         return None
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
     if ok and not _larger(last.params, best_of(ok, memory=dim.name).params) and not suspect:
         return None  # smaller batches than the best: nothing to win back by retreating
+    if last.source.startswith("retreat") and not suspect:
+        return _further(space, tried, last, expected)
     mine = _batch(last.params, dim.name)
     if any(
         _batch(t.params, dim.name) == mine and float(t.params.get(dim.name, 1)) < here
@@ -101,6 +104,40 @@ def _larger(params: Mapping[str, Value], than: Mapping[str, Value]) -> bool:
 
 def _batch(params: Mapping[str, Value], memory: str) -> dict[str, Value]:
     return {k: v for k, v in params.items() if k != memory}
+
+
+def _further(
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    last: Tried,
+    expected: Callable[[Mapping[str, Value]], float | None] | None,
+) -> Climb | None:
+    """A retreat failed under load again: the runtime peak of its batch settings needs more
+    room than the step gave. Step down twice as far as the last step (an exponential search
+    for the level that holds it), not below the range."""
+    dim = memory_dim(space)
+    assert dim is not None
+    mine, here = _batch(last.params, dim.name), float(last.params[dim.name])
+    above = [
+        float(t.params[dim.name])
+        for t in tried
+        if t.outcome in UNDER_LOAD
+        and _batch(t.params, dim.name) == mine
+        and float(t.params.get(dim.name, 0)) > here
+    ]
+    if not above or any(
+        _batch(t.params, dim.name) == mine and float(t.params.get(dim.name, 1)) < here
+        for t in tried
+    ):
+        return None
+    target = round(max(here - 2 * (min(above) - here), float(dim.low)), 2)
+    if target >= here:
+        return None
+    params = fit_memory(space, dict(last.params) | {dim.name: target}, expected)
+    if any(dict(t.params) == params for t in tried):
+        return None
+    why = f"retreat: {dim.name} {here} -> {params[dim.name]} ({last.outcome} again at {here})"
+    return Climb(params=params, why=why)
 
 
 def _between(
