@@ -1209,6 +1209,15 @@ def verify(keys: Sequence[str], found: Mapping[str, Optimum], workdir: Path) -> 
 # --- main ----------------------------------------------------------------------------------------
 
 
+REPORTED = Path(__file__).with_name("reported-splits.txt")
+
+
+def reported_splits() -> set[int]:
+    """Split seeds whose evaluation scenarios a report has already shown (and so seen)."""
+    lines = REPORTED.read_text().splitlines() if REPORTED.exists() else []
+    return {int(line.split()[0]) for line in lines if line.strip() and not line.startswith("#")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
@@ -1264,6 +1273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="autotune's re-measure plan instead of the defaults (e.g. 2,3,worst)",
     )
     ns = parser.parse_args(argv)
+    if ns.set in ("eval", "all") and not ns.landscapes and ns.split_seed in reported_splits():
+        print(
+            f"note: the evaluation scenarios of split seed {ns.split_seed} have been reported on "
+            f"before ({REPORTED.name}): seen, no longer an unseen test; the first fresh seed "
+            f"is {max(reported_splits()) + 1}"
+        )
     budgets = sorted({int(b) for b in ns.budgets.split(",")})
     dev, evaluation = split(ns.split_seed)
     sets = {"regression": LANDSCAPES, "dev": dev, "eval": evaluation}
