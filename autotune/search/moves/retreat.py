@@ -66,11 +66,7 @@ def retreat(
         return None  # smaller batches than the best: nothing to win back by retreating
     if last.source.startswith("retreat") and not suspect:
         return _further(space, tried, last, expected)
-    mine = _batch(last.params, dim.name)
-    if any(
-        _batch(t.params, dim.name) == mine and float(t.params.get(dim.name, 1)) < here
-        for t in tried
-    ):
+    if _tried_below(tried, last.params, memory=dim.name):
         return None  # already tried lower
     served = [
         float(t.params[dim.name])
@@ -106,6 +102,26 @@ def _batch(params: Mapping[str, Value], memory: str) -> dict[str, Value]:
     return {k: v for k, v in params.items() if k != memory}
 
 
+def _failed_above(tried: Sequence[Tried], at: Tried, *, memory: str) -> list[float]:
+    """The levels above ``at``'s where its batch settings failed under load."""
+    mine, here = _batch(at.params, memory), float(at.params[memory])
+    return [
+        float(t.params[memory])
+        for t in tried
+        if t.outcome in UNDER_LOAD
+        and _batch(t.params, memory) == mine
+        and float(t.params.get(memory, 0)) > here
+    ]
+
+
+def _tried_below(tried: Sequence[Tried], params: Mapping[str, Value], *, memory: str) -> bool:
+    """``params``' batch settings have been tried at a lower level already."""
+    mine, here = _batch(params, memory), float(params[memory])
+    return any(
+        _batch(t.params, memory) == mine and float(t.params.get(memory, 1)) < here for t in tried
+    )
+
+
 def _further(
     space: SearchSpace,
     tried: Sequence[Tried],
@@ -117,18 +133,9 @@ def _further(
     for the level that holds it), not below the range."""
     dim = memory_dim(space)
     assert dim is not None
-    mine, here = _batch(last.params, dim.name), float(last.params[dim.name])
-    above = [
-        float(t.params[dim.name])
-        for t in tried
-        if t.outcome in UNDER_LOAD
-        and _batch(t.params, dim.name) == mine
-        and float(t.params.get(dim.name, 0)) > here
-    ]
-    if not above or any(
-        _batch(t.params, dim.name) == mine and float(t.params.get(dim.name, 1)) < here
-        for t in tried
-    ):
+    here = float(last.params[dim.name])
+    above = _failed_above(tried, last, memory=dim.name)
+    if not above or _tried_below(tried, last.params, memory=dim.name):
         return None
     target = round(max(here - 2 * (min(above) - here), float(dim.low)), 2)
     if target >= here:
@@ -151,14 +158,8 @@ def _between(
     the same level with half the batched tokens (less activation memory, more KV cache)."""
     dim = memory_dim(space)
     assert dim is not None
-    mine, here = _batch(low.params, dim.name), float(low.params[dim.name])
-    above = [
-        float(t.params[dim.name])
-        for t in tried
-        if t.outcome in UNDER_LOAD
-        and _batch(t.params, dim.name) == mine
-        and float(t.params.get(dim.name, 0)) > here
-    ]
+    here = float(low.params[dim.name])
+    above = _failed_above(tried, low, memory=dim.name)
     if not above:
         return None
     steps = round((min(above) - here) / UTIL_STEP)
