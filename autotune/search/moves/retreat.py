@@ -75,13 +75,7 @@ def retreat(
     ]
     target = max(served, default=here - STEPS_DOWN * UTIL_STEP)
     target = round(max(min(target, here - UTIL_STEP), float(dim.low)), 2)
-    if target >= here:
-        return None
-    params = fit_memory(space, dict(last.params) | {dim.name: target}, expected)
-    if any(dict(t.params) == params for t in tried):
-        return None
-    why = f"retreat: {dim.name} {here} -> {params[dim.name]} ({last.outcome} at {here})"
-    return Climb(params=params, why=why)
+    return _down(space, tried, last, target, expected, why=f"{last.outcome} at {here}")
 
 
 def _failed_at(tried: Sequence[Tried], level: float, memory: str) -> set[tuple[object, ...]]:
@@ -138,13 +132,28 @@ def _further(
     if not above or _tried_below(tried, last.params, memory=dim.name):
         return None
     target = round(max(here - 2 * (min(above) - here), float(dim.low)), 2)
+    return _down(space, tried, last, target, expected, why=f"{last.outcome} again at {here}")
+
+
+def _down(
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    last: Tried,
+    target: float,
+    expected: Callable[[Mapping[str, Value]], float | None] | None,
+    *,
+    why: str,
+) -> Climb | None:
+    """``last``'s batch settings at the lower memory level ``target``, unless tried."""
+    dim = memory_dim(space)
+    assert dim is not None
+    here = float(last.params[dim.name])
     if target >= here:
         return None
     params = fit_memory(space, dict(last.params) | {dim.name: target}, expected)
     if any(dict(t.params) == params for t in tried):
         return None
-    why = f"retreat: {dim.name} {here} -> {params[dim.name]} ({last.outcome} again at {here})"
-    return Climb(params=params, why=why)
+    return Climb(params=params, why=f"retreat: {dim.name} {here} -> {params[dim.name]} ({why})")
 
 
 def _between(
