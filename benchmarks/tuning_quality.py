@@ -1273,11 +1273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="autotune's re-measure plan instead of the defaults (e.g. 2,3,worst)",
     )
     ns = parser.parse_args(argv)
-    if ns.set in ("eval", "all") and not ns.landscapes and ns.split_seed in reported_splits():
+    reported = reported_splits()
+    if ns.set in ("eval", "all") and not ns.landscapes and ns.split_seed in reported:
         print(
             f"note: the evaluation scenarios of split seed {ns.split_seed} have been reported on "
             f"before ({REPORTED.name}): seen, no longer an unseen test; the first fresh seed "
-            f"is {max(reported_splits()) + 1}"
+            f"is {max(reported) + 1}"
         )
     budgets = sorted({int(b) for b in ns.budgets.split(",")})
     dev, evaluation = split(ns.split_seed)

@@ -56,11 +56,16 @@ class Tried:
     def kv_pressure(self) -> str | None:
         """What vLLM's own counters said of its KV cache under the benchmark: ``"full"``
         (preemptions, or the cache at its limit), ``"idle"`` (never half used), else None."""
-        if self.preemptions or (self.peak_kv_pct is not None and self.peak_kv_pct >= KV_FULL):
+        if kv_full(preemptions=self.preemptions, peak_kv_pct=self.peak_kv_pct):
             return "full"
         if self.peak_kv_pct is not None and self.peak_kv_pct < KV_IDLE:
             return "idle"
         return None
+
+
+def kv_full(*, preemptions: int | None, peak_kv_pct: float | None) -> bool:
+    """vLLM's counters say the KV cache bound a benchmark: preemptions, or usage at its limit."""
+    return bool(preemptions) or (peak_kv_pct is not None and peak_kv_pct >= KV_FULL)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.engine.defaults import Value
-from autotune.search.moves.edge import KV_FULL, NOISE, memory_dim
+from autotune.search.moves.edge import NOISE, kv_full, memory_dim
 from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord, attrs, remeasure_source
@@ -85,13 +85,11 @@ def _margin(less: list[FrozenTrial]) -> float:
     vLLM's counters said the KV cache bound the configuration with less memory (preemptions or
     a full cache in every run: more KV cache must then help, so not being faster is already
     suspect)."""
-    bound = all(_kv_bound(TrialRecord.of(t)) for t in less)
+    records = [TrialRecord.of(t) for t in less]
+    bound = all(
+        kv_full(preemptions=r.preemptions, peak_kv_pct=r.peak_kv_cache_usage_pct) for r in records
+    )
     return 0.0 if bound else NOISE
-
-
-def _kv_bound(record: TrialRecord) -> bool:
-    peak = record.peak_kv_cache_usage_pct
-    return bool(record.preemptions) or (peak is not None and peak >= KV_FULL)
 
 
 def _value(runs: list[FrozenTrial]) -> float:
