@@ -308,7 +308,7 @@ def test_moves_start_from_the_most_memory_among_equal_results() -> None:
 
 def test_the_load_counts_prompt_output_and_image_tokens() -> None:
     text = [Request(prompt=[1] * 500, messages=None, max_tokens=44, ignore_eos=True)] * 3
-    assert Load.of(text, concurrency=None, image_tokens=576) == Load(544, 3)
+    assert Load.of(text, concurrency=None, image_tokens=576) == Load(544, 3, prompt_tokens=500)
     assert Load.of(text, concurrency=2, image_tokens=576).in_flight == 2
     parts: list[object] = [
         {"type": "image_url", "image_url": {"url": "data:"}},

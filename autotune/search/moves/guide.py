@@ -117,6 +117,7 @@ class Guide:
             partial(rescue.rescue, space=self.space, tried=seen, expected=guess, fails=fails),
             climb if idle else fill,
             partial(rescue.restore, space=self.space, tried=seen, expected=guess),
+            partial(self._prefill, seen, guess),
         ):
             if (move := propose()) is not None:
                 break
@@ -137,6 +138,22 @@ class Guide:
             tried=seen,
             request_tokens=self.load.request_tokens,
             most=self.load.in_flight,
+            expected=guess,
+            capacity=self._capacity,
+        )
+
+    def _prefill(
+        self,
+        seen: Sequence[edge.Tried],
+        guess: Callable[[Mapping[str, Value]], float | None] | None,
+    ) -> edge.Climb | None:
+        if self.load is None:
+            return None
+        return kv_fit.prefill(
+            space=self.space,
+            tried=seen,
+            prompt_tokens=self.load.prompt_tokens,
+            request_tokens=self.load.request_tokens,
             expected=guess,
             capacity=self._capacity,
         )
@@ -163,22 +180,27 @@ class Load:
 
     request_tokens: int  # mean prompt + output tokens of a request
     in_flight: int  # requests in flight at most (the prompts, or --concurrency)
+    prompt_tokens: int = 0  # mean prompt tokens of a request
 
     @classmethod
     def of(cls, requests: Sequence[Request], *, concurrency: int | None, image_tokens: int) -> Load:
         """Token counts of text prompts and chat messages are estimated (4 characters a
         token); an image counts ``image_tokens``."""
-        total = 0
+        prompts = output = 0
         for r in requests:
-            total += r.max_tokens
+            output += r.max_tokens
             if isinstance(r.prompt, list):
-                total += len(r.prompt)
+                prompts += len(r.prompt)
             elif isinstance(r.prompt, str):
-                total += len(r.prompt) // 4
+                prompts += len(r.prompt) // 4
             for m in r.messages or ():
-                total += _message_tokens(m.get("content"), image_tokens=image_tokens)
+                prompts += _message_tokens(m.get("content"), image_tokens=image_tokens)
         n = max(len(requests), 1)
-        return cls(request_tokens=max(total // n, 1), in_flight=min(n, concurrency or n))
+        return cls(
+            request_tokens=max((prompts + output) // n, 1),
+            in_flight=min(n, concurrency or n),
+            prompt_tokens=prompts // n,
+        )
 
 
 def _message_tokens(content: object, *, image_tokens: int) -> int:

@@ -1,6 +1,7 @@
 """Moves that fit a configuration to its KV cache (see ``autotune.search.moves.edge``): ``repair`` a
-KV-too-small failure at the length that fits, and ``fill`` ``max_num_seqs`` with the requests
-the KV cache holds. Pure: no Optuna."""
+KV-too-small failure at the length that fits, ``fill`` ``max_num_seqs`` with the requests
+the KV cache holds, and ``prefill`` long prompts in larger chunks where the KV cache allows.
+Pure: no Optuna."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from autotune.search.moves.edge import (
     Climb,
     Tried,
     batch_valid,
+    best_of,
     fit_memory,
     memory_dim,
     util_floor,
@@ -24,6 +26,7 @@ from autotune.search.moves.retreat import UNDER_LOAD
 from autotune.search.space import Dim, SearchSpace
 
 DEFAULT_UTIL = 0.9  # vLLM's gpu_memory_utilization default
+CHUNKS = 4  # prefill: prompts this many chunks long or longer try larger chunks
 
 
 def fill(
@@ -160,3 +163,47 @@ def repair(
         if params not in seen:
             return Climb(params=params, why=why)
     return None
+
+
+def prefill(
+    *,
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    prompt_tokens: int,
+    request_tokens: int,
+    expected: Callable[[Mapping[str, Value]], float | None] | None = None,
+    capacity: Callable[[Mapping[str, Value]], int | None] | None = None,
+) -> Climb | None:
+    """Larger prefill chunks where prompts are long: vLLM prefills a prompt in chunks of at most
+    ``max_num_batched_tokens``, one engine step (with its fixed cost) each, and a one-step
+    change of the batch size gains a few percent, below the noise of one run. Where the best
+    configuration's prompts take ``CHUNKS`` or more chunks, one launch at the largest batched
+    tokens (doubling, up to the prompt) whose KV cache the memory model predicts to hold what
+    the best's held, less one request's tokens; the utilization comes down to the model's edge
+    for the larger batches (``fit_memory``)."""
+    name = "max_num_batched_tokens"
+    if name not in space or space[name].fixed or capacity is None or request_tokens <= 0:
+        return None
+    ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
+    memory = memory_dim(space)
+    if not ok or memory is None:
+        return None
+    best = best_of(ok, memory=memory.name)
+    here = best.params.get(name)
+    if here is None or best.kv_cache_tokens is None or prompt_tokens < CHUNKS * float(here):
+        return None
+    dim = space[name]
+    need = best.kv_cache_tokens - request_tokens
+    seen = [dict(t.params) for t in tried]
+    target, found = float(here) * 2, None
+    while target <= float(dim.high) * COMPASS[-1] and target / 2 < prompt_tokens:
+        size = dim.clamp(round(min(target, prompt_tokens, float(dim.high))))
+        params = fit_memory(space, batch_valid(dict(best.params) | {name: size}), expected)
+        kv = capacity(params)
+        if kv is None or kv < max(need, request_tokens):
+            break
+        found, target = params, target * 2
+    if found is None or found in seen:
+        return None
+    why = f"prefill: {name} {here} -> {found[name]} ({prompt_tokens}-token prompts)"
+    return Climb(params=found, why=why)
