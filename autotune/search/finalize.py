@@ -21,7 +21,7 @@ from autotune.search import ranking as choice
 from autotune.search import study as st
 from autotune.search import study_keys as keys
 from autotune.search.goal import Goal, Statistic
-from autotune.search.ranking import Candidate
+from autotune.search.ranking import QUIET, Candidate, quiet
 from autotune.trial.record import TrialRecord, attrs, remeasure_source
 from autotune.trial.soak import SoakVerdict, run_soak
 
@@ -98,7 +98,10 @@ def _wanted(plan: st.StudyPlan, finish: Finish, *, left: int) -> int:
     """Launches the finalists' second runs would take now, at most ``left``."""
     if finish.repeats < 2 or left <= 0:
         return 0
-    need = sum(max(finish.settled - len(c.trials), 0) for c in _finalists(plan, finish))
+    ranked = _ranked(plan, finish)
+    if quiet(ranked, noise=finish.noise):
+        return 0
+    need = sum(max(finish.settled - len(c.trials), 0) for c in _chosen(ranked, plan, finish))
     return min(need, left)
 
 
@@ -109,14 +112,23 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
     again after every launch: a candidate whose first run was lucky drops out once its second
     shows it, and the next one gets the launch. A re-measure runs exactly the arguments its
     finalist ran with: never lifted by the guide, never skipped by the pre-screen
-    (``search.study.run_study``)."""
+    (``search.study.run_study``). On a quiet machine (``quiet``) the launches left search on
+    instead."""
     study = plan.study
     if finish.repeats < 2:
         return 0
     done = 0
     sign = 0.0 if plan.goal.multi else 1.0 if plan.goal.directions[0] == "maximize" else -1.0
     while budget - st.launches(study) > 0:
-        cand = finish.next_run(_finalists(plan, finish), sign=sign)
+        ranked = _ranked(plan, finish)
+        if quiet(ranked, noise=finish.noise):
+            log.info(
+                f"repeats agree within {QUIET * finish.noise:.0%}: a quiet machine; "
+                "the launches left search on"
+            )
+            st.run_study(replace(plan, budget=budget), reporter=reporter)
+            break
+        cand = finish.next_run(_chosen(ranked, plan, finish), sign=sign)
         if cand is None:
             break
         if not done:
@@ -135,8 +147,8 @@ def remeasure(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budg
     return done
 
 
-def _finalists(plan: st.StudyPlan, finish: Finish) -> list[Candidate]:
-    ranked = best.ranked(
+def _ranked(plan: st.StudyPlan, finish: Finish) -> list[Candidate]:
+    return best.ranked(
         plan.study,
         goal=plan.goal,
         noise=finish.noise,
@@ -144,6 +156,9 @@ def _finalists(plan: st.StudyPlan, finish: Finish) -> list[Candidate]:
         repeats=finish.settled,
         most_images=finish.most_images,
     )
+
+
+def _chosen(ranked: list[Candidate], plan: st.StudyPlan, finish: Finish) -> list[Candidate]:
     return finalists(ranked, goal=plan.goal, count=finish.finalists, noise=finish.noise)
 
 

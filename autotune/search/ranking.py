@@ -59,6 +59,14 @@ class Candidate:
     def measured(self) -> list[float]:
         return [_throughput(t) for t in self.trials]
 
+    @property
+    def disagreement(self) -> float:
+        """How far its repeats differ: (highest - lowest) / highest of the primary objective's
+        runs (0 for one run)."""
+        values = _primary(self)
+        top = max(abs(v) for v in values)
+        return (max(values) - min(values)) / top if top else 0.0
+
     def spread(self) -> dict[str, Any]:
         """The repeats of this configuration, for the profile."""
         values = self.measured
@@ -117,12 +125,28 @@ def candidates(trials: Iterable[Finished], *, goal: Goal, statistic: str) -> lis
     return out
 
 
+QUIET = 0.2  # repeats that agree within this share of ``--noise``: a quiet machine ...
+QUIET_PAIRS = 2  # ... once this many configurations ran twice, all of them that close
+
+
+def quiet(cands: Sequence[Candidate], *, noise: float) -> bool:
+    """The machine is quiet: ``QUIET_PAIRS`` or more configurations ran more than once and the
+    runs of every one of them agree within ``QUIET`` x ``noise``. One run then says what a
+    configuration does: it ranks as fully measured, and re-measuring finalists would buy nothing
+    (``search.finalize`` searches on instead). A slow outlier in any repeat says otherwise."""
+    twice = [c for c in cands if len(c.trials) >= 2]
+    return len(twice) >= QUIET_PAIRS and all(c.disagreement <= QUIET * noise for c in twice)
+
+
 def rank(
     cands: Sequence[Candidate], *, goal: Goal, noise: float, repeats: int = 1, most_images: bool
 ) -> list[Candidate]:
-    """Feasible candidates, best first. Fully re-measured ones (``repeats`` runs) come before the
-    rest. Within ``noise`` of the best value the longest ``max_model_len`` wins."""
+    """Feasible candidates, best first. Fully re-measured ones (``repeats`` runs; one on a
+    ``quiet`` machine) come before the rest. Within ``noise`` of the best value the longest
+    ``max_model_len`` wins."""
     feasible = [c for c in cands if c.feasible]
+    if quiet(feasible, noise=noise):
+        repeats = 1
     full = [c for c in feasible if len(c.trials) >= repeats]
     rest = [c for c in feasible if len(c.trials) < repeats]
     return _rank(full, goal, noise, most_images) + _rank(rest, goal, noise, most_images)

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections.abc import Mapping
 
+from autotune.engine.defaults import Value
 from autotune.load.request import Request
 from autotune.search.moves.edge import Tried, lift, local_move, next_climb
 from autotune.search.moves.guide import Load
@@ -248,14 +251,15 @@ def test_fill_sets_max_num_seqs_to_the_requests_the_kv_cache_holds() -> None:
     assert move.params["gpu_memory_utilization"] == 0.90
     capped = fill(space=SPACE, tried=[best], request_tokens=500, most=64)
     assert capped is not None and capped.params["max_num_seqs"] == 64  # the requests in flight
-    # The model says the larger batches start only up to 0.87 and hold 30,000 tokens there.
+    # The model says the larger batches start only up to 0.87 and hold 30,000 tokens there
+    # (and, as logged, 40,000 at 0.90).
     move = fill(
         space=SPACE,
         tried=[best],
         request_tokens=500,
         most=1000,
         expected=lambda p: 0.875,
-        capacity=lambda p: 30_000,
+        capacity=lambda p: 30_000 if float(p["gpu_memory_utilization"]) < 0.9 else 40_000,
     )
     assert move is not None and move.params["gpu_memory_utilization"] == 0.87
     assert move.params["max_num_seqs"] == 60
@@ -266,6 +270,25 @@ def test_fill_sets_max_num_seqs_to_the_requests_the_kv_cache_holds() -> None:
         kv_cache_tokens=40_000,
     )
     assert fill(space=SPACE, tried=[there], request_tokens=500, most=1000) is None
+
+
+def test_fill_finds_the_count_whose_own_kv_cache_holds_it() -> None:
+    """Each sequence more takes 1,100 KV tokens' worth of memory (CUDA graphs, activations): 56,000
+    tokens at 70 sequences hold 137 requests of 409 tokens, but 137 sequences leave almost no KV
+    cache. The most that their own cache holds: 88 (56,000 + 1,100 x 18 >= 88 x 409)."""
+    best = Tried(
+        params=ok(0.76, 70, 2048, 100.0).params, outcome="ok", value=100.0, kv_cache_tokens=56_000
+    )
+
+    def predicted(p: Mapping[str, Value]) -> int:
+        return 56_000 - 1_100 * (int(p["max_num_seqs"]) - 70)
+
+    move = fill(space=SPACE, tried=[best], request_tokens=409, most=160, capacity=predicted)
+    assert move is not None and move.params["max_num_seqs"] == 88
+    # The model's error at the best carries over: it logged 5,000 tokens more than predicted.
+    logged = dataclasses.replace(best, kv_cache_tokens=61_000)
+    move = fill(space=SPACE, tried=[logged], request_tokens=409, most=160, capacity=predicted)
+    assert move is not None and move.params["max_num_seqs"] == 91  # 5,000 more: 3 more
 
 
 def test_fill_lowers_max_model_len_to_what_the_larger_batches_leave() -> None:
@@ -296,6 +319,10 @@ def test_fill_tries_configurations_near_the_best_once_each() -> None:
     move = fill(space=SPACE, tried=[a, b, far], request_tokens=500, most=1000)
     assert move is not None and move.params == dict(b.params) | {"max_num_seqs": 96}
     done = [a, b, far, Tried(params=move.params, outcome="ok", value=99.0)]
+    assert fill(space=SPACE, tried=done, request_tokens=500, most=1000) is None
+    # The same batch setting launched at another utilization is known too.
+    elsewhere = dict(move.params) | {"gpu_memory_utilization": 0.85}
+    done = [a, b, far, Tried(params=elsewhere, outcome="ok", value=90.0)]
     assert fill(space=SPACE, tried=done, request_tokens=500, most=1000) is None
 
 

@@ -1,5 +1,5 @@
 """The prefill move: long prompts in larger chunks, as far as the KV cache the memory model
-predicts still holds what the best configuration's held (less one request)."""
+predicts still holds what it predicts for the best configuration (less one request)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,14 @@ def test_long_prompts_take_the_largest_chunks_the_kv_cache_allows() -> None:
         capacity=kv_tokens, expected=lambda p: 0.895 if p["max_num_batched_tokens"] > 1024 else 0.9,
     )  # fmt: skip
     assert lower is not None and lower.params["max_num_batched_tokens"] == 1024
+    # Prediction against prediction: where the best logged 20% more KV tokens than the model
+    # predicts for it, the model's bias cancels (against the logged 120,000, even 1024 falls
+    # short).
+    biased = prefill(
+        space=SPACE, tried=[served(512, kv=120_000)], prompt_tokens=16_000, request_tokens=16_500,
+        capacity=kv_tokens,
+    )  # fmt: skip
+    assert biased is not None and biased.params["max_num_batched_tokens"] == 2048
 
 
 def test_no_prefill_move_for_short_prompts_a_tried_size_or_without_a_prediction() -> None:

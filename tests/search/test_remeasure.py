@@ -22,8 +22,10 @@ from autotune.load.request import Request
 from autotune.search import best
 from autotune.search import study as st
 from autotune.search.finalize import Finish, remeasure
+from autotune.search.goal import Goal
 from autotune.search.moves import guide as guides
 from autotune.search.moves.guide import Guide
+from autotune.search.ranking import candidates, quiet
 from autotune.search.screen_rules import ClassScreen
 from autotune.search.space import Dim, SearchSpace
 from autotune.testing.landscape import FakeTruth
@@ -31,6 +33,7 @@ from autotune.testing.landscape_runner import LandscapeRunner
 from autotune.trial.record import TrialRecord
 from autotune.trial.runner import TrialResult, TrialRunner
 from tests.conftest import LLAMA_8B
+from tests.search.test_goals import Run
 from tests.testing.test_landscape import ENV, text_requests
 
 SPACE = SearchSpace(
@@ -93,13 +96,15 @@ def metrics(throughput: float) -> Metrics:
 @dataclass(frozen=True, kw_only=True)
 class Recording(TrialRunner):
     """Serves every candidate; throughput grows with the utilization, so the lifted trials are
-    the finalists. Records the arguments of every launch."""
+    the finalists (within ``noise``, a machine whose repeats disagree). Records the arguments of
+    every launch."""
 
     command: Sequence[str] = ()
     model: str = "model"
     requests: Sequence[Request] = ()
     launched: list[dict[str, Any]] = field(default_factory=list)
     interrupt: Callable[[Mapping[str, ArgValue]], bool] = lambda args: False
+    noise: float = 0.03  # every other launch this much faster, the others this much slower
 
     def run(
         self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
@@ -108,6 +113,7 @@ class Recording(TrialRunner):
             raise KeyboardInterrupt
         self.launched.append(dict(args))
         tput = 1000 * float(args["gpu_memory_utilization"]) + int(args["max_num_seqs"]) / 10
+        tput *= 1.0 + self.noise * (-1) ** len(self.launched)  # launch to launch
         return TrialResult(
             outcome=Outcome.OK, reason="", args=dict(args), log_path=log_path, metrics=metrics(tput)
         )
@@ -186,10 +192,15 @@ def test_an_interrupted_remeasure_stays_a_remeasure(tmp_path: Path) -> None:
     assert queued.remeasure and queued.vllm_args == interrupted.vllm_args
 
 
-def test_remeasures_in_the_landscape_with_the_real_guide_and_screen(tmp_path: Path) -> None:
+@pytest.mark.parametrize("noise", [0.2, 0.0], ids=["noisy", "quiet"])
+def test_remeasures_in_the_landscape_with_the_real_guide_and_screen(
+    tmp_path: Path, noise: float
+) -> None:
     """The fake's ground truth in-process, the real guide (climb, lift) and failure-class
-    screen: each re-measure repeats its finalist's arguments, and none is skipped."""
-    truth = FakeTruth(config=LLAMA_8B, env=ENV, requests=text_requests())
+    screen: each re-measure repeats its finalist's arguments, and none is skipped. On a quiet
+    machine (repeats that agree) the launches left after two re-measures search on."""
+    env = ENV | {"AUTOTUNE_FAKE_NOISE": str(noise)}
+    truth = FakeTruth(config=LLAMA_8B, env=env, requests=text_requests())
     space = SearchSpace(dims=(*SPACE.dims[:3], Dim("max_model_len", 2048, 2048)))
     study = st.open_study(name="landscape", storage=optuna.storages.InMemoryStorage(), seed=7)
     plan = st.StudyPlan(
@@ -205,14 +216,34 @@ def test_remeasures_in_the_landscape_with_the_real_guide_and_screen(tmp_path: Pa
     st.run_study(plan, reporter=Quiet())
     before = {t.number: TrialRecord.from_attrs(t.user_attrs) for t in study.get_trials()}
     wanted = remeasure(plan, Finish(repeats=2, finalists=3), reporter=Quiet(), budget=15)
-    assert wanted == 3
     again = [
         (t, r) for t in study.get_trials() if (r := TrialRecord.from_attrs(t.user_attrs)).remeasure
     ]
-    assert len(again) == 3
+    assert wanted == len(again) == (3 if noise else 2)
+    assert st.launches(study) == 15
     for _, r in again:
         finalist = before[int(r.source.rsplit(" ", 1)[1])]
         assert r.launched and r.outcome != Outcome.SKIPPED.value
         assert r.vllm_args == finalist.vllm_args
     ranked = best.ranked(study, goal=plan.goal, noise=0.05, repeats=2)
-    assert [len(c.trials) for c in ranked[:3]] == [2, 2, 2]
+    twice = [c for c in ranked if len(c.trials) == 2]
+    assert len(twice) == len(again)
+    if noise:
+        assert [len(c.trials) for c in ranked[:3]] == [2, 2, 2]
+    else:  # the two that ran twice agree to the digit: one run says what a configuration does
+        assert all(c.disagreement == 0.0 for c in twice)
+        last = TrialRecord.from_attrs(study.get_trials()[-1].user_attrs)
+        assert last.launched and not last.remeasure  # the third finalist's launch searched on
+
+
+def test_a_quiet_machine_needs_two_agreeing_repeats_and_no_disagreeing_one() -> None:
+    small, mid, large = {"max_num_seqs": 8}, {"max_num_seqs": 16}, {"max_num_seqs": 32}
+
+    def quiet_for(runs: list[Run], noise: float = 0.05) -> bool:
+        return quiet(candidates(runs, goal=Goal(), statistic="median"), noise=noise)
+
+    agree = [Run(0, small, 100.0), Run(1, small, 100.4), Run(2, mid, 120.0), Run(3, mid, 119.8)]
+    assert quiet_for(agree)  # 0.4% and 0.2% apart: within 0.2 x 5%
+    assert not quiet_for(agree[:3])  # one configuration ran twice: too little to say
+    assert not quiet_for([*agree, Run(4, large, 90.0), Run(5, large, 80.0)])  # one slow run
+    assert not quiet_for(agree, noise=0.01)  # 0.4% apart is beyond 0.2 x 1%

@@ -44,7 +44,7 @@ def fill(
     comes down to the model's edge for the larger batches (``expected``), and
     ``max_model_len`` to the KV tokens the model predicts for them (``capacity``), so the move
     can start; halfway (geometrically) to a count already known to fail for memory there
-    (``_failed_cap``). Once per configuration."""
+    (``_failed_cap``). Once per batch setting (whatever the memory setting it ran at)."""
     if "max_num_seqs" not in space or space["max_num_seqs"].fixed or request_tokens <= 0:
         return None
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
@@ -55,10 +55,17 @@ def fill(
         (t for t in ok if (t.value or 0.0) >= top * (1.0 - NOISE)),
         key=lambda t: -(t.value or 0.0),
     )
-    seen = [dict(t.params) for t in tried]
+    memory = memory_dim(space)
+
+    def batch(params: Mapping[str, Value]) -> dict[str, Value]:
+        return {k: v for k, v in params.items() if memory is None or k != memory.name}
+
+    # A batch setting launched at any memory setting is known: the climb and the lift, not
+    # another fill, move its memory.
+    seen = [batch(t.params) for t in tried]
     for t in near:
         move = _fill_one(space, t, request_tokens, most, expected, capacity, tried)
-        if move is not None and move.params not in seen:
+        if move is not None and batch(move.params) not in seen:
             return move
     return None
 
@@ -81,16 +88,19 @@ def _fill_one(
         params = batch_valid(dict(best.params) | {"max_num_seqs": target})
         return fit_memory(space, params, expected)
 
-    target = dim.clamp(min(best.kv_cache_tokens // request_tokens, most))
+    target = int(dim.clamp(min(best.kv_cache_tokens // request_tokens, most)))
     params = at(target)
     tokens = capacity(params) if capacity is not None else None
-    if tokens:  # the KV cache at the new settings: one refinement
-        target = dim.clamp(min(tokens // request_tokens, most))
+    if tokens is not None and capacity is not None:  # where the new settings' cache holds them
+        target = _holds(
+            capacity, at, low=min(target, int(seqs)), high=max(target, int(seqs)),
+            need=request_tokens, bias=_bias(best, capacity),
+        )  # fmt: skip
         params = at(target)
-        tokens = capacity(params) if capacity is not None else None
+        tokens = capacity(params)
     cap = _failed_cap(tried, params, memory_dim(space))
     if cap is not None and target >= cap:  # as many failed: halfway there (geometrically)
-        target = dim.clamp(int(math.sqrt(float(seqs) * cap)))
+        target = int(dim.clamp(int(math.sqrt(float(seqs) * cap))))
         params = at(target)
     if max(target, seqs) / max(min(target, seqs), 1) <= COMPASS[-1]:
         return None  # already there, to the compass's finest step
@@ -99,6 +109,41 @@ def _fill_one(
         params["max_model_len"] = min(int(params["max_model_len"]), max(low, tokens // 16 * 16))
     why = f"fill: max_num_seqs {seqs} -> {target} ({best.kv_cache_tokens} KV tokens)"
     return Climb(params=params, why=why)
+
+
+def _bias(best: Tried, capacity: Callable[[Mapping[str, Value]], int | None]) -> int:
+    """KV tokens the configuration logged beyond what the memory model predicts for it (the
+    model's error there, carried to its neighbours)."""
+    predicted = capacity(best.params)
+    return (
+        0 if predicted is None or best.kv_cache_tokens is None else best.kv_cache_tokens - predicted
+    )
+
+
+def _holds(
+    capacity: Callable[[Mapping[str, Value]], int | None],
+    at: Callable[[Value], dict[str, Value]],
+    *,
+    low: int,
+    high: int,
+    need: int,
+    bias: int,
+) -> int:
+    """The most sequences in ``[low, high]`` whose requests (``need`` tokens each) the KV cache
+    predicted for them holds (more sequences leave less memory to the KV cache: CUDA graphs,
+    activations), by bisection; ``low`` where none does."""
+
+    def fits(count: int) -> bool:
+        tokens = capacity(at(count))
+        return tokens is not None and tokens + bias >= count * need
+
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def _failed_cap(
@@ -179,7 +224,8 @@ def prefill(
     change of the batch size gains a few percent, below the noise of one run. Where the best
     configuration's prompts take ``CHUNKS`` or more chunks, one launch at the largest batched
     tokens (doubling, up to the prompt) whose KV cache the memory model predicts to hold what
-    the best's held, less one request's tokens; the utilization comes down to the model's edge
+    it predicts for the best (what the best logged, where it predicts nothing), less one
+    request's tokens; the utilization comes down to the model's edge
     for the larger batches (``fit_memory``)."""
     name = "max_num_batched_tokens"
     if name not in space or space[name].fixed or capacity is None or request_tokens <= 0:
@@ -193,7 +239,9 @@ def prefill(
     if here is None or best.kv_cache_tokens is None or prompt_tokens < CHUNKS * float(here):
         return None
     dim = space[name]
-    need = best.kv_cache_tokens - request_tokens
+    # Prediction against prediction where the model has one for the best (its bias cancels).
+    held = capacity(best.params)
+    need = (best.kv_cache_tokens if held is None else held) - request_tokens
     seen = [dict(t.params) for t in tried]
     target, found = float(here) * 2, None
     while target <= float(dim.high) * COMPASS[-1] and target / 2 < prompt_tokens:
