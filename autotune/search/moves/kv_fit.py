@@ -225,8 +225,8 @@ def prefill(
     configuration's prompts take ``CHUNKS`` or more chunks, one launch at the largest batched
     tokens (doubling, up to the prompt) whose KV cache the memory model predicts to hold what
     it predicts for the best (what the best logged, where it predicts nothing), less one
-    request's tokens; the utilization comes down to the model's edge
-    for the larger batches (``fit_memory``)."""
+    request's tokens; the utilization comes down to the model's edge for the larger batches
+    (``fit_memory``)."""
     name = "max_num_batched_tokens"
     if name not in space or space[name].fixed or capacity is None or request_tokens <= 0:
         return None
