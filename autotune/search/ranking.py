@@ -141,12 +141,13 @@ def quiet(cands: Sequence[Candidate], *, noise: float) -> bool:
 def rank(
     cands: Sequence[Candidate], *, goal: Goal, noise: float, repeats: int = 1, most_images: bool
 ) -> list[Candidate]:
-    """Feasible candidates, best first. Fully re-measured ones (``repeats`` runs; one on a
-    ``quiet`` machine) come before the rest. Within ``noise`` of the best value the longest
-    ``max_model_len`` wins."""
+    """Feasible candidates, best first. Fully re-measured ones (``repeats`` runs) come before the
+    rest. Within ``noise`` of the best value the longest ``max_model_len`` wins. On a ``quiet``
+    machine one run is a full measurement, and the noise is what its repeats showed
+    (``QUIET`` x ``noise``)."""
     feasible = [c for c in cands if c.feasible]
     if quiet(feasible, noise=noise):
-        repeats = 1
+        repeats, noise = 1, QUIET * noise
     full = [c for c in feasible if len(c.trials) >= repeats]
     rest = [c for c in feasible if len(c.trials) < repeats]
     return _rank(full, goal, noise, most_images) + _rank(rest, goal, noise, most_images)

@@ -25,7 +25,7 @@ from autotune.search.finalize import Finish, remeasure
 from autotune.search.goal import Goal
 from autotune.search.moves import guide as guides
 from autotune.search.moves.guide import Guide
-from autotune.search.ranking import candidates, quiet
+from autotune.search.ranking import candidates, quiet, rank
 from autotune.search.screen_rules import ClassScreen
 from autotune.search.space import Dim, SearchSpace
 from autotune.testing.landscape import FakeTruth
@@ -247,3 +247,19 @@ def test_a_quiet_machine_needs_two_agreeing_repeats_and_no_disagreeing_one() -> 
     assert not quiet_for(agree[:3])  # one configuration ran twice: too little to say
     assert not quiet_for([*agree, Run(4, large, 90.0), Run(5, large, 80.0)])  # one slow run
     assert not quiet_for(agree, noise=0.01)  # 0.4% apart is beyond 0.2 x 1%
+
+
+def test_a_quiet_machine_tells_results_apart_by_its_own_noise() -> None:
+    small, mid = {"max_num_seqs": 8}, {"max_num_seqs": 16}
+    lean, big = {"max_num_seqs": 64}, {"max_num_seqs": 128}
+    pairs = [Run(0, small, 100.0), Run(1, small, 100.2), Run(2, mid, 99.0), Run(3, mid, 99.1)]
+    singles = [Run(4, lean, 120.0, reserved=8.0), Run(5, big, 124.0, reserved=12.0)]
+
+    def first(runs: list[Run]) -> dict[str, int]:
+        goal = Goal()
+        found = rank(candidates(runs, goal=goal, statistic="median"), goal=goal, noise=0.05,
+                     repeats=2, most_images=False)  # fmt: skip
+        return found[0].args
+
+    assert first(singles) == lean  # 3% apart is inside 5%: the smaller reservation wins
+    assert first(pairs + singles) == big  # repeats agree within 0.2%: 3% apart is a difference
