@@ -37,7 +37,7 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
     from autotune.app.settings import finish_for, load_shape
     from autotune.load.workload import build_requests
     from autotune.report.progress import LineReporter, LiveReporter, make_console, trials_table
-    from autotune.search import finalize
+    from autotune.search import finalize, saved
     from autotune.search import study as st
     from autotune.search import study_keys as keys
     from autotune.search.moves.guide import Load, for_goal
@@ -156,7 +156,7 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
             image_tokens=spec.image_tokens,
         )
     main, sections = (
-        finalize.sections(picked, study=study, goal=goal, finish=finish) if picked else (None, {})
+        saved.sections(picked, study=study, goal=goal, finish=finish) if picked else (None, {})
     )
     best = study.trials[main.chosen.number] if main is not None else None
     if best is not None:

@@ -29,7 +29,7 @@ class Chosen:
     log: str | None
     study: str
     num_prompts: int
-    # constraints, memory, noise, soak, variants (``search.finalize.sections``)
+    # constraints, memory, noise, soak, variants (``search.saved.sections``)
     sections: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
