@@ -22,7 +22,7 @@ from autotune.search.moves.edge import (
     memory_dim,
     util_floor,
 )
-from autotune.search.moves.retreat import UNDER_LOAD
+from autotune.search.moves.retreat import UNDER_LOAD, batch_of
 from autotune.search.space import Dim, SearchSpace
 
 DEFAULT_UTIL = 0.9  # vLLM's gpu_memory_utilization default
@@ -56,16 +56,13 @@ def fill(
         key=lambda t: -(t.value or 0.0),
     )
     memory = memory_dim(space)
-
-    def batch(params: Mapping[str, Value]) -> dict[str, Value]:
-        return {k: v for k, v in params.items() if memory is None or k != memory.name}
-
+    name = memory.name if memory is not None else ""
     # A batch setting launched at any memory setting is known: the climb and the lift, not
     # another fill, move its memory.
-    seen = [batch(t.params) for t in tried]
+    seen = [batch_of(t.params, name) for t in tried]
     for t in near:
         move = _fill_one(space, t, request_tokens, most, expected, capacity, tried)
-        if move is not None and batch(move.params) not in seen:
+        if move is not None and batch_of(move.params, name) not in seen:
             return move
     return None
 

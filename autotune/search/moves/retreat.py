@@ -81,7 +81,7 @@ def retreat(
 def _failed_at(tried: Sequence[Tried], level: float, memory: str) -> set[tuple[object, ...]]:
     """The distinct batch settings that failed under load at ``level`` or above."""
     return {
-        tuple(sorted(_batch(t.params, memory).items()))
+        tuple(sorted(batch_of(t.params, memory).items()))
         for t in tried
         if t.outcome in UNDER_LOAD and float(t.params.get(memory, 0)) >= level
     }
@@ -92,27 +92,28 @@ def _larger(params: Mapping[str, Value], than: Mapping[str, Value]) -> bool:
     return any(k in than and params[k] > than[k] for k in BATCH_DIMS if k in params)
 
 
-def _batch(params: Mapping[str, Value], memory: str) -> dict[str, Value]:
+def batch_of(params: Mapping[str, Value], memory: str) -> dict[str, Value]:
+    """A configuration's settings but the memory one (``memory``)."""
     return {k: v for k, v in params.items() if k != memory}
 
 
 def _failed_above(tried: Sequence[Tried], at: Tried, *, memory: str) -> list[float]:
     """The levels above ``at``'s where its batch settings failed under load."""
-    mine, here = _batch(at.params, memory), float(at.params[memory])
+    mine, here = batch_of(at.params, memory), float(at.params[memory])
     return [
         float(t.params[memory])
         for t in tried
         if t.outcome in UNDER_LOAD
-        and _batch(t.params, memory) == mine
+        and batch_of(t.params, memory) == mine
         and float(t.params.get(memory, 0)) > here
     ]
 
 
 def _tried_below(tried: Sequence[Tried], params: Mapping[str, Value], *, memory: str) -> bool:
     """``params``' batch settings have been tried at a lower level already."""
-    mine, here = _batch(params, memory), float(params[memory])
+    mine, here = batch_of(params, memory), float(params[memory])
     return any(
-        _batch(t.params, memory) == mine and float(t.params.get(memory, 1)) < here for t in tried
+        batch_of(t.params, memory) == mine and float(t.params.get(memory, 1)) < here for t in tried
     )
 
 
