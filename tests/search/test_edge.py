@@ -291,6 +291,23 @@ def test_fill_finds_the_count_whose_own_kv_cache_holds_it() -> None:
     assert move is not None and move.params["max_num_seqs"] == 91  # 5,000 more: 3 more
 
 
+def test_fill_never_goes_above_the_requests_in_flight() -> None:
+    """512 sequences with 256 requests in flight run 256 at most: where the KV cache holds 449
+    requests, the fill goes to 256 (more never run, and each costs CUDA-graph memory), not to
+    449; with 4x longer requests (112 held) it goes to 112."""
+    space = SearchSpace(dims=(SPACE["gpu_memory_utilization"], Dim("max_num_seqs", 8, 1024)))
+    params = {"gpu_memory_utilization": 0.9, "max_num_seqs": 512}
+    best = Tried(params=params, outcome="ok", value=1.0, kv_cache_tokens=449 * 125)
+
+    def held(p: Mapping[str, Value]) -> int:
+        return 449 * 125
+
+    move = fill(space=space, tried=[best], request_tokens=125, most=256, capacity=held)
+    assert move is not None and move.params["max_num_seqs"] == 256
+    move = fill(space=space, tried=[best], request_tokens=500, most=256, capacity=held)
+    assert move is not None and move.params["max_num_seqs"] == 112  # 449 x 125 / 500
+
+
 def test_fill_lowers_max_model_len_to_what_the_larger_batches_leave() -> None:
     space = SearchSpace(dims=(*SPACE.dims, Dim("max_model_len", 32768, 131072)))
     params = dict(ok(0.95, 16, 4096, 1.0).params) | {"max_model_len": 60000}

@@ -154,6 +154,7 @@ class Guide:
             tried=seen,
             prompt_tokens=self.load.prompt_tokens,
             request_tokens=self.load.request_tokens,
+            most=self.load.in_flight,
             expected=guess,
             capacity=self._capacity,
         )

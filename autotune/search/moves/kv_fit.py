@@ -85,12 +85,13 @@ def _fill_one(
         params = batch_valid(dict(best.params) | {"max_num_seqs": target})
         return fit_memory(space, params, expected)
 
+    # Never above the requests in flight (``most``): more never run, and cost CUDA-graph memory.
     target = int(dim.clamp(min(best.kv_cache_tokens // request_tokens, most)))
     params = at(target)
     tokens = capacity(params) if capacity is not None else None
     if tokens is not None and capacity is not None:  # where the new settings' cache holds them
         target = _holds(
-            capacity, at, low=min(target, int(seqs)), high=max(target, int(seqs)),
+            capacity, at, low=min(target, int(seqs)), high=max(target, min(int(seqs), most)),
             need=request_tokens, bias=_bias(best, capacity),
         )  # fmt: skip
         params = at(target)
@@ -213,16 +214,19 @@ def prefill(
     tried: Sequence[Tried],
     prompt_tokens: int,
     request_tokens: int,
+    most: int | None = None,
     expected: Callable[[Mapping[str, Value]], float | None] | None = None,
     capacity: Callable[[Mapping[str, Value]], int | None] | None = None,
 ) -> Climb | None:
-    """Larger prefill chunks where prompts are long: vLLM prefills a prompt in chunks of at most
-    ``max_num_batched_tokens``, one engine step (with its fixed cost) each, and a one-step
-    change of the batch size gains a few percent, below the noise of one run. Where the best
-    configuration's prompts take ``CHUNKS`` or more chunks, one launch at the largest batched
-    tokens (doubling, up to the prompt) whose KV cache the memory model predicts to hold what
-    it predicts for the best (what the best logged, where it predicts nothing), less one
-    request's tokens; the utilization comes down to the model's edge for the larger batches
+    """Larger prefill chunks where the prompts waiting at once are long: vLLM's engine step
+    takes at most ``max_num_batched_tokens`` of prompt, with its fixed cost, so the prompts of
+    the requests admitted together (``max_num_seqs`` of the best, at most ``most`` in flight)
+    take their total over that many steps; a one-step change of the batch size gains a few
+    percent, below the noise of one run. Where they take ``CHUNKS`` or more steps, one launch
+    at the largest batched tokens (doubling, up to that total) whose KV cache the memory model
+    predicts to hold what it predicts for the best (what the best logged, where it predicts
+    nothing) less one request's tokens, or the requests admitted together where those are
+    fewer; the utilization comes down to the model's edge for the larger batches
     (``fit_memory``)."""
     name = "max_num_batched_tokens"
     if name not in space or space[name].fixed or capacity is None or request_tokens <= 0:
@@ -233,16 +237,20 @@ def prefill(
         return None
     best = best_of(ok, memory=memory.name)
     here = best.params.get(name)
-    if here is None or best.kv_cache_tokens is None or prompt_tokens < CHUNKS * float(here):
+    seqs = int(best.params.get("max_num_seqs", most or 1))
+    admitted = max(min(seqs, most or seqs), 1)  # requests the best runs at once
+    wave = prompt_tokens * admitted  # their prompt tokens
+    if here is None or best.kv_cache_tokens is None or wave < CHUNKS * float(here):
         return None
     dim = space[name]
     # Prediction against prediction where the model has one for the best (its bias cancels).
     held = capacity(best.params)
-    need = (best.kv_cache_tokens if held is None else held) - request_tokens
+    base = best.kv_cache_tokens if held is None else held
+    need = min(base - request_tokens, admitted * request_tokens)
     seen = [dict(t.params) for t in tried]
     target, found = float(here) * 2, None
-    while target <= float(dim.high) * COMPASS[-1] and target / 2 < prompt_tokens:
-        size = dim.clamp(round(min(target, prompt_tokens, float(dim.high))))
+    while target <= float(dim.high) * COMPASS[-1] and target / 2 < wave:
+        size = dim.clamp(round(min(target, wave, float(dim.high))))
         params = fit_memory(space, batch_valid(dict(best.params) | {name: size}), expected)
         kv = capacity(params)
         if kv is None or kv < max(need, request_tokens):
@@ -250,5 +258,5 @@ def prefill(
         found, target = params, target * 2
     if found is None or found in seen:
         return None
-    why = f"prefill: {name} {here} -> {found[name]} ({prompt_tokens}-token prompts)"
+    why = f"prefill: {name} {here} -> {found[name]} ({wave} prompt tokens at once)"
     return Climb(params=found, why=why)
