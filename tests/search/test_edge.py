@@ -157,6 +157,28 @@ def test_a_crash_under_load_retreats_in_memory_with_the_same_batches() -> None:
     assert retreat(space=SPACE, tried=[best, failed(0.98, 40, 1024, "oom_cuda_graphs")]) is None
 
 
+def test_a_crash_under_load_at_the_floor_halves_the_sequences() -> None:
+    """No utilization is left below 0.70: the larger chunk that crashed there runs again with
+    half the sequences (the runtime peak grows with the requests running), and again, while
+    its batches are larger than the best's."""
+    best = ok(0.70, 48, 1024, 100.0)
+    crash = failed(0.70, 48, 8192, "crash_under_load")
+    move = retreat(space=SPACE, tried=[best, crash])
+    assert move is not None and move.params == {**crash.params, "max_num_seqs": 24}
+    assert "at the floor" in move.why
+    again = Tried(params=move.params, outcome="crash_under_load", source=move.why)
+    half = retreat(space=SPACE, tried=[best, crash, again])
+    assert half is not None and half.params["max_num_seqs"] == 12
+    # as small as the best's batches once halved, or already launched: no move
+    assert retreat(space=SPACE, tried=[best, failed(0.70, 96, 1024, "crash_under_load")]) is None
+    assert retreat(space=SPACE, tried=[best, again, crash]) is None
+    # above the floor the retreat steps down in memory, as before
+    above = retreat(
+        space=SPACE, tried=[ok(0.75, 48, 1024, 100.0), failed(0.8, 48, 8192, "crash_under_load")]
+    )
+    assert above is not None and above.params["gpu_memory_utilization"] == 0.75
+
+
 def test_a_retreat_short_of_memory_bisects_then_halves_the_batched_tokens() -> None:
     crash = failed(0.96, 9, 4096, "crash_under_load")
     back = Tried(

@@ -12,7 +12,8 @@ highest utilization that has served below ``u`` (the level the study knows works
 steps lower when nothing has. A retreat that fails under load again steps down twice as far
 as its last step (``_further``: an exponential search for the level that holds the runtime
 peak; while the utilization is the suspect, as a first retreat); one that runs short of memory
-at startup is bisected (``_between``). Pure: no Optuna.
+at startup is bisected (``_between``). At the floor of the memory setting, half the sequences
+instead (``_fewer``). Pure: no Optuna.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def retreat(
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
     if ok and not _larger(last.params, best_of(ok, memory=dim.name).params) and not suspect:
         return None  # smaller batches than the best: nothing to win back by retreating
+    if ok and here <= float(dim.low):
+        return _fewer(space, tried, last, best_of(ok, memory=dim.name))
     if last.source.startswith("retreat") and not suspect:
         return _further(space, tried, last, expected)
     if _tried_below(tried, last.params, memory=dim.name):
@@ -76,6 +79,24 @@ def retreat(
     target = max(served, default=here - STEPS_DOWN * UTIL_STEP)
     target = round(max(min(target, here - UTIL_STEP), float(dim.low)), 2)
     return _down(space, tried, last, target, expected, why=f"{last.outcome} at {here}")
+
+
+def _fewer(space: SearchSpace, tried: Sequence[Tried], last: Tried, best: Tried) -> Climb | None:
+    """At the floor of the memory setting no level is left below: half the sequences with the
+    same other settings (the runtime peak grows with the requests running), while its batches
+    are still larger than the best's."""
+    name = "max_num_seqs"
+    if name not in space or space[name].fixed or name not in last.params:
+        return None
+    seqs = int(last.params[name])
+    params = batch_valid(dict(last.params) | {name: space[name].clamp(seqs // 2)})
+    if int(params[name]) >= seqs or not _larger(params, best.params):
+        return None
+    if any(dict(t.params) == params for t in tried):
+        return None
+    here = last.params[memory_dim(space).name]  # type: ignore[union-attr]
+    why = f"retreat: {name} {seqs} -> {params[name]} ({last.outcome} at the floor, {here})"
+    return Climb(params=params, why=why)
 
 
 def _failed_at(tried: Sequence[Tried], level: float, memory: str) -> set[tuple[object, ...]]:
