@@ -66,7 +66,7 @@ def retreat(
     if ok and not _larger(last.params, best_of(ok, memory=dim.name).params) and not suspect:
         return None  # smaller batches than the best: nothing to win back by retreating
     if ok and here <= float(dim.low):
-        return _fewer(space, tried, last, best_of(ok, memory=dim.name))
+        return _fewer(space, tried, last, best_of(ok, memory=dim.name), here=here)
     if last.source.startswith("retreat") and not suspect:
         return _further(space, tried, last, expected)
     if _tried_below(tried, last.params, memory=dim.name):
@@ -81,7 +81,9 @@ def retreat(
     return _down(space, tried, last, target, expected, why=f"{last.outcome} at {here}")
 
 
-def _fewer(space: SearchSpace, tried: Sequence[Tried], last: Tried, best: Tried) -> Climb | None:
+def _fewer(
+    space: SearchSpace, tried: Sequence[Tried], last: Tried, best: Tried, *, here: float
+) -> Climb | None:
     """At the floor of the memory setting no level is left below: half the sequences with the
     same other settings (the runtime peak grows with the requests running), while its batches
     are still larger than the best's."""
@@ -94,7 +96,6 @@ def _fewer(space: SearchSpace, tried: Sequence[Tried], last: Tried, best: Tried)
         return None
     if any(dict(t.params) == params for t in tried):
         return None
-    here = last.params[memory_dim(space).name]  # type: ignore[union-attr]
     why = f"retreat: {name} {seqs} -> {params[name]} ({last.outcome} at the floor, {here})"
     return Climb(params=params, why=why)
 
