@@ -63,10 +63,11 @@ def retreat(
     if last.outcome not in UNDER_LOAD:
         return None
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
-    if ok and not _larger(last.params, best_of(ok, memory=dim.name).params) and not suspect:
+    best = best_of(ok, memory=dim.name) if ok else None
+    if best is not None and not _larger(last.params, best.params) and not suspect:
         return None  # smaller batches than the best: nothing to win back by retreating
-    if ok and here <= float(dim.low):
-        return _fewer(space, tried, last, best_of(ok, memory=dim.name), here=here)
+    if best is not None and here <= float(dim.low):
+        return _fewer(space, tried, last, best, here=here)
     if last.source.startswith("retreat") and not suspect:
         return _further(space, tried, last, expected)
     if _tried_below(tried, last.params, memory=dim.name):
