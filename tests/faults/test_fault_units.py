@@ -20,6 +20,7 @@ from autotune.memory import rules
 from autotune.search.moves import edge
 from autotune.search.workers import claims
 from autotune.search.workers.storage import rdb_storage
+from autotune.trial.record import attrs, remeasure_source
 
 ACCESS = '(APIServer pid=1) INFO:     127.0.0.1:1 - "POST /v1/completions HTTP/1.1" 200 OK\n'
 
@@ -94,3 +95,26 @@ def test_a_claim_is_won_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert not claims.claim(study, "k")
     monkeypatch.setattr(claims, "WORKER_ID", f"{os.uname().nodename}:2")
     assert not claims.claim(study, "k")  # the holder ("...:pid" of this test) is alive
+
+
+def test_a_remeasure_does_not_open_a_new_finish_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that ran nothing and arrives between the finisher's re-measures must not claim
+    a finish of its own (two profiles from one study); more search launches start a round."""
+    study = optuna.create_study(storage=rdb_storage(f"sqlite:///{tmp_path / 's.db'}"))
+
+    def launch(source: str) -> None:
+        trial = study.ask()
+        for key, value in attrs(launched=True, source=source, outcome="ok").items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, 1.0)
+
+    for _ in range(4):
+        launch("sampler")
+    assert claims.claim_finish(study)
+    launch(remeasure_source(3))
+    monkeypatch.setattr(claims, "WORKER_ID", "elsewhere:1")
+    assert not claims.claim_finish(study)  # the same round, held by the first worker
+    launch("sampler")  # the study resumed with more trials
+    assert claims.claim_finish(study)

@@ -98,9 +98,9 @@ def test_tuners_sharing_a_storage_write_one_profile(model_dir: Path, tmp_path: P
         )
         for i in range(3)
     ]
-    for proc in procs:
-        assert proc.wait(timeout=250) == 0
+    codes = [proc.wait(timeout=250) for proc in procs]
     errs = [(tmp_path / f"e{i}").read_text() for i in range(3)]
+    assert codes == [0, 0, 0], [e[-2000:] for e in errs]
     assert sum(e.count("profile saved to") for e in errs) == 1, errs
     (summary,) = optuna.get_all_study_summaries(storage)
     trials = [

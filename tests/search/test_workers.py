@@ -64,7 +64,7 @@ def test_a_launch_beyond_the_shared_budget_is_given_back(
     other.suggest_int("x", 0, 10)
     other.set_user_attr("launched", True)
     other.set_user_attr("worker", "b:2")
-    assert workers.counts(study) == workers.Counts(done=1, running=1, mine=0)
+    assert workers.counts(study) == workers.Counts(done=1, running=1, mine=0, searched=2)
     study.enqueue_trial({"x": 7}, user_attrs={"source": "vllm-defaults"})
     mine = workers.ask(study)
     assert mine.suggest_int("x", 0, 10) == 7

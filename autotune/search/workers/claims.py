@@ -87,5 +87,7 @@ def defaults_first(study: optuna.Study, params: Mapping[str, Any]) -> None:
 
 def claim_finish(study: optuna.Study) -> bool:
     """One soak and one profile write per study: the worker that claims this round's finish
-    (a round: the launches so far, so a study resumed with more trials is finished again)."""
-    return claim(study, f"{FINISH}:{counts(study).done}")
+    (a round: the search's launches so far, so a study resumed with more trials is finished
+    again). Re-measures do not start a round: a worker that ran nothing and arrives between
+    the finisher's re-measures finds the round claimed."""
+    return claim(study, f"{FINISH}:{counts(study).searched}")

@@ -131,20 +131,22 @@ class Counts:
     done: int  # launches that ended: interrupted ones and those of a killed worker included
     running: int  # launched trials still running (reserved budget), this worker's included
     mine: int  # of them, this worker's
+    searched: int = 0  # launches of the search, ended or running: re-measures not counted
 
 
 def counts(study: optuna.Study, *, exclude: int | None = None) -> Counts:
-    done = running = mine = 0
+    done = running = mine = searched = 0
     for t in study.get_trials(deepcopy=False):
         record = TrialRecord.of(t)
         if not record.launched or t.number == exclude or record.outcome in NOT_COUNTED:
             continue
+        searched += not record.remeasure
         if t.state == TrialState.RUNNING and record.worker:
             running += 1  # held by a worker (a dead one's comes back failed by its heartbeat)
             mine += record.worker == WORKER_ID
         else:  # ended, or running since a killed run without heartbeats: its engine started
             done += 1
-    return Counts(done=done, running=running, mine=mine)
+    return Counts(done=done, running=running, mine=mine, searched=searched)
 
 
 def over_budget(study: optuna.Study, trial: optuna.Trial, *, budget: int) -> bool:
