@@ -65,6 +65,27 @@ def test_a_larger_configuration_failing_above_is_no_ceiling_but_free_memory_is()
     assert move is not None and move.params["gpu_memory_utilization"] == 0.91
 
 
+def test_a_crash_under_load_is_no_ceiling_for_batches_holding_fewer_tokens() -> None:
+    """Long prompts, a KV cache of a few requests: larger batched tokens (more activation
+    memory profiled) leave a smaller KV cache, so fewer tokens run at the crash's level."""
+
+    def running(p: Mapping[str, Value]) -> int:  # KV tokens: 2k a step, less 1 per batched
+        steps = round((float(p["gpu_memory_utilization"]) - 0.85) / 0.01)
+        return 2_000 * steps - int(p["max_num_batched_tokens"])
+
+    best = ok(0.91, 8, 4096, 100.0)
+    crash = failed(0.92, 8, 512, "crash_under_load")
+    assert next_climb(space=SPACE, tried=[best, crash]) is None  # no model: a ceiling
+    move = next_climb(space=SPACE, tried=[best, crash], running=running)
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.95  # not 0.92
+    near = ok(0.91, 8, 1024, 100.0)  # 13.0k tokens at 0.92 against 13.5k: about as many
+    assert next_climb(space=SPACE, tried=[near, crash], running=running) is None
+    more = failed(0.92, 16, 512, "crash_under_load")  # fewer sequences: retreat's, not ours
+    assert next_climb(space=SPACE, tried=[best, more], running=running) is None
+    graphs = failed(0.92, 8, 512, "oom_cuda_graphs")  # a startup failure stays a ceiling
+    assert next_climb(space=SPACE, tried=[best, graphs], running=running) is None
+
+
 def test_the_memory_model_guess_is_tried_first_inside_the_open_interval() -> None:
     best = ok(0.90, 64, 2048, 100.0)
     move = next_climb(space=SPACE, tried=[best], expected=lambda params: 0.9671)
@@ -126,12 +147,12 @@ def test_a_full_kv_cache_sends_the_local_moves_down_first() -> None:
 
 
 def test_a_crash_under_load_retreats_in_memory_with_the_same_batches() -> None:
-    best = ok(0.96, 13, 1024, 100.0)
+    best = ok(0.94, 13, 1024, 100.0)
     top = ok(0.98, 13, 1024, 101.0)
     crash = failed(0.98, 40, 1024, "crash_under_load")
     move = retreat(space=SPACE, tried=[best, top, crash])
     assert move is not None and "retreat" in move.why
-    # the same batches, at the highest level that served below the failure
+    # the same batches, halfway down to the highest level that served below the failure
     assert move.params == {**crash.params, "gpu_memory_utilization": 0.96}
     # once: the retreat itself is the last launch now, and it served
     assert retreat(space=SPACE, tried=[best, top, crash, ok(0.96, 40, 1024, 120.0)]) is None
@@ -141,16 +162,17 @@ def test_a_crash_under_load_retreats_in_memory_with_the_same_batches() -> None:
     assert lower is not None and lower.params["gpu_memory_utilization"] == 0.87
     # smaller batches than the best crashing: nothing to win back
     assert retreat(space=SPACE, tried=[best, failed(0.98, 8, 512, "crash_under_load")]) is None
-    # a retreat that dies under load again steps down twice as far, each time (exponentially)
+    # a retreat that dies under load again steps down twice as far (exponentially), but not
+    # below the level that served; below that, twice as far each time
     again = Tried(params=move.params, outcome="crash_under_load", source=move.why)
     further = retreat(space=SPACE, tried=[best, top, crash, again])
     assert further is not None and further.params == {
         **crash.params,
-        "gpu_memory_utilization": 0.92,
+        "gpu_memory_utilization": 0.94,
     }
     third = Tried(params=further.params, outcome="crash_under_load", source=further.why)
     last = retreat(space=SPACE, tried=[best, top, crash, again, third])
-    assert last is not None and last.params["gpu_memory_utilization"] == 0.84
+    assert last is not None and last.params["gpu_memory_utilization"] == 0.90
     served = Tried(params=last.params, outcome="ok", value=90.0, source=last.why)
     assert retreat(space=SPACE, tried=[best, top, crash, again, third, served]) is None
     # a startup failure is the climb's business, not a retreat
@@ -172,11 +194,11 @@ def test_a_crash_under_load_at_the_floor_halves_the_sequences() -> None:
     # as small as the best's batches once halved, or already launched: no move
     assert retreat(space=SPACE, tried=[best, failed(0.70, 96, 1024, "crash_under_load")]) is None
     assert retreat(space=SPACE, tried=[best, again, crash]) is None
-    # above the floor the retreat steps down in memory, as before
+    # above the floor the retreat steps down in memory, halfway to the level that served
     above = retreat(
         space=SPACE, tried=[ok(0.75, 48, 1024, 100.0), failed(0.8, 48, 8192, "crash_under_load")]
     )
-    assert above is not None and above.params["gpu_memory_utilization"] == 0.75
+    assert above is not None and above.params["gpu_memory_utilization"] == 0.77
 
 
 def test_a_retreat_short_of_memory_bisects_then_halves_the_batched_tokens() -> None:

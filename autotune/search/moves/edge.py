@@ -38,6 +38,7 @@ NOISE = 0.05  # a slower result with more memory beyond this share breaks monoto
 COMPASS = (2.0, 2.0**0.5, 2.0**0.25, 2.0**0.125)  # local move factors, boldest first
 KV_FULL = 95.0  # peak KV-cache usage (%) that counts as a full cache
 KV_IDLE = 50.0  # ... and as an idle one
+FEWER = 0.1  # a configuration holding this share fewer running tokens escapes a crash under load
 
 
 @dataclass(frozen=True)
@@ -135,11 +136,15 @@ def next_climb(
     space: SearchSpace,
     tried: Sequence[Tried],
     expected: Callable[[Mapping[str, Value]], float | None] | None = None,
+    running: Callable[[Mapping[str, Value]], int | None] | None = None,
 ) -> Climb | None:
     """The next point on the way to the best configuration's memory edge, or None when the
     edge is known to the dimension's resolution (or there is nothing to climb). ``expected``:
     the memory model's guess of the edge for a configuration; the climb aims there first and
-    bisects when the guess is outside what the launches left open."""
+    bisects when the guess is outside what the launches left open. ``running``: the most
+    tokens a configuration can hold running (its KV cache, or all its sequences at full
+    length if fewer); a crash under load is no ceiling for batch settings that hold clearly
+    fewer at its level (``_runs_fewer``)."""
     dim = memory_dim(space)
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
     if dim is None or not ok:
@@ -159,6 +164,7 @@ def next_climb(
         and dim.name in t.params
         and t.params[dim.name] > here
         and (t.outcome in _ANYWHERE or _covers(t.params, best.params, memory=dim.name))
+        and not _runs_fewer(best.params, t, memory=dim.name, running=running)
     ]
     ceiling: Value = min(fails, default=None) or _beyond(dim)
     target = _between(dim, here, ceiling)
@@ -175,6 +181,28 @@ def next_climb(
         return None  # already tried (or pre-screened): the sampler takes over
     above = f"{ceiling} fails" if fails else f"up to {dim.high}"
     return Climb(params=params, why=f"edge: {dim.name} {here} works, {above}")
+
+
+def _runs_fewer(
+    params: Mapping[str, Value],
+    failed: Tried,
+    *,
+    memory: str,
+    running: Callable[[Mapping[str, Value]], int | None] | None,
+) -> bool:
+    """``params`` at ``failed``'s memory level hold clearly fewer running tokens than ``failed``
+    did when it crashed under load, with at least as many sequences. The runtime peak beyond
+    vLLM's profile grows with the tokens running, and those are bounded by the KV cache: larger
+    batched tokens (more activation memory profiled, a smaller KV cache) can serve where
+    smaller ones crashed. (Fewer sequences are ``retreat``'s; the climb keeps the ceiling.)"""
+    if failed.outcome != Outcome.CRASH_UNDER_LOAD.value or running is None:
+        return False
+    seqs = "max_num_seqs"
+    if seqs in failed.params and int(params.get(seqs, 0)) < int(failed.params[seqs]):
+        return False
+    mine = running(dict(params) | {memory: failed.params[memory]})
+    theirs = running(failed.params)
+    return mine is not None and theirs is not None and mine < theirs * (1.0 - FEWER)
 
 
 def _batches_short(tried: Sequence[Tried], best: Tried, *, memory: str) -> bool:

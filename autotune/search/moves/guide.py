@@ -106,7 +106,9 @@ class Guide:
         guess = None if expected is None else (lambda p: expected(self.space.args(p)))
         check = self.check
         fails = None if check is None else (lambda p: check(self.space.args(p)))
-        climb = partial(edge.next_climb, space=self.space, tried=seen, expected=guess)
+        climb = partial(
+            edge.next_climb, space=self.space, tried=seen, expected=guess, running=self._running
+        )
         fill = partial(self._fill, seen, guess)
         idle = _best_idle(seen, self.space)  # larger batches first, more memory after them
         move = None
@@ -158,6 +160,18 @@ class Guide:
             expected=guess,
             capacity=self._capacity,
         )
+
+    def _running(self, params: Mapping[str, Value]) -> int | None:
+        """The most tokens ``params`` can hold running: the KV cache the memory model predicts,
+        or, if fewer, its sequences (at most the requests in flight) at the mean request's
+        length."""
+        kv = self._capacity(params)
+        if kv is None or self.load is None:
+            return None
+        seqs = self.space.args(params).get("max_num_seqs")
+        if not isinstance(seqs, int):
+            return kv
+        return min(kv, min(seqs, self.load.in_flight) * self.load.request_tokens)
 
     def _capacity(self, params: Mapping[str, Value]) -> int | None:
         return None if self.kv_tokens is None else self.kv_tokens(self.space.args(params))

@@ -7,11 +7,12 @@ cache. Fewer sequences at ``u`` is one way out; the same ``b`` at a lower utiliz
 more room outside the KV cache, is the other, and often the better one (larger batches at a
 slightly smaller KV cache). ``retreat`` proposes that second move, once per failed
 configuration whose batches are larger than the best's (or before anything served, or once
-``SUSPECT`` batch settings have failed under load at ``u`` or above): ``b`` at the
-highest utilization that has served below ``u`` (the level the study knows works), or a few
-steps lower when nothing has. A retreat that fails under load again steps down twice as far
-as its last step (``_further``: an exponential search for the level that holds the runtime
-peak; while the utilization is the suspect, as a first retreat); one that runs short of memory
+``SUSPECT`` batch settings have failed under load at ``u`` or above): ``b`` halfway down to
+the highest utilization that has served below ``u`` (the level the study knows works; each
+step down gives up KV cache), or a few steps lower when nothing has. A retreat that fails
+under load again steps down twice as far as its last step, not below that level
+(``_further``: an exponential search for the level that holds the runtime peak; while the
+utilization is the suspect, as a first retreat); one that runs short of memory
 at startup is bisected (``_between``). At the floor of the memory setting, half the sequences
 instead (``_fewer``). Pure: no Optuna.
 """
@@ -72,14 +73,27 @@ def retreat(
         return _further(space, tried, last, expected)
     if _tried_below(tried, last.params, memory=dim.name):
         return None  # already tried lower
-    served = [
-        float(t.params[dim.name])
-        for t in tried
-        if t.outcome == Outcome.OK.value and dim.name in t.params and t.params[dim.name] < here
-    ]
-    target = max(served, default=here - STEPS_DOWN * UTIL_STEP)
+    served = _served_below(tried, here, memory=dim.name)
+    if served is None:
+        target = here - STEPS_DOWN * UTIL_STEP
+    else:  # halfway down to the level known to work: the KV cache the step gives up is speed
+        target = served + (round((here - served) / UTIL_STEP) // 2) * UTIL_STEP
     target = round(max(min(target, here - UTIL_STEP), float(dim.low)), 2)
     return _down(space, tried, last, target, expected, why=f"{last.outcome} at {here}")
+
+
+def _served_below(tried: Sequence[Tried], level: float, *, memory: str) -> float | None:
+    """The highest memory level below ``level`` that some configuration served at."""
+    return max(
+        (
+            float(t.params[memory])
+            for t in tried
+            if t.outcome == Outcome.OK.value
+            and memory in t.params
+            and float(t.params[memory]) < level
+        ),
+        default=None,
+    )
 
 
 def _fewer(
@@ -155,7 +169,10 @@ def _further(
     above = _failed_above(tried, last, memory=dim.name)
     if not above or _tried_below(tried, last.params, memory=dim.name):
         return None
-    target = round(max(here - 2 * (min(above) - here), float(dim.low)), 2)
+    target = here - 2 * (min(above) - here)
+    if (served := _served_below(tried, here, memory=dim.name)) is not None:
+        target = max(target, served)  # no lower than the level known to work
+    target = round(max(target, float(dim.low)), 2)
     return _down(space, tried, last, target, expected, why=f"{last.outcome} again at {here}")
 
 
