@@ -119,7 +119,7 @@ def best_of(ok: Sequence[Tried], *, memory: str) -> Tried:
     return max(near, key=lambda t: (float(t.params.get(memory, 0)), t.value or 0.0))
 
 
-def _between(dim: Dim, low: Value, high: Value) -> Value | None:
+def between(dim: Dim, low: Value, high: Value) -> Value | None:
     """A point strictly between ``low`` (works) and ``high`` (fails), or None if none is left."""
     if dim.is_float:
         steps = round((float(high) - float(low)) / UTIL_STEP)
@@ -167,7 +167,7 @@ def next_climb(
         and not _runs_fewer(best.params, t, memory=dim.name, running=running)
     ]
     ceiling: Value = min(fails, default=None) or _beyond(dim)
-    target = _between(dim, here, ceiling)
+    target = between(dim, here, ceiling)
     if target is None:
         return None
     guess = expected(best.params) if expected is not None and dim.is_float else None

@@ -30,6 +30,7 @@ from autotune.search.moves.edge import (
     Tried,
     batch_valid,
     best_of,
+    between,
     fit_memory,
     memory_dim,
 )
@@ -77,7 +78,7 @@ def retreat(
     if served is None:
         target = here - STEPS_DOWN * UTIL_STEP
     else:  # halfway down to the level known to work: the KV cache the step gives up is speed
-        target = served + (round((here - served) / UTIL_STEP) // 2) * UTIL_STEP
+        target = float(between(dim, served, here) or served)
     target = round(max(min(target, here - UTIL_STEP), float(dim.low)), 2)
     return _down(space, tried, last, target, expected, why=f"{last.outcome} at {here}")
 
@@ -212,9 +213,8 @@ def _between(
     above = _failed_above(tried, low, memory=dim.name)
     if not above:
         return None
-    steps = round((min(above) - here) / UTIL_STEP)
-    if steps >= 2:
-        params = dict(low.params) | {dim.name: round(here + (steps // 2) * UTIL_STEP, 2)}
+    if (middle := between(dim, here, min(above))) is not None:
+        params = dict(low.params) | {dim.name: middle}
         why = f"retreat: {dim.name} between {here} (short) and {min(above)} (under load)"
     elif "max_num_batched_tokens" in space and "max_num_batched_tokens" in low.params:
         tokens = space["max_num_batched_tokens"]
