@@ -146,6 +146,22 @@ def test_a_full_kv_cache_sends_the_local_moves_down_first() -> None:
             seen.append(Tried(params=move.params, outcome="ok", value=50.0))
 
 
+def test_requests_kept_waiting_below_max_num_seqs_count_as_a_full_kv_cache() -> None:
+    # Long requests: 5 of 8 sequences ran, the rest waited, 91% of the cache in use (the free
+    # 9% held less than one more request), no preemption.
+    p = {"gpu_memory_utilization": 0.92, "max_num_seqs": 8, "max_num_batched_tokens": 2048}
+    kept = Tried(p, "ok", 100.0, preemptions=0, peak_kv_pct=91.0, peak_running=5, peak_waiting=40)
+    assert kept.kv_pressure() == "full"
+    # all 8 ran: the sequences, not the cache, bound admission
+    assert dataclasses.replace(kept, peak_running=8).kv_pressure() is None
+    # nothing waited: the load, not the cache, bound it
+    assert dataclasses.replace(kept, peak_waiting=0).kv_pressure() is None
+    # a cache never half used did not bind anything
+    assert dataclasses.replace(kept, peak_kv_pct=30.0).kv_pressure() == "idle"
+    move = local_move(space=SPACE, tried=[kept], rng=random.Random(1))
+    assert move is not None and move.params["max_num_batched_tokens"] == 1024, move.why
+
+
 def test_a_crash_under_load_retreats_in_memory_with_the_same_batches() -> None:
     best = ok(0.94, 13, 1024, 100.0)
     top = ok(0.98, 13, 1024, 101.0)

@@ -53,20 +53,49 @@ class Tried:
     source: str = ""  # who proposed it: "" (the sampler), "fill: …", "local: …", …
     preemptions: int | None = None  # vllm:num_preemptions_total during its benchmark
     peak_kv_pct: float | None = None  # vllm:kv_cache_usage_perc at its peak, in percent
+    peak_running: int | None = None  # vllm:num_requests_running at its peak
+    peak_waiting: int | None = None  # vllm:num_requests_waiting at its peak
 
     def kv_pressure(self) -> str | None:
         """What vLLM's own counters said of its KV cache under the benchmark: ``"full"``
-        (preemptions, or the cache at its limit), ``"idle"`` (never half used), else None."""
-        if kv_full(preemptions=self.preemptions, peak_kv_pct=self.peak_kv_pct):
+        (preemptions, the cache at its limit, or requests kept waiting below
+        ``max_num_seqs``), ``"idle"`` (never half used), else None."""
+        seqs = self.params.get("max_num_seqs")
+        if kv_full(
+            preemptions=self.preemptions,
+            peak_kv_pct=self.peak_kv_pct,
+            admitted=self.peak_running,
+            waiting=self.peak_waiting,
+            seqs=int(seqs) if seqs is not None else None,
+        ):
             return "full"
         if self.peak_kv_pct is not None and self.peak_kv_pct < KV_IDLE:
             return "idle"
         return None
 
 
-def kv_full(*, preemptions: int | None, peak_kv_pct: float | None) -> bool:
-    """vLLM's counters say the KV cache bound a benchmark: preemptions, or usage at its limit."""
-    return bool(preemptions) or (peak_kv_pct is not None and peak_kv_pct >= KV_FULL)
+def kv_full(
+    *,
+    preemptions: int | None,
+    peak_kv_pct: float | None,
+    admitted: int | None = None,
+    waiting: int | None = None,
+    seqs: int | None = None,
+) -> bool:
+    """vLLM's counters say the KV cache bound a benchmark: preemptions, usage at its limit, or
+    requests waiting while fewer than ``max_num_seqs`` ran (``admitted``: the peak running) with
+    the cache at least half used: the scheduler admits a request only when its blocks fit, so
+    the cache's free part was less than a request (long requests leave that part large)."""
+    if bool(preemptions) or (peak_kv_pct is not None and peak_kv_pct >= KV_FULL):
+        return True
+    return bool(
+        waiting
+        and admitted is not None
+        and seqs is not None
+        and admitted < seqs
+        and peak_kv_pct is not None
+        and peak_kv_pct >= KV_IDLE
+    )
 
 
 @dataclass(frozen=True)
@@ -257,7 +286,7 @@ def local_move(
     sampler finds the region; these moves refine the batch settings at the edge.
 
     Which way first follows what vLLM reported for the best configuration's benchmark: a full
-    KV cache (preemptions) goes down first, since fewer batched tokens and sequences leave
+    KV cache (``Tried.kv_pressure``) goes down first, since fewer batched tokens and sequences leave
     more memory to the KV cache; otherwise up first (larger batches, until memory binds)."""
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
     dims = [d for d in space.tuned if d.name in BATCH_DIMS]

@@ -72,6 +72,8 @@ def _each_tried(study: optuna.Study) -> list[edge.Tried]:
                 record.source,
                 record.preemptions,
                 record.peak_kv_cache_usage_pct,
+                record.peak_requests_running,
+                record.peak_requests_waiting,
             )
         )
     return out

@@ -87,9 +87,21 @@ def _margin(less: list[FrozenTrial]) -> float:
     suspect)."""
     records = [TrialRecord.of(t) for t in less]
     bound = all(
-        kv_full(preemptions=r.preemptions, peak_kv_pct=r.peak_kv_cache_usage_pct) for r in records
+        kv_full(
+            preemptions=r.preemptions,
+            peak_kv_pct=r.peak_kv_cache_usage_pct,
+            admitted=r.peak_requests_running,
+            waiting=r.peak_requests_waiting,
+            seqs=_seqs(r.params),
+        )
+        for r in records
     )
     return 0.0 if bound else NOISE
+
+
+def _seqs(params: Mapping[str, Value] | None) -> int | None:
+    seqs = (params or {}).get("max_num_seqs")
+    return None if seqs is None else int(seqs)
 
 
 def _value(runs: list[FrozenTrial]) -> float:
