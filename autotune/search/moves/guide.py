@@ -178,6 +178,12 @@ class Guide:
     def _capacity(self, params: Mapping[str, Value]) -> int | None:
         return None if self.kv_tokens is None else self.kv_tokens(self.space.args(params))
 
+    def crashes(self, study: optuna.Study, params: Mapping[str, Value]) -> str | None:
+        """Why ``params`` would crash under load like a launch of the study did, or None."""
+        return retreat.crashes_again(
+            space=self.space, tried=tried(study), params=params, running=self._running
+        )
+
     def lift(self, study: optuna.Study, params: Mapping[str, Value]) -> dict[str, Value]:
         return edge.lift(space=self.space, tried=tried(study), params=params)
 

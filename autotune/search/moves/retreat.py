@@ -26,6 +26,7 @@ from autotune.engine.outcome import Outcome
 from autotune.search.moves.edge import (
     BATCH_DIMS,
     SHORT,
+    SIZES,
     Climb,
     Tried,
     batch_valid,
@@ -34,7 +35,7 @@ from autotune.search.moves.edge import (
     fit_memory,
     memory_dim,
 )
-from autotune.search.space import UTIL_STEP, SearchSpace
+from autotune.search.space import MEMORY_DIMS, UTIL_STEP, SearchSpace
 
 UNDER_LOAD = (Outcome.CRASH_UNDER_LOAD.value, Outcome.REQUEST_ERRORS.value)
 STEPS_DOWN = 3  # utilization steps below the failure when nothing has served below it
@@ -226,3 +227,46 @@ def _between(
         return None
     params = fit_memory(space, params, expected)
     return None if any(dict(t.params) == params for t in tried) else Climb(params, why)
+
+
+def crashes_again(
+    *,
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    params: Mapping[str, Value],
+    running: Callable[[Mapping[str, Value]], int | None] | None,
+) -> str | None:
+    """Why ``params`` would crash under load like a launch that did, or None. A crash at
+    utilization ``u`` says the runtime peak of the tokens running did not fit outside the KV
+    cache there; at ``u`` or above (less room outside it), at least as many sequences holding
+    at least as many running tokens (``running``, the memory model's; prediction against
+    prediction) have no more room and a peak as high. Other settings the same or larger."""
+    dim = memory_dim(space)
+    if dim is None or not dim.is_float or running is None or dim.name not in params:
+        return None
+    mine = None
+    for t in tried:
+        if t.outcome != Outcome.CRASH_UNDER_LOAD.value or dim.name not in t.params:
+            continue
+        if float(params[dim.name]) < float(t.params[dim.name]) or not _as_large(params, t.params):
+            continue
+        mine = running(params) if mine is None else mine
+        theirs = running(t.params)
+        if mine is not None and theirs is not None and mine >= theirs:
+            return (
+                f"predicted {Outcome.CRASH_UNDER_LOAD.value}: {mine} tokens running at "
+                f"{dim.name}={params[dim.name]}, {theirs} crashed at {t.params[dim.name]}"
+            )
+    return None
+
+
+def _as_large(params: Mapping[str, Value], failed: Mapping[str, Value]) -> bool:
+    """``params`` has at least ``failed``'s sequences, image limit and length, and its other
+    settings (opt-in switches) the same; batched tokens and memory are the running tokens'."""
+    for k, v in failed.items():
+        if k in ("max_num_batched_tokens", *MEMORY_DIMS):
+            continue
+        mine = params.get(k, v)
+        if (mine < v) if k in SIZES else (mine != v):
+            return False
+    return True
