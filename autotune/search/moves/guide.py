@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
 from autotune.load.request import Request
-from autotune.search.moves import edge, kv_fit, recheck, rescue, retreat
+from autotune.search.moves import edge, kv_fit, local, recheck, rescue, retreat
 from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord, attrs
@@ -126,7 +126,7 @@ class Guide:
             if (move := propose()) is not None:
                 break
         if move is None and self.rng.random() < LOCAL_SHARE:
-            move = edge.local_move(space=self.space, tried=seen, rng=self.rng, expected=guess)
+            move = local.local_move(space=self.space, tried=seen, rng=self.rng, expected=guess)
         if move is not None:
             study.enqueue_trial(move.params, user_attrs=attrs(source=move.why), skip_if_exists=True)
 
