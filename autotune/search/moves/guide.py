@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
 from autotune.load.request import Request
-from autotune.search.moves import edge, kv_fit, local, recheck, rescue, retreat
+from autotune.search.moves import edge, kv_fit, local, recheck, rescue, retreat, shrink
 from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord, attrs
@@ -121,6 +121,7 @@ class Guide:
             partial(rescue.rescue, space=self.space, tried=seen, expected=guess, fails=fails),
             climb if idle else fill,
             partial(rescue.restore, space=self.space, tried=seen, expected=guess),
+            partial(self._shrink, seen, guess),
             partial(self._prefill, seen, guess),
         ):
             if (move := propose()) is not None:
@@ -142,6 +143,21 @@ class Guide:
             tried=seen,
             request_tokens=self.load.request_tokens,
             most=self.load.in_flight,
+            expected=guess,
+            capacity=self._capacity,
+        )
+
+    def _shrink(
+        self,
+        seen: Sequence[edge.Tried],
+        guess: Callable[[Mapping[str, Value]], float | None] | None,
+    ) -> edge.Climb | None:
+        if self.load is None:
+            return None
+        return shrink.shrink(
+            space=self.space,
+            tried=seen,
+            request_tokens=self.load.request_tokens,
             expected=guess,
             capacity=self._capacity,
         )

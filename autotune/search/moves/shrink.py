@@ -1,0 +1,70 @@
+"""Smaller prefill chunks for a KV cache that bound the best configuration (see
+``autotune.search.moves.kv_fit``, whose ``prefill`` goes the other way). Pure: no Optuna."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from autotune.engine.defaults import Value
+from autotune.engine.outcome import Outcome
+from autotune.search.moves.edge import (
+    COMPASS,
+    FEWER,
+    Climb,
+    Tried,
+    batch_valid,
+    best_of,
+    fit_memory,
+    memory_dim,
+)
+from autotune.search.space import SearchSpace
+
+NAME = "max_num_batched_tokens"
+
+
+def shrink(
+    *,
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    request_tokens: int,
+    expected: Callable[[Mapping[str, Value]], float | None] | None = None,
+    capacity: Callable[[Mapping[str, Value]], int | None] | None = None,
+) -> Climb | None:
+    """Fewer batched tokens where vLLM reported the best configuration's KV cache full
+    (``Tried.kv_pressure``): vLLM profiles activation memory for ``max_num_batched_tokens``
+    and gives the KV cache what is left, so a smaller chunk leaves room for more requests.
+    One launch at the largest smaller size (compass steps, down to the sequences) whose KV
+    cache the memory model predicts to hold more requests (of ``request_tokens`` each) than
+    the best's: at least one more, and at least ``FEWER`` more (prediction against prediction:
+    the model's bias cancels). Where one more request is a small share (short requests),
+    nothing: each chunk has a fixed cost, and one step gains less than one run's noise."""
+    memory = memory_dim(space)
+    if NAME not in space or capacity is None or memory is None or request_tokens <= 0:
+        return None
+    dim = space[NAME]
+    if dim.fixed:
+        return None
+    ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
+    if not ok:
+        return None
+    best = best_of(ok, memory=memory.name)
+    here, held = best.params.get(NAME), capacity(best.params)
+    if here is None or held is None or best.kv_pressure() != "full":
+        return None
+    now = held // request_tokens
+    seen = [dict(t.params) for t in tried]
+    for step in range(1, 4 * len(COMPASS) + 1):  # 2 ** -(step / 4): down to 1/8
+        size = dim.clamp(round(float(here) * 2.0 ** (-step / 4)))
+        params = fit_memory(space, batch_valid(dict(best.params) | {NAME: size}), expected)
+        if params[NAME] >= here:
+            return None  # at the sequences or the range's floor
+        kv = capacity(params)
+        if kv is None:
+            return None
+        more = kv // request_tokens
+        if more >= now + 1 and more >= now * (1.0 + FEWER):
+            if params in seen:
+                return None
+            why = f"shrink: {NAME} {here} -> {params[NAME]} ({now} -> {more} requests fit)"
+            return Climb(params=params, why=why)
+    return None

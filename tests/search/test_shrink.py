@@ -1,0 +1,57 @@
+"""Fewer batched tokens where the KV cache bound the best configuration and the memory model
+predicts room for more requests (``search.moves.shrink``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from autotune.engine.defaults import Value
+from autotune.search.moves.edge import Tried
+from autotune.search.moves.shrink import shrink
+from autotune.search.space import Dim, SearchSpace
+
+SPACE = SearchSpace(
+    dims=(
+        Dim("gpu_memory_utilization", 0.70, 0.98, is_float=True),
+        Dim("max_num_seqs", 8, 256, log=True),
+        Dim("max_num_batched_tokens", 512, 16384, log=True),
+    )
+)
+
+
+def capacity(params: Mapping[str, Value]) -> int:
+    """A toy memory model: the KV cache grows with the utilization; each batched token's
+    activation memory costs it 40 tokens."""
+    kv = int((float(params["gpu_memory_utilization"]) - 0.70) * 500_000)
+    return kv - 40 * int(params["max_num_batched_tokens"])
+
+
+P = {"gpu_memory_utilization": 0.92, "max_num_seqs": 8, "max_num_batched_tokens": 2048}
+# 110000 - 81920 = 28080 KV tokens: one request of 17000 tokens; 5 of 8 ran, the rest waited
+FULL = Tried(P, "ok", 50.0, preemptions=0, peak_kv_pct=91.0, peak_running=1, peak_waiting=40)
+
+
+def test_a_full_kv_cache_trades_batched_tokens_for_one_more_request() -> None:
+    move = shrink(space=SPACE, tried=[FULL], request_tokens=17_000, capacity=capacity)
+    assert move is not None and move.why.startswith("shrink:"), move
+    size = int(move.params["max_num_batched_tokens"])
+    # the largest compass step down that holds two requests: 110000 - 40 * 1722 = 41120
+    assert size == 1722 and capacity(move.params) >= 2 * 17_000
+    assert move.params["gpu_memory_utilization"] == 0.92  # memory kept
+    # once: the smaller size is known now
+    again = [FULL, Tried(move.params, "ok", 40.0)]
+    assert shrink(space=SPACE, tried=again, request_tokens=17_000, capacity=capacity) is None
+
+
+def test_no_shrink_without_a_full_cache_or_for_a_small_share_of_requests() -> None:
+    idle = dataclasses.replace(FULL, peak_running=8, peak_waiting=0, peak_kv_pct=60.0)
+    assert shrink(space=SPACE, tried=[idle], request_tokens=17_000, capacity=capacity) is None
+
+    # cheap activations: 269 requests of 400 tokens fit, and even 1/8 of the batched tokens
+    # frees room for 4 more: below 10%
+    def cheap(params: Mapping[str, Value]) -> int:
+        return capacity(params) + 39 * int(params["max_num_batched_tokens"])
+
+    assert shrink(space=SPACE, tried=[FULL], request_tokens=400, capacity=cheap) is None
+    assert shrink(space=SPACE, tried=[FULL], request_tokens=17_000, capacity=None) is None
