@@ -160,7 +160,8 @@ def test_requests_kept_waiting_below_max_num_seqs_count_as_a_full_kv_cache() -> 
     # a cache never half used did not bind anything
     assert dataclasses.replace(kept, peak_kv_pct=30.0).kv_pressure() == "idle"
     move = local_move(space=SPACE, tried=[kept], rng=random.Random(1))
-    assert move is not None and move.params["max_num_batched_tokens"] == 1024, move.why
+    assert move is not None
+    assert move.params["max_num_batched_tokens"] == 1024, move.why
 
 
 def test_a_crash_under_load_retreats_in_memory_with_the_same_batches() -> None:

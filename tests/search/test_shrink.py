@@ -4,10 +4,10 @@ predicts room for more requests (``search.moves.shrink``)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from autotune.engine.defaults import Value
-from autotune.search.moves.edge import Tried
+from autotune.search.moves.edge import Climb, Tried
 from autotune.search.moves.shrink import shrink
 from autotune.search.space import Dim, SearchSpace
 
@@ -27,31 +27,44 @@ def capacity(params: Mapping[str, Value]) -> int:
     return kv - 40 * int(params["max_num_batched_tokens"])
 
 
+def move(tried: list[Tried], tokens: int, model: Callable[..., int | None] | None) -> Climb | None:
+    return shrink(space=SPACE, tried=tried, request_tokens=tokens, most=48, capacity=model)
+
+
 P = {"gpu_memory_utilization": 0.92, "max_num_seqs": 8, "max_num_batched_tokens": 2048}
 # 110000 - 81920 = 28080 KV tokens: one request of 17000 tokens; 5 of 8 ran, the rest waited
 FULL = Tried(P, "ok", 50.0, preemptions=0, peak_kv_pct=91.0, peak_running=1, peak_waiting=40)
 
 
 def test_a_full_kv_cache_trades_batched_tokens_for_one_more_request() -> None:
-    move = shrink(space=SPACE, tried=[FULL], request_tokens=17_000, capacity=capacity)
-    assert move is not None and move.why.startswith("shrink:"), move
-    size = int(move.params["max_num_batched_tokens"])
+    shrunk = move([FULL], 17_000, capacity)
+    assert shrunk is not None and shrunk.why.startswith("shrink:"), shrunk
+    size = int(shrunk.params["max_num_batched_tokens"])
     # the largest compass step down that holds two requests: 110000 - 40 * 1722 = 41120
-    assert size == 1722 and capacity(move.params) >= 2 * 17_000
-    assert move.params["gpu_memory_utilization"] == 0.92  # memory kept
+    assert size == 1722 and capacity(shrunk.params) >= 2 * 17_000
+    assert shrunk.params["gpu_memory_utilization"] == 0.92  # memory kept
+    assert shrunk.params["max_num_seqs"] == 8  # more than the cache holds already
     # once: the smaller size is known now
-    again = [FULL, Tried(move.params, "ok", 40.0)]
-    assert shrink(space=SPACE, tried=again, request_tokens=17_000, capacity=capacity) is None
+    again = [FULL, Tried(shrunk.params, "ok", 40.0)]
+    assert move(again, 17_000, capacity) is None
 
 
 def test_no_shrink_without_a_full_cache_or_for_a_small_share_of_requests() -> None:
     idle = dataclasses.replace(FULL, peak_running=8, peak_waiting=0, peak_kv_pct=60.0)
-    assert shrink(space=SPACE, tried=[idle], request_tokens=17_000, capacity=capacity) is None
+    assert move([idle], 17_000, capacity) is None
 
     # cheap activations: 269 requests of 400 tokens fit, and even 1/8 of the batched tokens
     # frees room for 4 more: below 10%
     def cheap(params: Mapping[str, Value]) -> int:
         return capacity(params) + 39 * int(params["max_num_batched_tokens"])
 
-    assert shrink(space=SPACE, tried=[FULL], request_tokens=400, capacity=cheap) is None
-    assert shrink(space=SPACE, tried=[FULL], request_tokens=17_000, capacity=None) is None
+    assert move([FULL], 400, cheap) is None
+    assert move([FULL], 17_000, None) is None
+
+
+def test_sequences_sized_to_the_cache_follow_it() -> None:
+    # requests of 3000 tokens: 9 fit at 2048 batched tokens, and 8 sequences ran (a fill's)
+    shrunk = move([FULL], 3000, capacity)
+    assert shrunk is not None
+    assert shrunk.params["max_num_batched_tokens"] == 1722
+    assert shrunk.params["max_num_seqs"] == 41120 // 3000  # 13: what the smaller chunk holds

@@ -158,6 +158,7 @@ class Guide:
             space=self.space,
             tried=seen,
             request_tokens=self.load.request_tokens,
+            most=self.load.in_flight,
             expected=guess,
             capacity=self._capacity,
         )

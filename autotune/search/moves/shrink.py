@@ -20,6 +20,7 @@ from autotune.search.moves.edge import (
 from autotune.search.space import SearchSpace
 
 NAME = "max_num_batched_tokens"
+SEQS = "max_num_seqs"
 
 
 def shrink(
@@ -27,6 +28,7 @@ def shrink(
     space: SearchSpace,
     tried: Sequence[Tried],
     request_tokens: int,
+    most: int,
     expected: Callable[[Mapping[str, Value]], float | None] | None = None,
     capacity: Callable[[Mapping[str, Value]], int | None] | None = None,
 ) -> Climb | None:
@@ -36,7 +38,9 @@ def shrink(
     One launch at the largest smaller size (compass steps, down to the sequences) whose KV
     cache the memory model predicts to hold more requests (of ``request_tokens`` each) than
     the best's: at least one more, and at least ``FEWER`` more (prediction against prediction:
-    the model's bias cancels). Where one more request is a small share (short requests),
+    the model's bias cancels). Where the best's ``max_num_seqs`` is no more than its cache
+    holds (a fill sized it), as many sequences as the smaller chunk's cache holds (at most
+    ``most``, the requests in flight). Where one more request is a small share (short requests),
     nothing: each chunk has a fixed cost, and one step gains less than one run's noise."""
     memory = memory_dim(space)
     if NAME not in space or capacity is None or memory is None or request_tokens <= 0:
@@ -52,16 +56,22 @@ def shrink(
     if here is None or held is None or best.kv_pressure() != "full":
         return None
     now = held // request_tokens
+    seqs = best.params.get(SEQS)
+    sized = SEQS in space and not space[SEQS].fixed and seqs is not None and int(seqs) <= now
     seen = [dict(t.params) for t in tried]
     for step in range(1, 4 * len(COMPASS) + 1):  # 2 ** -(step / 4): down to 1/8
         size = dim.clamp(round(float(here) * 2.0 ** (-step / 4)))
-        params = fit_memory(space, batch_valid(dict(best.params) | {NAME: size}), expected)
+        params = batch_valid(dict(best.params) | {NAME: size})
         if params[NAME] >= here:
             return None  # at the sequences or the range's floor
         kv = capacity(params)
         if kv is None:
             return None
         more = kv // request_tokens
+        if sized and more > now:  # sequences sized to the cache: as many as it now holds
+            params = batch_valid(params | {SEQS: space[SEQS].clamp(min(more, most))})
+            more = min(more, (capacity(params) or 0) // request_tokens)
+        params = fit_memory(space, params, expected)
         if more >= now + 1 and more >= now * (1.0 + FEWER):
             if params in seen:
                 return None
