@@ -630,6 +630,8 @@ class OracleScreen:
     """autotune's screen, plus a perfect memory model: every configuration that would fail at
     startup is skipped without a launch (an upper bound for pre-screen work, not autotune)."""
 
+    prescreen = True
+
     def __init__(self, problem: Problem, inner: st.Screen) -> None:
         self.truth, self.inner = problem.truth, inner
 

@@ -24,6 +24,8 @@ def learn_classes(rules: FailureRules, *, trial: int, record: TrialRecord) -> No
 class ClassScreen:
     """The failure-class rules alone as a study's pre-screen (no memory model, no predictions)."""
 
+    prescreen = True  # its rules skip what they know fails
+
     def __init__(self, *, image_tokens: int | None) -> None:
         self.rules = FailureRules(image_tokens=image_tokens)
 

@@ -47,6 +47,9 @@ class Screen(Protocol):
     for the failure-class rules alone). Learns from launched trials, predicts and pre-screens
     candidates."""
 
+    @property
+    def prescreen(self) -> bool: ...  # False (--no-prescreen): nothing is skipped
+
     def learn_all(self, trials: Iterable[tuple[int, TrialRecord]]) -> None: ...
 
     def learn_trial(self, *, trial: int, record: TrialRecord) -> None: ...
@@ -182,8 +185,8 @@ def run_study(plan: StudyPlan, *, reporter: Reporter) -> None:
         ran = asked.vllm_args if asked.remeasure else None  # (None: enqueued by an older version)
         args = dict(ran) if ran else plan.space.args(params)
         why = prescreen.check(args) if prescreen is not None else None
-        if why is None and plan.guide is not None:
-            why = plan.guide.crashes(plan.study, params)
+        if why is None and plan.guide is not None and prescreen is not None and prescreen.prescreen:
+            why = plan.guide.crashes(plan.study, params)  # like a crash under load the study saw
         if why is not None and (asked.remeasure or workers.is_retry(plan.study, trial)):
             why = None  # a finalist, or a trial whose worker died mid-launch: run it as it was
         if why is not None:  # known to fail: recorded as infeasible, never launched

@@ -75,6 +75,7 @@ class Screen:
     memory model did for the tester's finalists)."""
 
     strict = False
+    prescreen = True
 
     def learn_all(self, trials: Iterable[tuple[int, TrialRecord]]) -> None: ...
 
