@@ -8,15 +8,7 @@ from collections.abc import Mapping
 from autotune.engine.defaults import Value
 from autotune.search.moves.edge import Tried
 from autotune.search.moves.retreat import crashes_again
-from autotune.search.space import Dim, SearchSpace
-
-SPACE = SearchSpace(
-    dims=(
-        Dim("gpu_memory_utilization", 0.70, 0.98, is_float=True),
-        Dim("max_num_seqs", 8, 256, log=True),
-        Dim("max_num_batched_tokens", 512, 16384, log=True),
-    )
-)
+from tests.search.test_edge import SPACE
 
 
 def running(params: Mapping[str, Value]) -> int:
