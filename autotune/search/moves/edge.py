@@ -108,7 +108,7 @@ def memory_dim(space: SearchSpace) -> Dim | None:
     return next((d for d in space.tuned if d.name in MEMORY_DIMS), None)
 
 
-def _covers(failed: Mapping[str, Value], best: Mapping[str, Value], *, memory: str) -> bool:
+def covers(failed: Mapping[str, Value], best: Mapping[str, Value], *, memory: str) -> bool:
     """The best configuration needs at least what the failed one needed, memory aside (sizes at
     least as large; any other setting, such as an opt-in switch, the same)."""
     return all(
@@ -191,7 +191,7 @@ def next_climb(
         if t.outcome in _ABOVE
         and dim.name in t.params
         and t.params[dim.name] > here
-        and (t.outcome in _ANYWHERE or _covers(t.params, best.params, memory=dim.name))
+        and (t.outcome in _ANYWHERE or covers(t.params, best.params, memory=dim.name))
         and not _runs_fewer(best.params, t, memory=dim.name, running=running)
     ]
     ceiling: Value = min(fails, default=None) or _beyond(dim)
@@ -266,7 +266,7 @@ def lift(
         for t in tried
         if t.outcome == Outcome.OK.value
         and dim.name in t.params
-        and _covers(params, t.params, memory=dim.name)
+        and covers(params, t.params, memory=dim.name)
     ]
     if served and max(served) > out[dim.name]:
         out[dim.name] = max(served)

@@ -26,16 +26,16 @@ from autotune.engine.outcome import Outcome
 from autotune.search.moves.edge import (
     BATCH_DIMS,
     SHORT,
-    SIZES,
     Climb,
     Tried,
     batch_valid,
     best_of,
     between,
+    covers,
     fit_memory,
     memory_dim,
 )
-from autotune.search.space import MEMORY_DIMS, UTIL_STEP, SearchSpace
+from autotune.search.space import UTIL_STEP, SearchSpace
 
 UNDER_LOAD = (Outcome.CRASH_UNDER_LOAD.value, Outcome.REQUEST_ERRORS.value)
 STEPS_DOWN = 3  # utilization steps below the failure when nothing has served below it
@@ -248,7 +248,11 @@ def crashes_again(
     for t in tried:
         if t.outcome != Outcome.CRASH_UNDER_LOAD.value or dim.name not in t.params:
             continue
-        if float(params[dim.name]) < float(t.params[dim.name]) or not _as_large(params, t.params):
+        if float(params[dim.name]) < float(t.params[dim.name]):
+            continue
+        # batched tokens are the running tokens' business (activation memory, a smaller cache)
+        needed = {k: v for k, v in t.params.items() if k != "max_num_batched_tokens"}
+        if not covers(needed, params, memory=dim.name):
             continue
         mine = running(params) if mine is None else mine
         theirs = running(t.params)
@@ -258,15 +262,3 @@ def crashes_again(
                 f"{dim.name}={params[dim.name]}, {theirs} crashed at {t.params[dim.name]}"
             )
     return None
-
-
-def _as_large(params: Mapping[str, Value], failed: Mapping[str, Value]) -> bool:
-    """``params`` has at least ``failed``'s sequences, image limit and length, and its other
-    settings (opt-in switches) the same; batched tokens and memory are the running tokens'."""
-    for k, v in failed.items():
-        if k in ("max_num_batched_tokens", *MEMORY_DIMS):
-            continue
-        mine = params.get(k, v)
-        if (mine < v) if k in SIZES else (mine != v):
-            return False
-    return True
