@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
 from autotune.load.request import Request
-from autotune.search.moves import edge, kv_fit, local, recheck, rescue, retreat, shrink
+from autotune.search.moves import ceiling, edge, kv_fit, local, recheck, rescue, retreat, shrink
 from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord, attrs
@@ -116,6 +116,7 @@ class Guide:
         move = None
         for propose in (
             partial(retreat.retreat, space=self.space, tried=seen, expected=guess),
+            partial(self._aim, seen, guess),
             fill if idle else climb,
             partial(kv_fit.repair, space=self.space, tried=seen, expected=guess),
             partial(rescue.rescue, space=self.space, tried=seen, expected=guess, fails=fails),
@@ -145,6 +146,24 @@ class Guide:
             most=self.load.in_flight,
             expected=guess,
             capacity=self._capacity,
+        )
+
+    def _aim(
+        self,
+        seen: Sequence[edge.Tried],
+        guess: Callable[[Mapping[str, Value]], float | None] | None,
+    ) -> edge.Climb | None:
+        if self.load is None:
+            return None
+        tokens, most = self.load.request_tokens, self.load.in_flight
+        return ceiling.aim(
+            space=self.space,
+            tried=seen,
+            ceiling=ceiling.learn(space=self.space, tried=seen, request_tokens=tokens, most=most),
+            request_tokens=tokens,
+            most=most,
+            capacity=self._capacity,
+            expected=guess,
         )
 
     def _shrink(
