@@ -111,7 +111,7 @@ class Guide:
         climb = partial(
             edge.next_climb, space=self.space, tried=seen, expected=guess, running=self._running
         )
-        fill = partial(self._fill, seen, guess)
+        fill = partial(self._sized, kv_fit.fill, seen, guess)
         idle = _best_idle(seen, self.space)  # larger batches first, more memory after them
         move = None
         for propose in (
@@ -122,7 +122,7 @@ class Guide:
             partial(rescue.rescue, space=self.space, tried=seen, expected=guess, fails=fails),
             climb if idle else fill,
             partial(rescue.restore, space=self.space, tried=seen, expected=guess),
-            partial(self._shrink, seen, guess),
+            partial(self._sized, shrink.shrink, seen, guess),
             partial(self._prefill, seen, guess),
         ):
             if (move := propose()) is not None:
@@ -132,14 +132,17 @@ class Guide:
         if move is not None:
             study.enqueue_trial(move.params, user_attrs=attrs(source=move.why), skip_if_exists=True)
 
-    def _fill(
+    def _sized(
         self,
+        move: Callable[..., edge.Climb | None],
         seen: Sequence[edge.Tried],
         guess: Callable[[Mapping[str, Value]], float | None] | None,
     ) -> edge.Climb | None:
+        """A move that sizes batches to the benchmark's requests (``kv_fit.fill``,
+        ``shrink.shrink``)."""
         if self.load is None:
             return None
-        return kv_fit.fill(
+        return move(
             space=self.space,
             tried=seen,
             request_tokens=self.load.request_tokens,
@@ -164,22 +167,6 @@ class Guide:
             most=most,
             capacity=self._capacity,
             expected=guess,
-        )
-
-    def _shrink(
-        self,
-        seen: Sequence[edge.Tried],
-        guess: Callable[[Mapping[str, Value]], float | None] | None,
-    ) -> edge.Climb | None:
-        if self.load is None:
-            return None
-        return shrink.shrink(
-            space=self.space,
-            tried=seen,
-            request_tokens=self.load.request_tokens,
-            most=self.load.in_flight,
-            expected=guess,
-            capacity=self._capacity,
         )
 
     def _prefill(
