@@ -103,19 +103,20 @@ def aim(
     bias = best.kv_cache_tokens - predicted
     top = max(float(t.params.get(memory.name, 0.0)) for t in ok)
     pick: tuple[int, dict[str, Value]] | None = None
-    level = float(memory.low)
-    while level <= top + 1e-9:
-        params = _at(space, best.params, memory.name, level, ceiling, request_tokens, most)
-        kv = capacity(params)
-        held = (kv or 0) + bias
-        seqs = int(params[SEQS])
+    low = float(memory.low)
+    for step in range(round((top - low) / UTIL_STEP) + 1):  # each level up to the highest served
+        level = round(low + step * UTIL_STEP, 2)
+        seqs = int(space[SEQS].clamp(min(most, ceiling.tokens(level) // request_tokens)))
+        params = batch_valid(dict(best.params) | {memory.name: level, SEQS: seqs})
+        if (kv := capacity(params)) is None:
+            continue
+        held = kv + bias
         runs = min(seqs, held // request_tokens)
         fits = min(held, seqs * request_tokens) <= ceiling.tokens(level)
         guess = expected(params) if expected is not None else None
         boots = guess is None or level <= guess + 1e-9
-        if kv is not None and fits and boots and (pick is None or runs > pick[0]):
+        if fits and boots and (pick is None or runs > pick[0]):
             pick = (runs, params)
-        level = round(level + UTIL_STEP, 2)
     if pick is None:
         return None
     runs, params = pick
@@ -128,16 +129,3 @@ def aim(
         f"{ceiling.tokens(float(params[memory.name]))} running tokens)"
     )
     return Climb(params=params, why=why)
-
-
-def _at(
-    space: SearchSpace,
-    best: Mapping[str, Value],
-    memory: str,
-    level: float,
-    ceiling: Ceiling,
-    request_tokens: int,
-    most: int,
-) -> dict[str, Value]:
-    seqs = space[SEQS].clamp(min(most, ceiling.tokens(level) // request_tokens))
-    return batch_valid(dict(best) | {memory: round(level, 2), SEQS: seqs})
