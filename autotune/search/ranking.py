@@ -12,6 +12,8 @@ from typing import Any, Protocol
 from autotune.engine.multimodal import image_count
 from autotune.engine.outcome import Outcome
 from autotune.search.goal import Goal
+from autotune.search.moves.edge import record_alike
+from autotune.search.space import MEMORY_DIMS
 from autotune.trial.record import NO_RESULT, TrialRecord
 
 USABLE_SHARE = 0.5  # --images max: "usable" is at least this share of the best throughput
@@ -44,7 +46,7 @@ def args_key(args: Any) -> str:
 class Candidate:
     """One configuration and every measurement of it."""
 
-    trials: tuple[Finished, ...]  # its launched trials, oldest first
+    trials: tuple[Finished, ...]  # its launched trials, oldest first (then ``_pooled``'s)
     feasible: bool  # every measurement served and met the limits
     value: float  # the conservative statistic of the primary objective
     chosen: Finished  # the measurement that statistic came from
@@ -101,28 +103,77 @@ def candidates(trials: Iterable[Finished], *, goal: Goal, statistic: str) -> lis
         groups.setdefault(args_key(record.vllm_args), []).append(t)
     out = []
     maximize = goal.directions[0] == "maximize"
-    for runs in groups.values():
-        ok = all(
-            TrialRecord.of(t).ok
-            and t.values is not None
-            and all(v <= 0 for v in t.constraints.values())
-            for t in runs
-        )
-        if not ok:
+    for own, runs in _pooled(list(groups.values())):
+        if not all(_served(t) for t in runs):
             out.append(Candidate(tuple(runs), False, 0.0, runs[-1], 0.0, 0.0))
             continue
 
         def primary(t: Finished) -> float:
             return float((t.values or [0.0])[0])
 
-        chosen = _pick(runs, primary, statistic=statistic, worst_first=maximize)
+        chosen = _pick(own, primary, statistic=statistic, worst_first=maximize)
         slow = _pick(runs, _throughput, statistic=statistic, worst_first=True)
-        reserved = max(TrialRecord.of(t).reserved_gib or 0.0 for t in runs)
+        reserved = _reserved(own)
         # The median of two runs is their mean: the worse of two would count a slow outlier
         # in full (``chosen`` stays an actual run: the lower middle one).
-        value = statistics.median(map(primary, runs)) if statistic == "median" else primary(chosen)
+        value = (
+            statistics.median(map(primary, runs))
+            if statistic == "median"
+            else primary(_pick(runs, primary, statistic=statistic, worst_first=maximize))
+        )
         out.append(Candidate(tuple(runs), True, value, chosen, _throughput(slow), reserved))
     return out
+
+
+def _served(t: Finished) -> bool:
+    return (
+        TrialRecord.of(t).ok
+        and t.values is not None
+        and all(v <= 0 for v in t.constraints.values())
+    )
+
+
+def _pooled(groups: list[list[Finished]]) -> list[tuple[list[Finished], list[Finished]]]:
+    """Each configuration's runs, and the runs it is judged on: its own, then those of the
+    configurations that ran alike with it (``moves.edge.ran_alike``: the same settings but the
+    memory one, a KV cache that never bound, the same peak running; they differ by the
+    machine's noise alone). Those are one candidate: the configuration reserving the least
+    memory (the tie rule's choice) with every run of them."""
+    classes: dict[str, list[list[Finished]]] = {}
+    order: list[str | list[Finished]] = []
+    for runs in groups:
+        key = _alike(runs)
+        if key is None:
+            order.append(runs)
+            continue
+        if key not in classes:
+            order.append(key)
+        classes.setdefault(key, []).append(runs)
+    out = []
+    for item in order:
+        if not isinstance(item, str):
+            out.append((item, item))
+            continue
+        members = sorted(classes[item], key=lambda r: (_reserved(r), r[0].number))
+        out.append((members[0], [t for runs in members for t in runs]))
+    return out
+
+
+def _alike(runs: list[Finished]) -> str | None:
+    """The class of launches every run of a configuration ran alike with, if one."""
+    if not all(_served(t) for t in runs):
+        return None
+    records = [TrialRecord.of(t) for t in runs]
+    params = records[0].params or {}
+    memory = next((name for name in MEMORY_DIMS if name in params), None)
+    if memory is None:
+        return None
+    keys = {record_alike(r, memory=memory) for r in records}
+    return keys.pop() if len(keys) == 1 and None not in keys else None
+
+
+def _reserved(runs: list[Finished]) -> float:
+    return max(TrialRecord.of(t).reserved_gib or 0.0 for t in runs)
 
 
 QUIET = 0.2  # repeats that agree within this share of ``--noise``: a quiet machine ...

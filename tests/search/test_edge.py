@@ -370,6 +370,20 @@ def test_fill_never_goes_above_the_requests_in_flight() -> None:
     assert move is not None and move.params["max_num_seqs"] == 112  # 449 x 125 / 500
 
 
+def test_fill_takes_a_step_below_the_compass_where_it_saves_a_wave() -> None:
+    """147 sequences run 160 requests in two waves, the second of 13 nearly empty; where the
+    KV cache holds 170 requests the fill goes to 160, one wave, though 160 / 147 is below the
+    compass's finest step. 150 -> 158 of 300 requests in flight (two waves either way): no."""
+    space = SearchSpace(dims=(SPACE["gpu_memory_utilization"], Dim("max_num_seqs", 8, 1024)))
+    params = {"gpu_memory_utilization": 0.93, "max_num_seqs": 147}
+    best = Tried(params=params, outcome="ok", value=1.0, kv_cache_tokens=170 * 450)
+    move = fill(space=space, tried=[best], request_tokens=450, most=160)
+    assert move is not None and move.params["max_num_seqs"] == 160
+    there = Tried(params | {"max_num_seqs": 150}, "ok", 1.0, kv_cache_tokens=158 * 450)
+    assert fill(space=space, tried=[there], request_tokens=450, most=300) is None
+    assert fill(space=space, tried=[there], request_tokens=450, most=158) is not None
+
+
 def test_fill_lowers_max_model_len_to_what_the_larger_batches_leave() -> None:
     space = SearchSpace(dims=(*SPACE.dims, Dim("max_model_len", 32768, 131072)))
     params = dict(ok(0.95, 16, 4096, 1.0).params) | {"max_model_len": 60000}

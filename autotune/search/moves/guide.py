@@ -32,24 +32,35 @@ CLIMBING = ("throughput", "goodput")
 LOCAL_SHARE = 0.5  # once the edge is known, this share of the asks is a local move
 
 
-def tried(study: optuna.Study) -> list[edge.Tried]:
+def tried(study: optuna.Study, *, memory: str | None = None) -> list[edge.Tried]:
     """Finished trials as the climb sees them (pre-screened ones as the class they would hit).
-    A configuration that served more than once is one entry with the median of its values."""
+    A configuration that served more than once is one entry with the median of its values.
+    With ``memory`` (the memory setting's name), configurations that ran alike pool their runs
+    (``edge.ran_alike``): each keeps its entry, with the median of the pool's values."""
     out = _each_tried(study)
+    pool: dict[str, str] = {}  # a configuration's key -> its pool's (its first run's)
     runs: dict[str, list[float]] = {}
     for t in out:
         if t.outcome == Outcome.OK.value and t.value is not None:
-            runs.setdefault(args_key(dict(t.params)), []).append(t.value)
+            key = pool.setdefault(args_key(dict(t.params)), _pool_key(t, memory))
+            runs.setdefault(key, []).append(t.value)
     merged, seen = [], set()
     for t in out:
         key = args_key(dict(t.params))
-        if t.outcome == Outcome.OK.value and key in runs:
+        if t.outcome == Outcome.OK.value and t.value is not None:
             if key in seen:
                 continue
             seen.add(key)
-            t = dataclasses.replace(t, value=statistics.median(runs[key]))
+            t = dataclasses.replace(t, value=statistics.median(runs[pool[key]]))
         merged.append(t)
     return merged
+
+
+def _pool_key(t: edge.Tried, memory: str | None) -> str:
+    """Runs of one configuration share a key; with ``memory``, so do configurations that ran
+    alike (``edge.ran_alike``)."""
+    alike = t.alike(memory) if memory is not None else None
+    return args_key(dict(t.params)) if alike is None else alike
 
 
 def _each_tried(study: optuna.Study) -> list[edge.Tried]:
@@ -95,6 +106,8 @@ class Guide:
         self.space, self.expected, self.load = space, expected, load
         self.kv_tokens, self.check = kv_tokens, check
         self.rng = random.Random(seed)
+        dim = edge.memory_dim(space)
+        self._memory = dim.name if dim is not None else None
 
     def before_ask(self, study: optuna.Study) -> None:
         """Enqueue the next climb or local move, unless a candidate is already waiting."""
@@ -103,7 +116,7 @@ class Guide:
         if (again := recheck.contradiction(study, space=self.space)) is not None:
             study.enqueue_trial(again.params, user_attrs=again.marks)
             return
-        seen = tried(study)
+        seen = tried(study, memory=self._memory)
         expected = self.expected
         guess = None if expected is None else (lambda p: expected(self.space.args(p)))
         check = self.check

@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.engine.defaults import Value
-from autotune.search.moves.edge import NOISE, kv_full, memory_dim
+from autotune.search.moves.edge import NOISE, memory_dim, record_alike, record_bound
 from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord, attrs, remeasure_source
@@ -60,6 +60,8 @@ def contradiction(study: optuna.Study, *, space: SearchSpace) -> Again | None:
                 continue
             if _value(runs) >= _value(others) * (1.0 - _margin(others)):
                 continue
+            if _alike(runs, dim.name) == _alike(others, dim.name) != {None}:
+                continue  # the guide pools their runs (``edge.ran_alike``)
             # The slower one with more memory first; then the faster one with less (its one
             # run may have been the lucky one).
             for again, where in ((runs, key), (others, other_key)):
@@ -85,24 +87,13 @@ def _margin(less: list[FrozenTrial]) -> float:
     vLLM's counters said the KV cache bound the configuration with less memory (preemptions or
     a full cache in every run: more KV cache must then help, so not being faster is already
     suspect)."""
-    records = [TrialRecord.of(t) for t in less]
-    bound = all(
-        kv_full(
-            preemptions=r.preemptions,
-            peak_kv_pct=r.peak_kv_cache_usage_pct,
-            admitted=r.peak_requests_running,
-            waiting=r.peak_requests_waiting,
-            seqs=_seqs(r.params),
-        )
-        for r in records
-    )
-    return 0.0 if bound else NOISE
-
-
-def _seqs(params: Mapping[str, Value] | None) -> int | None:
-    seqs = (params or {}).get("max_num_seqs")
-    return None if seqs is None else int(seqs)
+    return 0.0 if all(record_bound(TrialRecord.of(t)) for t in less) else NOISE
 
 
 def _value(runs: list[FrozenTrial]) -> float:
     return float(statistics.median(float((t.values or [0.0])[0]) for t in runs))
+
+
+def _alike(runs: list[FrozenTrial], memory: str) -> set[str | None]:
+    """The classes of launches its runs ran alike with (``edge.ran_alike``)."""
+    return {record_alike(TrialRecord.of(t), memory=memory) for t in runs}
