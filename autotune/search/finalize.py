@@ -78,16 +78,19 @@ def reserve(finish: Finish, *, trials: int) -> int:
 
 
 def search(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budget: int) -> None:
-    """The study within ``plan.budget``, then the launches the re-measures will not need: the
-    reserve is held for finalists that exist (none while nothing has served), so a study that
-    finds nothing feasible searches with its whole ``budget`` (``--trials``). Stops where the
-    study stopped for any other reason (timeout, patience, an exhausted space)."""
+    """The study within ``plan.budget``, then, one launch at a time, the launches the
+    re-measures will not need: the reserve is held for finalists that exist (none while nothing
+    has served), so a study that finds nothing feasible searches with its whole ``budget``
+    (``--trials``), and one that finds a new finalist late keeps its second run. Stops where
+    the study stopped for any other reason (timeout, patience, an exhausted space)."""
     st.run_study(plan, reporter=reporter)
-    while st.launches(plan.study) >= plan.budget:
-        more = budget - _wanted(plan, finish, left=budget - st.launches(plan.study))
-        if more <= plan.budget:
+    while (done := st.launches(plan.study)) >= plan.budget:
+        more = budget - _wanted(plan, finish, left=budget - done)
+        if more <= done:
             return
-        plan = replace(plan, budget=more)
+        # One launch at a time: a launch that serves near the best is a finalist whose second
+        # run the reserve must then hold.
+        plan = replace(plan, budget=done + 1)
         st.run_study(plan, reporter=reporter)
 
 

@@ -164,6 +164,17 @@ def test_the_reserve_is_kept_for_the_finalists_that_exist(tmp_path: Path) -> Non
     assert len(runner.launched) == trials - 1
 
 
+def test_a_finalist_found_in_the_searched_reserve_keeps_its_second_run(tmp_path: Path) -> None:
+    """Nothing serves in the first 6 launches, so the search goes on into the reserve; the 8th
+    serves: the 9th launch is held for its second run (the reserve is re-judged after every
+    launch, not once)."""
+    finish, trials = Finish(), 10
+    runner = Failing(serve=lambda launch: launch == 8)
+    plan = _plan(tmp_path, runner, trials - reserve(finish, trials=trials))
+    search(plan, finish, reporter=Quiet(), budget=trials)
+    assert len(runner.launched) == trials - 1
+
+
 @pytest.mark.parametrize(("runner_up", "third_runs"), [(140.0, 2), (125.0, 1)])
 def test_launches_left_race_the_finalists_close_to_the_leader(
     tmp_path: Path, runner_up: float, third_runs: int
