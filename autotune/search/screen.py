@@ -215,7 +215,9 @@ class MemoryScreen:
         """The highest utilization these batch settings are expected to start at (a guess for
         the edge climb, never a reason to reject): the free memory at startup, less what CUDA
         graph capture took beyond vLLM's own estimate in earlier launches (it is outside the
-        budget), scaled to these settings' capture sizes."""
+        budget), scaled to these settings' capture sizes; never below a utilization that
+        settings with as many capture sizes or more served at (activations are profiled inside
+        the reservation: larger batched tokens shrink the KV cache, not this edge)."""
         free, total = self._latest("free_gib"), self.pool.total_bytes if self.pool else None
         if free is None or not total:
             return None
@@ -228,7 +230,12 @@ class MemoryScreen:
                 if actual:
                     over = max(over, (actual - est) / est)
         graphs = 0 if self.flags.eager else graph_count(args) or 0
-        return (free - over * per_size * graphs) / total
+        served = [
+            float(r.vllm_args[UTIL])
+            for _, r in self.launches
+            if r.ok and UTIL in r.vllm_args and (graph_count(r.vllm_args) or 0) >= graphs
+        ]
+        return max([(free - over * per_size * graphs) / total, *served])
 
     def check(self, args: Mapping[str, Any]) -> str | None:
         """Why this candidate cannot start, when that is certain; None otherwise."""

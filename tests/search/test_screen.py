@@ -204,3 +204,26 @@ def test_one_boot_guesses_the_memory_edge_of_other_batch_settings(tmp_path: Path
             if boots({**args, "gpu_memory_utilization": u / 100}, config=LLAMA_8B, env=ENV)
         )  # fmt: skip
         assert abs(edge - highest) <= 0.011, (seqs, tokens, edge, highest)
+
+
+def test_the_memory_edge_guess_is_never_below_where_as_many_capture_sizes_served(
+    tmp_path: Path,
+) -> None:
+    """A launch that served 0.02 above the guess (another process freed memory, or the model
+    was wrong) raises the guess for settings with as many capture sizes or fewer (larger
+    batched tokens shrink the KV cache, not the room CUDA graphs need); not for more."""
+    know, _ = setup(tmp_path, LLAMA_8B, {})
+    first = {"gpu_memory_utilization": 0.9, "max_num_seqs": 64, "max_num_batched_tokens": 2048,
+             "max_model_len": 2048}  # fmt: skip
+    learn(know, 0, launched_attrs(first, config=LLAMA_8B, env=ENV))
+    guess = know.memory_edge(first)
+    assert guess is not None
+    higher = round(guess + 0.02, 2)
+    served = launched_attrs(first, config=LLAMA_8B, env=ENV)
+    learn(
+        know, 1, served | {"vllm_args": {**served["vllm_args"], "gpu_memory_utilization": higher}}
+    )
+    assert know.memory_edge(first) == higher
+    assert know.memory_edge({**first, "max_num_batched_tokens": 8192}) == higher
+    more_graphs = {**first, "max_num_seqs": 256}
+    assert (know.memory_edge(more_graphs) or 1.0) < higher
