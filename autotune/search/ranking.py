@@ -49,7 +49,7 @@ class Candidate:
     trials: tuple[Finished, ...]  # its launched trials, oldest first (then ``_pooled``'s)
     feasible: bool  # every measurement served and met the limits
     value: float  # the conservative statistic of the primary objective
-    chosen: Finished  # the measurement that statistic came from
+    chosen: Finished  # the measurement that statistic came from (of its own runs, if pooled)
     throughput: float  # conservative output tok/s (the Pareto front's first axis)
     reserved_gib: float
 
