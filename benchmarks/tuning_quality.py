@@ -68,7 +68,8 @@ from autotune.load.workload import Workload, build_requests
 from autotune.search import best, finalize
 from autotune.search import study as st
 from autotune.search.goal import Goal
-from autotune.search.moves.guide import Guesses, Load, for_goal
+from autotune.search.moves.guide import Guesses, for_goal
+from autotune.search.moves.load_shape import Load
 from autotune.search.screen_rules import ClassScreen
 from autotune.search.space import UTIL_STEP, Dim, SearchSpace
 from autotune.testing._fake_model import speed_factor

@@ -40,7 +40,8 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
     from autotune.search import finalize, saved
     from autotune.search import study as st
     from autotune.search import study_keys as keys
-    from autotune.search.moves.guide import Load, for_goal
+    from autotune.search.moves.guide import for_goal
+    from autotune.search.moves.load_shape import Load
     from autotune.search.screen_by_dtype import DtypeScreens
     from autotune.search.workers import claims
     from autotune.search.workers import coordination as workers

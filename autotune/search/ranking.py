@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from autotune.engine.multimodal import image_count
 from autotune.engine.outcome import Outcome
 from autotune.search.goal import Goal
-from autotune.search.moves.edge import record_alike
+from autotune.search.moves.alike import record_alike
 from autotune.search.space import MEMORY_DIMS
 from autotune.trial.record import NO_RESULT, TrialRecord
 
@@ -135,7 +135,7 @@ def _served(t: Finished) -> bool:
 
 def _pooled(groups: list[list[Finished]]) -> list[tuple[list[Finished], list[Finished]]]:
     """Each configuration's runs, and the runs it is judged on: its own, then those of the
-    configurations that ran alike with it (``moves.edge.ran_alike``: the same settings but the
+    configurations that ran alike with it (``moves.alike.ran_alike``: the same settings but the
     memory one, a KV cache that never bound, the same peak running; they differ by the
     machine's noise alone). Those are one candidate: the configuration reserving the least
     memory (the tie rule's choice) with every run of them."""

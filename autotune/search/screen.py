@@ -216,8 +216,9 @@ class MemoryScreen:
         the edge climb, never a reason to reject): the free memory at startup, less what CUDA
         graph capture took beyond vLLM's own estimate in earlier launches (it is outside the
         budget), scaled to these settings' capture sizes; never below a utilization that
-        settings with as many capture sizes or more served at (activations are profiled inside
-        the reservation: larger batched tokens shrink the KV cache, not this edge)."""
+        settings with as many capture sizes or more served at, nor, for more, below it less
+        that overshoot for the sizes added (activations are profiled inside the reservation:
+        larger batched tokens shrink the KV cache, not this edge)."""
         free, total = self._latest("free_gib"), self.pool.total_bytes if self.pool else None
         if free is None or not total:
             return None
@@ -230,10 +231,11 @@ class MemoryScreen:
                 if actual:
                     over = max(over, (actual - est) / est)
         graphs = 0 if self.flags.eager else graph_count(args) or 0
-        served = [
+        served = [  # a launch that served, less the overshoot of the capture sizes it lacked
             float(r.vllm_args[UTIL])
+            - over * per_size * max(graphs - (graph_count(r.vllm_args) or 0), 0) / total
             for _, r in self.launches
-            if r.ok and UTIL in r.vllm_args and (graph_count(r.vllm_args) or 0) >= graphs
+            if r.ok and UTIL in r.vllm_args
         ]
         return max([(free - over * per_size * graphs) / total, *served])
 

@@ -1,6 +1,6 @@
 """Launches that ran alike pool their runs: the same batch settings at two memory settings, with
 a KV cache that never bound either and the same peak of requests running, differ only by the
-machine's noise (``edge.ran_alike``). The guide sees one value for them, a slower run of the
+machine's noise (``alike.ran_alike``). The guide sees one value for them, a slower run of the
 one with more memory is no contradiction to measure again (``moves.recheck``), and the choice
 judges them as one candidate (``search.ranking``)."""
 
@@ -20,7 +20,8 @@ from autotune.search import study as st
 from autotune.search.goal import Goal
 from autotune.search.moves import guide as guides
 from autotune.search.moves import recheck
-from autotune.search.moves.edge import Tried, ran_alike
+from autotune.search.moves.alike import ran_alike, tried_alike
+from autotune.search.moves.edge import Tried
 from autotune.search.moves.guide import Guide
 from autotune.search.ranking import candidates
 from autotune.trial.record import TrialRecord
@@ -46,9 +47,9 @@ def test_the_same_batches_with_an_unbound_cache_and_the_same_running_peak_ran_al
     assert full is None and unread is None
     # What the guide reads: preemptions make a launch's cache "full"
     served = Tried(high, Outcome.OK.value, 1.0, peak_kv_pct=60.0, peak_running=40, preemptions=0)
-    assert served.alike(MEMORY) == _key(high)
+    assert tried_alike(served, memory=MEMORY) == _key(high)
     preempted = Tried(high, Outcome.OK.value, 1.0, peak_kv_pct=60.0, peak_running=40, preemptions=3)
-    assert preempted.alike(MEMORY) is None
+    assert tried_alike(preempted, memory=MEMORY) is None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from autotune.engine.defaults import Value
 from autotune.load.request import Request
 from autotune.search.moves.edge import Tried, lift, next_climb
-from autotune.search.moves.guide import Load
 from autotune.search.moves.kv_fit import fill, repair
+from autotune.search.moves.load_shape import Load
 from autotune.search.moves.local import local_move
 from autotune.search.moves.retreat import retreat
 from autotune.search.space import Dim, SearchSpace

@@ -15,7 +15,8 @@ from autotune.engine.defaults import Value
 from autotune.engine.launcher import ArgValue
 from autotune.engine.outcome import Outcome
 from autotune.search import study as st
-from autotune.search.moves.guide import Guide, Load
+from autotune.search.moves.guide import Guide
+from autotune.search.moves.load_shape import Load
 from autotune.search.screen_rules import ClassScreen
 from autotune.trial.record import TrialRecord
 from autotune.trial.runner import TrialResult

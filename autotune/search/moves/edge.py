@@ -18,7 +18,6 @@ from autotune.engine.defaults import Value
 from autotune.engine.multimodal import IMAGE_DIM
 from autotune.engine.outcome import Outcome
 from autotune.search.space import MEMORY_DIMS, UTIL_STEP, Dim, SearchSpace
-from autotune.trial.record import TrialRecord
 
 # Failures that a higher memory setting with at least as large batches cannot escape.
 _ABOVE = {
@@ -72,61 +71,6 @@ class Tried:
         if self.peak_kv_pct is not None and self.peak_kv_pct < KV_IDLE:
             return "idle"
         return None
-
-    def alike(self, memory: str) -> str | None:
-        """The class of launches that ran alike with this one (``ran_alike``)."""
-        return ran_alike(
-            self.params,
-            memory=memory,
-            running=self.peak_running,
-            kv_pct=self.peak_kv_pct,
-            full=self.kv_pressure() == "full",
-        )
-
-
-def record_bound(r: TrialRecord) -> bool:
-    """vLLM's counters said the KV cache bound this launch's benchmark (``kv_full``)."""
-    seqs = (r.params or {}).get("max_num_seqs")
-    return kv_full(
-        preemptions=r.preemptions,
-        peak_kv_pct=r.peak_kv_cache_usage_pct,
-        admitted=r.peak_requests_running,
-        waiting=r.peak_requests_waiting,
-        seqs=None if seqs is None else int(seqs),
-    )
-
-
-def record_alike(r: TrialRecord, *, memory: str) -> str | None:
-    """``ran_alike`` of a launch that served (None for one that did not)."""
-    if not r.ok or r.params is None:
-        return None
-    return ran_alike(
-        r.params,
-        memory=memory,
-        running=r.peak_requests_running,
-        kv_pct=r.peak_kv_cache_usage_pct,
-        full=record_bound(r),
-    )
-
-
-def ran_alike(
-    params: Mapping[str, Value],
-    *,
-    memory: str,
-    running: int | None,
-    kv_pct: float | None,
-    full: bool,
-) -> str | None:
-    """Launches with equal keys ran alike: the same settings but the memory one, a KV cache
-    that never bound (``full`` false: no preemptions, never full, nobody kept waiting below
-    ``max_num_seqs``) and the same peak of requests running. vLLM's scheduler then made the
-    same choices in each, and the memory setting only sized a KV cache none of them filled:
-    their throughputs differ by the machine's noise alone. None: vLLM's counters did not say
-    (or said the cache bound)."""
-    if running is None or kv_pct is None or full:
-        return None
-    rest = sorted((k, str(v)) for k, v in params.items() if k != memory)
-    return f"{rest} running {running}"
 
 
 def kv_full(

@@ -13,7 +13,6 @@ import dataclasses
 import random
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
@@ -22,8 +21,9 @@ from optuna.trial import TrialState
 
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
-from autotune.load.request import Request
 from autotune.search.moves import ceiling, edge, kv_fit, local, recheck, rescue, retreat, shrink
+from autotune.search.moves.alike import tried_alike
+from autotune.search.moves.load_shape import Load
 from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord, attrs
@@ -36,7 +36,7 @@ def tried(study: optuna.Study, *, memory: str | None = None) -> list[edge.Tried]
     """Finished trials as the climb sees them (pre-screened ones as the class they would hit).
     A configuration that served more than once is one entry with the median of its values.
     With ``memory`` (the memory setting's name), configurations that ran alike pool their runs
-    (``edge.ran_alike``): each keeps its entry, with the median of the pool's values."""
+    (``alike.ran_alike``): each keeps its entry, with the median of the pool's values."""
     out = _each_tried(study)
     pool: dict[str, str] = {}  # a configuration's key -> its pool's (its first run's)
     runs: dict[str, list[float]] = {}
@@ -58,8 +58,8 @@ def tried(study: optuna.Study, *, memory: str | None = None) -> list[edge.Tried]
 
 def _pool_key(t: edge.Tried, memory: str | None) -> str:
     """Runs of one configuration share a key; with ``memory``, so do configurations that ran
-    alike (``edge.ran_alike``)."""
-    alike = t.alike(memory) if memory is not None else None
+    alike (``alike.ran_alike``)."""
+    alike = tried_alike(t, memory=memory) if memory is not None else None
     return args_key(dict(t.params)) if alike is None else alike
 
 
@@ -126,17 +126,20 @@ class Guide:
         )
         fill = partial(self._sized, kv_fit.fill, seen, guess)
         idle = _best_idle(seen, self.space)  # larger batches first, more memory after them
+        prefill = partial(self._prefill, seen, guess)
+        first = prefill if self._long_prompts(seen) else None  # chunks before batch sizes
         move = None
         for propose in (
             partial(retreat.retreat, space=self.space, tried=seen, expected=guess),
             partial(self._aim, seen, guess),
+            first or (lambda: None),
             fill if idle else climb,
             partial(kv_fit.repair, space=self.space, tried=seen, expected=guess),
             partial(rescue.rescue, space=self.space, tried=seen, expected=guess, fails=fails),
             climb if idle else fill,
             partial(rescue.restore, space=self.space, tried=seen, expected=guess),
             partial(self._sized, shrink.shrink, seen, guess),
-            partial(self._prefill, seen, guess),
+            prefill,
         ):
             if (move := propose()) is not None:
                 break
@@ -199,6 +202,16 @@ class Guide:
             capacity=self._capacity,
         )
 
+    def _long_prompts(self, seen: Sequence[edge.Tried]) -> bool:
+        """One prompt takes the best configuration ``kv_fit.CHUNKS`` engine steps or more to
+        prefill: the size of its chunks matters more than the number of sequences."""
+        ok = [t for t in seen if t.outcome == Outcome.OK.value and t.value is not None]
+        memory = edge.memory_dim(self.space)
+        if self.load is None or not ok or memory is None:
+            return False
+        chunk = edge.best_of(ok, memory=memory.name).params.get("max_num_batched_tokens")
+        return chunk is not None and self.load.prompt_tokens >= kv_fit.CHUNKS * float(chunk)
+
     def _running(self, params: Mapping[str, Value]) -> int | None:
         """The most tokens ``params`` can hold running: the KV cache the memory model predicts,
         or, if fewer, its sequences (at most the requests in flight) at the mean request's
@@ -231,46 +244,6 @@ def _best_idle(seen: Sequence[edge.Tried], space: SearchSpace) -> bool:
     if not ok or memory is None:
         return False
     return edge.best_of(ok, memory=memory.name).kv_pressure() == "idle"
-
-
-@dataclass(frozen=True)
-class Load:
-    """The benchmark's requests as the fill move sees them."""
-
-    request_tokens: int  # mean prompt + output tokens of a request
-    in_flight: int  # requests in flight at most (the prompts, or --concurrency)
-    prompt_tokens: int = 0  # mean prompt tokens of a request
-
-    @classmethod
-    def of(cls, requests: Sequence[Request], *, concurrency: int | None, image_tokens: int) -> Load:
-        """Token counts of text prompts and chat messages are estimated (4 characters a
-        token); an image counts ``image_tokens``."""
-        prompts = output = 0
-        for r in requests:
-            output += r.max_tokens
-            if isinstance(r.prompt, list):
-                prompts += len(r.prompt)
-            elif isinstance(r.prompt, str):
-                prompts += len(r.prompt) // 4
-            for m in r.messages or ():
-                prompts += _message_tokens(m.get("content"), image_tokens=image_tokens)
-        n = max(len(requests), 1)
-        return cls(
-            request_tokens=max((prompts + output) // n, 1),
-            in_flight=min(n, concurrency or n),
-            prompt_tokens=prompts // n,
-        )
-
-
-def _message_tokens(content: object, *, image_tokens: int) -> int:
-    if isinstance(content, str):
-        return len(content) // 4
-    parts = content if isinstance(content, list) else []
-    return sum(
-        image_tokens if p.get("type") == "image_url" else len(str(p.get("text", ""))) // 4
-        for p in parts
-        if isinstance(p, dict)
-    )
 
 
 class Guesses(Protocol):

@@ -51,12 +51,12 @@ def fill(
     if not ok:
         return None
     top = max(t.value or 0.0 for t in ok)
-    near = sorted(
-        (t for t in ok if (t.value or 0.0) >= top * (1.0 - NOISE)),
-        key=lambda t: -(t.value or 0.0),
-    )
     memory = memory_dim(space)
     name = memory.name if memory is not None else ""
+    near = sorted(  # equal values (runs pooled): the most memory, the largest KV cache, first
+        (t for t in ok if (t.value or 0.0) >= top * (1.0 - NOISE)),
+        key=lambda t: (-(t.value or 0.0), -float(t.params.get(name, 0.0))),
+    )
     # A batch setting launched at any memory setting is known: the climb and the lift, not
     # another fill, move its memory.
     seen = [batch_of(t.params, name) for t in tried]

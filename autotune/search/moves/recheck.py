@@ -22,7 +22,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.engine.defaults import Value
-from autotune.search.moves.edge import NOISE, memory_dim, record_alike, record_bound
+from autotune.search.moves.alike import record_alike, record_bound
+from autotune.search.moves.edge import NOISE, memory_dim
 from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
 from autotune.trial.record import TrialRecord, attrs, remeasure_source
@@ -61,7 +62,7 @@ def contradiction(study: optuna.Study, *, space: SearchSpace) -> Again | None:
             if _value(runs) >= _value(others) * (1.0 - _margin(others)):
                 continue
             if _alike(runs, dim.name) == _alike(others, dim.name) != {None}:
-                continue  # the guide pools their runs (``edge.ran_alike``)
+                continue  # the guide pools their runs (``alike.ran_alike``)
             # The slower one with more memory first; then the faster one with less (its one
             # run may have been the lucky one).
             for again, where in ((runs, key), (others, other_key)):
@@ -95,5 +96,5 @@ def _value(runs: list[FrozenTrial]) -> float:
 
 
 def _alike(runs: list[FrozenTrial], memory: str) -> set[str | None]:
-    """The classes of launches its runs ran alike with (``edge.ran_alike``)."""
+    """The classes of launches its runs ran alike with (``alike.ran_alike``)."""
     return {record_alike(TrialRecord.of(t), memory=memory) for t in runs}

@@ -1,0 +1,49 @@
+"""The benchmark's requests as the guide's moves see them: mean tokens, requests in flight.
+Pure: no Optuna."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from autotune.load.request import Request
+
+
+@dataclass(frozen=True)
+class Load:
+    """The benchmark's requests as the fill move sees them."""
+
+    request_tokens: int  # mean prompt + output tokens of a request
+    in_flight: int  # requests in flight at most (the prompts, or --concurrency)
+    prompt_tokens: int = 0  # mean prompt tokens of a request
+
+    @classmethod
+    def of(cls, requests: Sequence[Request], *, concurrency: int | None, image_tokens: int) -> Load:
+        """Token counts of text prompts and chat messages are estimated (4 characters a
+        token); an image counts ``image_tokens``."""
+        prompts = output = 0
+        for r in requests:
+            output += r.max_tokens
+            if isinstance(r.prompt, list):
+                prompts += len(r.prompt)
+            elif isinstance(r.prompt, str):
+                prompts += len(r.prompt) // 4
+            for m in r.messages or ():
+                prompts += _message_tokens(m.get("content"), image_tokens=image_tokens)
+        n = max(len(requests), 1)
+        return cls(
+            request_tokens=max((prompts + output) // n, 1),
+            in_flight=min(n, concurrency or n),
+            prompt_tokens=prompts // n,
+        )
+
+
+def _message_tokens(content: object, *, image_tokens: int) -> int:
+    if isinstance(content, str):
+        return len(content) // 4
+    parts = content if isinstance(content, list) else []
+    return sum(
+        image_tokens if p.get("type") == "image_url" else len(str(p.get("text", ""))) // 4
+        for p in parts
+        if isinstance(p, dict)
+    )

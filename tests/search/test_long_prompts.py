@@ -1,0 +1,83 @@
+"""Long prompts: where one prompt takes the best configuration ``kv_fit.CHUNKS`` engine steps or
+more to prefill, the guide tries larger prefill chunks before sizing the sequences
+(``moves.kv_fit.prefill`` first); and a fill among configurations of equal value starts from
+the one with the most memory (its KV cache holds the most)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from autotune.engine.defaults import Value
+from autotune.engine.launcher import ArgValue
+from autotune.engine.outcome import Outcome, StartupInfo
+from autotune.search import study as st
+from autotune.search.moves.edge import Tried
+from autotune.search.moves.guide import Guide
+from autotune.search.moves.kv_fit import fill
+from autotune.search.moves.load_shape import Load
+from autotune.trial.record import TrialRecord
+from autotune.trial.runner import TrialResult
+from tests.search.test_edge import SPACE as EDGE_SPACE
+from tests.search.test_predicted_crash import Still, kv_tokens
+from tests.search.test_remeasure import SPACE, Quiet, Recording, metrics
+
+SMALL: dict[str, Value] = {
+    "gpu_memory_utilization": 0.9, "max_num_seqs": 8, "max_num_batched_tokens": 512,
+}  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class Idle(Recording):
+    """Serves with a KV cache of ``kv_tokens`` (the toy model), never a third used."""
+
+    def run(
+        self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
+    ) -> TrialResult:
+        self.launched.append(dict(args))
+        return TrialResult(
+            outcome=Outcome.OK, reason="", args=dict(args), log_path=log_path,
+            metrics=metrics(100.0), startup=StartupInfo(kv_cache_tokens=kv_tokens(args)),
+            preemptions=0, peak_kv_cache_usage_pct=30.0, peak_requests_running=8,
+            peak_requests_waiting=0,
+        )  # fmt: skip
+
+
+def _next_move(tmp_path: Path, *, prompt_tokens: int) -> str:
+    """The source of the guide's move after the smallest batches served at 0.9 (and at 0.98,
+    so the climb has nothing left) with 8 of 64 requests running."""
+    study = st.open_study(name="long", storage=optuna.storages.InMemoryStorage(), seed=3)
+    load = Load(request_tokens=prompt_tokens + 200, in_flight=64, prompt_tokens=prompt_tokens)
+    plan = st.StudyPlan(
+        study=study, space=SPACE, runner=Idle(), budget=2, log_dir=tmp_path / "logs",
+        default_params=SMALL, enqueue=(SMALL | {"gpu_memory_utilization": 0.98},),
+        guide=Still(space=SPACE, seed=0),
+    )  # fmt: skip
+    st.run_study(plan, reporter=Quiet())
+    guide = Guide(space=SPACE, seed=0, load=load, kv_tokens=kv_tokens)
+    guide.before_ask(study)
+    (waiting,) = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return TrialRecord.of(waiting).source
+
+
+def test_prompts_many_chunks_long_try_larger_chunks_before_more_sequences(tmp_path: Path) -> None:
+    assert _next_move(tmp_path / "long", prompt_tokens=8000).startswith("prefill:")
+    assert _next_move(tmp_path / "chat", prompt_tokens=200).startswith("fill:")
+
+
+def test_a_fill_among_equal_values_starts_from_the_most_memory() -> None:
+    def served(util: float, kv: int) -> Tried:
+        params: dict[str, Any] = SMALL | {"gpu_memory_utilization": util}
+        return Tried(params=params, outcome="ok", value=100.0, kv_cache_tokens=kv)
+
+    move = fill(
+        space=EDGE_SPACE, tried=[served(0.9, 10_000), served(0.95, 40_000)],
+        request_tokens=1000, most=64,
+    )  # fmt: skip
+    assert move is not None and move.params["max_num_seqs"] == 40
+    assert move.params["gpu_memory_utilization"] == 0.95
