@@ -20,7 +20,7 @@ from autotune.search import study as st
 from autotune.search.goal import Goal
 from autotune.search.moves import guide as guides
 from autotune.search.moves import recheck
-from autotune.search.moves.alike import ran_alike, tried_alike
+from autotune.search.moves.alike import memory_unused, ran_alike, tried_alike
 from autotune.search.moves.edge import Tried
 from autotune.search.moves.guide import Guide
 from autotune.search.ranking import candidates
@@ -139,3 +139,17 @@ def test_configurations_that_ran_alike_are_one_candidate_at_the_smaller_reservat
     apart = [dataclasses.replace(r, preempted=5) if r.args == low else r for r in runs]
     cands = candidates(apart, goal=goal, statistic="median")
     assert sorted(len(c.trials) for c in cands) == [1, 1, 2]
+
+
+def test_batches_that_ran_alike_at_two_memory_settings_climb_no_further() -> None:
+    """0.90 and 0.93 ran alike (the extra KV cache went unused): more memory is no use to these
+    batch settings. A cache that bound at 0.90 says nothing of the kind."""
+
+    def served(util: float, *, preempted: int = 0) -> Tried:
+        params = {MEMORY: util, "max_num_seqs": 96, "max_num_batched_tokens": 2048}
+        return Tried(params, "ok", 100.0, peak_kv_pct=70.0, peak_running=96, preemptions=preempted)
+
+    assert memory_unused([served(0.9), served(0.93)], memory=MEMORY, of=served(0.93))
+    assert not memory_unused([served(0.93)], memory=MEMORY, of=served(0.93))
+    bound = [served(0.9, preempted=4), served(0.93)]
+    assert not memory_unused(bound, memory=MEMORY, of=served(0.9, preempted=4))

@@ -1,12 +1,13 @@
 """Long prompts: where one prompt takes the best configuration ``kv_fit.CHUNKS`` engine steps or
-more to prefill, the guide tries larger prefill chunks before sizing the sequences
-(``moves.kv_fit.prefill`` first); and a fill among configurations of equal value starts from
-the one with the most memory (its KV cache holds the most)."""
+more to prefill and more sequences gained nothing, the guide tries larger prefill chunks before
+sizing the sequences again (``moves.kv_fit.prefill`` first); and a fill among configurations
+of equal value starts from the one with the most memory (its KV cache holds the most)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +49,16 @@ class Idle(Recording):
         )  # fmt: skip
 
 
-def _next_move(tmp_path: Path, *, prompt_tokens: int) -> str:
-    """The source of the guide's move after the smallest batches served at 0.9 (and at 0.98,
-    so the climb has nothing left) with 8 of 64 requests running."""
+def _next_move(tmp_path: Path, *, prompt_tokens: int, more_seqs: bool) -> str:
+    """The source of the guide's move after the smallest batches served at 0.9 and 0.98 (so
+    the climb has nothing left), and, with ``more_seqs``, twice the sequences as fast."""
     study = st.open_study(name="long", storage=optuna.storages.InMemoryStorage(), seed=3)
     load = Load(request_tokens=prompt_tokens + 200, in_flight=64, prompt_tokens=prompt_tokens)
+    enqueue = [SMALL | {"gpu_memory_utilization": 0.98}]
+    enqueue += [SMALL | {"max_num_seqs": 16}] if more_seqs else []
     plan = st.StudyPlan(
-        study=study, space=SPACE, runner=Idle(), budget=2, log_dir=tmp_path / "logs",
-        default_params=SMALL, enqueue=(SMALL | {"gpu_memory_utilization": 0.98},),
+        study=study, space=SPACE, runner=Idle(), budget=len(enqueue) + 1,
+        log_dir=tmp_path / "logs", default_params=SMALL, enqueue=tuple(enqueue),
         guide=Still(space=SPACE, seed=0),
     )  # fmt: skip
     st.run_study(plan, reporter=Quiet())
@@ -65,9 +68,15 @@ def _next_move(tmp_path: Path, *, prompt_tokens: int) -> str:
     return TrialRecord.of(waiting).source
 
 
-def test_prompts_many_chunks_long_try_larger_chunks_before_more_sequences(tmp_path: Path) -> None:
-    assert _next_move(tmp_path / "long", prompt_tokens=8000).startswith("prefill:")
-    assert _next_move(tmp_path / "chat", prompt_tokens=200).startswith("fill:")
+def test_long_prompts_try_larger_chunks_once_more_sequences_gained_nothing(
+    tmp_path: Path,
+) -> None:
+    """8,000-token prompts take 16 steps of 512: once 16 sequences served as fast as 8, larger
+    chunks come before sizing the sequences again; not before, and not for short prompts."""
+    move = partial(_next_move, tmp_path)
+    assert move(prompt_tokens=8000, more_seqs=True).startswith("prefill:")
+    assert move(prompt_tokens=8000, more_seqs=False).startswith("fill:")
+    assert move(prompt_tokens=200, more_seqs=True).startswith("fill:")
 
 
 def test_a_fill_among_equal_values_starts_from_the_most_memory() -> None:

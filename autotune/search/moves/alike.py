@@ -6,9 +6,10 @@ runs. Pure: no Optuna."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from autotune.engine.defaults import Value
+from autotune.engine.outcome import Outcome
 from autotune.search.moves.edge import Tried, kv_full
 from autotune.trial.record import TrialRecord
 
@@ -67,3 +68,17 @@ def ran_alike(
         return None
     rest = sorted((k, str(v)) for k, v in params.items() if k != memory)
     return f"{rest} running {running}"
+
+
+def memory_unused(tried: Sequence[Tried], *, memory: str, of: Tried) -> bool:
+    """``of`` ran alike with a launch of its batch settings at another memory setting: the
+    extra memory sized a KV cache nobody filled, and more would again (the climb stops)."""
+    key = tried_alike(of, memory=memory)
+    if key is None:
+        return False
+    levels = {
+        t.params.get(memory)
+        for t in tried
+        if t.outcome == Outcome.OK.value and tried_alike(t, memory=memory) == key
+    }
+    return len(levels) >= 2

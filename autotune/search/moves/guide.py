@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
 from autotune.search.moves import ceiling, edge, kv_fit, local, recheck, rescue, retreat, shrink
-from autotune.search.moves.alike import tried_alike
+from autotune.search.moves.alike import memory_unused, tried_alike
 from autotune.search.moves.load_shape import Load
 from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
@@ -121,18 +121,20 @@ class Guide:
         guess = None if expected is None else (lambda p: expected(self.space.args(p)))
         check = self.check
         fails = None if check is None else (lambda p: check(self.space.args(p)))
-        climb = partial(
+        climb: Callable[[], edge.Climb | None] = partial(
             edge.next_climb, space=self.space, tried=seen, expected=guess, running=self._running
         )
+        if self._memory_unused(seen):
+            climb = _nothing
         fill = partial(self._sized, kv_fit.fill, seen, guess)
         idle = _best_idle(seen, self.space)  # larger batches first, more memory after them
         prefill = partial(self._prefill, seen, guess)
-        first = prefill if self._long_prompts(seen) else None  # chunks before batch sizes
+        first = prefill if self._chunks_first(seen) else None
         move = None
         for propose in (
             partial(retreat.retreat, space=self.space, tried=seen, expected=guess),
             partial(self._aim, seen, guess),
-            first or (lambda: None),
+            first or _nothing,
             fill if idle else climb,
             partial(kv_fit.repair, space=self.space, tried=seen, expected=guess),
             partial(rescue.rescue, space=self.space, tried=seen, expected=guess, fails=fails),
@@ -202,15 +204,39 @@ class Guide:
             capacity=self._capacity,
         )
 
-    def _long_prompts(self, seen: Sequence[edge.Tried]) -> bool:
-        """One prompt takes the best configuration ``kv_fit.CHUNKS`` engine steps or more to
-        prefill: the size of its chunks matters more than the number of sequences."""
+    def _memory_unused(self, seen: Sequence[edge.Tried]) -> bool:
+        """The best configuration ran alike at two memory settings (``alike.memory_unused``)."""
+        ok = [t for t in seen if t.outcome == Outcome.OK.value and t.value is not None]
+        if self._memory is None or not ok:
+            return False
+        best = edge.best_of(ok, memory=self._memory)
+        return memory_unused(seen, memory=self._memory, of=best)
+
+    def _chunks_first(self, seen: Sequence[edge.Tried]) -> bool:
+        """Larger prefill chunks before more sequences: one prompt takes the best configuration
+        ``kv_fit.CHUNKS`` engine steps or more to prefill, and more sequences with its other
+        settings already served as fast, within ``edge.NOISE`` (neither faster nor slower):
+        the chunks bind, not the batch."""
         ok = [t for t in seen if t.outcome == Outcome.OK.value and t.value is not None]
         memory = edge.memory_dim(self.space)
         if self.load is None or not ok or memory is None:
             return False
-        chunk = edge.best_of(ok, memory=memory.name).params.get("max_num_batched_tokens")
-        return chunk is not None and self.load.prompt_tokens >= kv_fit.CHUNKS * float(chunk)
+        best = edge.best_of(ok, memory=memory.name)
+        chunk = best.params.get("max_num_batched_tokens")
+        if chunk is None or self.load.prompt_tokens < kv_fit.CHUNKS * float(chunk):
+            return False
+        skip = (memory.name, "max_num_seqs")
+        rest = {k: v for k, v in best.params.items() if k not in skip}
+        same = sorted(
+            (t for t in ok if {k: v for k, v in t.params.items() if k not in skip} == rest),
+            key=lambda t: int(t.params.get("max_num_seqs", 0)),
+        )
+        return any(
+            int(more.params.get("max_num_seqs", 0)) > int(fewer.params.get("max_num_seqs", 0))
+            and abs((more.value or 0.0) - (fewer.value or 0.0)) <= edge.NOISE * (fewer.value or 0.0)
+            for i, fewer in enumerate(same)
+            for more in same[i + 1 :]
+        )
 
     def _running(self, params: Mapping[str, Value]) -> int | None:
         """The most tokens ``params`` can hold running: the KV cache the memory model predicts,
@@ -235,6 +261,10 @@ class Guide:
 
     def lift(self, study: optuna.Study, params: Mapping[str, Value]) -> dict[str, Value]:
         return edge.lift(space=self.space, tried=tried(study), params=params)
+
+
+def _nothing() -> edge.Climb | None:
+    return None
 
 
 def _best_idle(seen: Sequence[edge.Tried], space: SearchSpace) -> bool:
