@@ -78,30 +78,37 @@ def reserve(finish: Finish, *, trials: int) -> int:
 
 
 def search(plan: st.StudyPlan, finish: Finish, *, reporter: st.Reporter, budget: int) -> None:
-    """The study within ``plan.budget``, then, one launch at a time, the launches the
-    re-measures will not need: the reserve is held for finalists that exist (none while nothing
-    has served), so a study that finds nothing feasible searches with its whole ``budget``
-    (``--trials``), and one that finds a new finalist late keeps its second run. Stops where
-    the study stopped for any other reason (timeout, patience, an exhausted space)."""
+    """The study within ``plan.budget``, then the launches the re-measures will not need: the
+    reserve is held for finalists that exist (none while nothing has served), so a study that
+    finds nothing feasible searches with its whole ``budget`` (``--trials``). Past
+    ``plan.budget`` it searches one launch at a time, and a configuration that serves best by
+    value keeps the launch its second run needs. Stops where the study stopped for any other
+    reason (timeout, patience, an exhausted space)."""
     st.run_study(plan, reporter=reporter)
+    held = 0  # launches the search may take before the finalists' needs are judged again
     while (done := st.launches(plan.study)) >= plan.budget:
-        more = budget - _wanted(plan, finish, left=budget - done)
-        if more <= done:
+        if done >= held:
+            held = budget - _wanted(plan, finish, left=budget - done)
+        stop = min(held, budget - _wanted(plan, finish, left=budget - done, leader=True))
+        if stop <= done:
             return
-        # One launch at a time: a launch that serves near the best is a finalist whose second
-        # run the reserve must then hold.
         plan = replace(plan, budget=done + 1)
         st.run_study(plan, reporter=reporter)
 
 
-def _wanted(plan: st.StudyPlan, finish: Finish, *, left: int) -> int:
-    """Launches the finalists' second runs would take now, at most ``left``."""
+def _wanted(plan: st.StudyPlan, finish: Finish, *, left: int, leader: bool = False) -> int:
+    """Launches the finalists' second runs would take now, at most ``left``; with ``leader``,
+    only the best value's."""
     if finish.repeats < 2 or left <= 0:
         return 0
     ranked = _ranked(plan, finish)
     if quiet(ranked, noise=finish.noise):
         return 0
-    need = sum(max(finish.settled - len(c.trials), 0) for c in _chosen(ranked, plan, finish))
+    sign = 1.0 if plan.goal.multi or plan.goal.directions[0] == "maximize" else -1.0
+    chosen = _chosen(ranked, plan, finish)
+    if leader:
+        chosen = [max(ranked, key=lambda c: sign * c.value)] if ranked else []
+    need = sum(max(finish.settled - len(c.trials), 0) for c in chosen)
     return min(need, left)
 
 

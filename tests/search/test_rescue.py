@@ -166,7 +166,7 @@ def test_the_reserve_is_kept_for_the_finalists_that_exist(tmp_path: Path) -> Non
 
 def test_a_finalist_found_in_the_searched_reserve_keeps_its_second_run(tmp_path: Path) -> None:
     """Nothing serves in the first 6 launches, so the search goes on into the reserve; the 8th
-    serves: the 9th launch is held for its second run (the reserve is re-judged after every
+    serves, the best value: the 9th launch is held for its second run (judged after every
     launch, not once)."""
     finish, trials = Finish(), 10
     runner = Failing(serve=lambda launch: launch == 8)
