@@ -213,29 +213,10 @@ class Guide:
         return memory_unused(seen, memory=self._memory, of=best)
 
     def _chunks_first(self, seen: Sequence[edge.Tried]) -> bool:
-        """Larger prefill chunks before more sequences: one prompt takes the best configuration
-        ``kv_fit.CHUNKS`` engine steps or more to prefill, and more sequences with its other
-        settings already served as fast, within ``edge.NOISE`` (neither faster nor slower):
-        the chunks bind, not the batch."""
-        ok = [t for t in seen if t.outcome == Outcome.OK.value and t.value is not None]
-        memory = edge.memory_dim(self.space)
-        if self.load is None or not ok or memory is None:
+        if self.load is None:
             return False
-        best = edge.best_of(ok, memory=memory.name)
-        chunk = best.params.get("max_num_batched_tokens")
-        if chunk is None or self.load.prompt_tokens < kv_fit.CHUNKS * float(chunk):
-            return False
-        skip = (memory.name, "max_num_seqs")
-        rest = {k: v for k, v in best.params.items() if k not in skip}
-        same = sorted(
-            (t for t in ok if {k: v for k, v in t.params.items() if k not in skip} == rest),
-            key=lambda t: int(t.params.get("max_num_seqs", 0)),
-        )
-        return any(
-            int(more.params.get("max_num_seqs", 0)) > int(fewer.params.get("max_num_seqs", 0))
-            and abs((more.value or 0.0) - (fewer.value or 0.0)) <= edge.NOISE * (fewer.value or 0.0)
-            for i, fewer in enumerate(same)
-            for more in same[i + 1 :]
+        return kv_fit.chunks_bind(
+            space=self.space, tried=seen, prompt_tokens=self.load.prompt_tokens
         )
 
     def _running(self, params: Mapping[str, Value]) -> int | None:

@@ -269,3 +269,30 @@ def prefill(
         return None
     why = f"prefill: {name} {here} -> {found[name]} ({wave} prompt tokens at once)"
     return Climb(params=found, why=why)
+
+
+def chunks_bind(*, space: SearchSpace, tried: Sequence[Tried], prompt_tokens: int) -> bool:
+    """Larger prefill chunks before more sequences (``prefill`` before ``fill``): one prompt
+    takes the best configuration ``CHUNKS`` engine steps or more, and more sequences with its
+    other settings already served as fast, within ``NOISE`` (neither faster nor slower): the
+    chunks bind, not the batch."""
+    ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
+    memory = memory_dim(space)
+    if not ok or memory is None:
+        return False
+    best = best_of(ok, memory=memory.name)
+    chunk = best.params.get("max_num_batched_tokens")
+    if chunk is None or prompt_tokens < CHUNKS * float(chunk):
+        return False
+    skip = (memory.name, "max_num_seqs")
+    rest = {k: v for k, v in best.params.items() if k not in skip}
+    same = sorted(
+        (t for t in ok if {k: v for k, v in t.params.items() if k not in skip} == rest),
+        key=lambda t: int(t.params.get("max_num_seqs", 0)),
+    )
+    return any(
+        int(more.params.get("max_num_seqs", 0)) > int(fewer.params.get("max_num_seqs", 0))
+        and abs((more.value or 0.0) - (fewer.value or 0.0)) <= NOISE * (fewer.value or 0.0)
+        for i, fewer in enumerate(same)
+        for more in same[i + 1 :]
+    )
