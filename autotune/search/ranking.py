@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from autotune.engine.multimodal import image_count
 from autotune.engine.outcome import Outcome
 from autotune.search.goal import Goal
-from autotune.search.moves.alike import record_alike
+from autotune.search.moves.alike import runs_alike
 from autotune.search.space import MEMORY_DIMS
 from autotune.trial.record import NO_RESULT, TrialRecord
 
@@ -168,8 +168,7 @@ def _alike(runs: list[Finished]) -> str | None:
     memory = next((name for name in MEMORY_DIMS if name in params), None)
     if memory is None:
         return None
-    keys = {record_alike(r, memory=memory) for r in records}
-    return keys.pop() if len(keys) == 1 and None not in keys else None
+    return runs_alike(records, memory=memory)
 
 
 def _reserved(runs: list[Finished]) -> float:

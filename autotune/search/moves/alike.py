@@ -6,7 +6,7 @@ runs. Pure: no Optuna."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
@@ -48,6 +48,12 @@ def record_alike(r: TrialRecord, *, memory: str) -> str | None:
         kv_pct=r.peak_kv_cache_usage_pct,
         full=record_bound(r),
     )
+
+
+def runs_alike(records: Iterable[TrialRecord], *, memory: str) -> str | None:
+    """The one class of launches that every run of a configuration ran alike with, if any."""
+    keys = {record_alike(r, memory=memory) for r in records}
+    return keys.pop() if len(keys) == 1 and None not in keys else None
 
 
 def ran_alike(

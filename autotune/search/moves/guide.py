@@ -124,10 +124,12 @@ class Guide:
         climb: Callable[[], edge.Climb | None] = partial(
             edge.next_climb, space=self.space, tried=seen, expected=guess, running=self._running
         )
-        if self._memory_unused(seen):
-            climb = _nothing
+        best = self._best(seen)
+        if best is not None and memory_unused(seen, memory=str(self._memory), of=best):
+            climb = _nothing  # the best ran alike at two memory settings
         fill = partial(self._sized, kv_fit.fill, seen, guess)
-        idle = _best_idle(seen, self.space)  # larger batches first, more memory after them
+        # vLLM reported the best's KV cache idle: larger batches first, more memory after them
+        idle = best is not None and best.kv_pressure() == "idle"
         prefill = partial(self._prefill, seen, guess)
         first = prefill if self._chunks_first(seen) else None
         move = None
@@ -204,13 +206,9 @@ class Guide:
             capacity=self._capacity,
         )
 
-    def _memory_unused(self, seen: Sequence[edge.Tried]) -> bool:
-        """The best configuration ran alike at two memory settings (``alike.memory_unused``)."""
+    def _best(self, seen: Sequence[edge.Tried]) -> edge.Tried | None:
         ok = [t for t in seen if t.outcome == Outcome.OK.value and t.value is not None]
-        if self._memory is None or not ok:
-            return False
-        best = edge.best_of(ok, memory=self._memory)
-        return memory_unused(seen, memory=self._memory, of=best)
+        return edge.best_of(ok, memory=self._memory) if ok and self._memory else None
 
     def _chunks_first(self, seen: Sequence[edge.Tried]) -> bool:
         if self.load is None:
@@ -246,15 +244,6 @@ class Guide:
 
 def _nothing() -> edge.Climb | None:
     return None
-
-
-def _best_idle(seen: Sequence[edge.Tried], space: SearchSpace) -> bool:
-    """vLLM reported the best configuration's KV cache idle under the benchmark."""
-    ok = [t for t in seen if t.outcome == Outcome.OK.value and t.value is not None]
-    memory = edge.memory_dim(space)
-    if not ok or memory is None:
-        return False
-    return edge.best_of(ok, memory=memory.name).kv_pressure() == "idle"
 
 
 class Guesses(Protocol):

@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.engine.defaults import Value
-from autotune.search.moves.alike import record_alike, record_bound
+from autotune.search.moves.alike import record_bound, runs_alike
 from autotune.search.moves.edge import NOISE, memory_dim
 from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
@@ -61,7 +61,7 @@ def contradiction(study: optuna.Study, *, space: SearchSpace) -> Again | None:
                 continue
             if _value(runs) >= _value(others) * (1.0 - _margin(others)):
                 continue
-            if _alike(runs, dim.name) == _alike(others, dim.name) != {None}:
+            if (alike := _alike(runs, dim.name)) is not None and alike == _alike(others, dim.name):
                 continue  # the guide pools their runs (``alike.ran_alike``)
             # The slower one with more memory first; then the faster one with less (its one
             # run may have been the lucky one).
@@ -95,6 +95,5 @@ def _value(runs: list[FrozenTrial]) -> float:
     return float(statistics.median(float((t.values or [0.0])[0]) for t in runs))
 
 
-def _alike(runs: list[FrozenTrial], memory: str) -> set[str | None]:
-    """The classes of launches its runs ran alike with (``alike.ran_alike``)."""
-    return {record_alike(TrialRecord.of(t), memory=memory) for t in runs}
+def _alike(runs: list[FrozenTrial], memory: str) -> str | None:
+    return runs_alike((TrialRecord.of(t) for t in runs), memory=memory)
