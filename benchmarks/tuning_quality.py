@@ -764,10 +764,16 @@ def trace(key: str, seed: int, budget: int, ns: argparse.Namespace, optimum: flo
             value = result.throughput if result.outcome is Outcome.OK else 0.0
             top = max(top, value)
             end = f"{record.outcome} {value / optimum:.3f} (best {top / optimum:.3f})"
+            end += (
+                f"; measured {(t.values or [0.0])[0]:.1f}, KV {record.startup.kv_cache_tokens}"
+                f" tokens, peak {record.peak_kv_cache_usage_pct}% running"
+                f" {record.peak_requests_running} waiting {record.peak_requests_waiting},"
+                f" {record.preemptions} preemptions"
+            )
         else:
             end = f"{record.outcome}: {record.reason}"[:90]
         source = record.source or "sampler"
-        print(f"  {t.number:3d} {source[:28]:28s} {ran}\n       -> {end}")
+        print(f"  {t.number:3d} {source}\n       {ran}\n       -> {end}")
     print("  ranking (value: the statistic of its runs; true: noise-free / optimum):")
     finish = finish_of(problem)
     ranked = best.ranked(

@@ -118,7 +118,10 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
             seed=options.seed,
             knowledge=knowledge,
             load=Load.of(
-                requests, concurrency=options.concurrency, image_tokens=spec.image_tokens or 0
+                requests,
+                concurrency=options.concurrency,
+                image_tokens=spec.image_tokens or 0,
+                searched_images=options.images_max,  # --images max: the limit is the finding
             ),
         )
         if options.guide

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.search import ranking as choice
 from autotune.search.goal import Goal
+from autotune.search.moves.alike import records_put_to_use
+from autotune.search.space import MEMORY_DIMS
 from autotune.trial.record import TrialRecord
 
 
@@ -32,7 +36,32 @@ def ranked(
 ) -> list[choice.Candidate]:
     """Feasible configurations, best first (repeats grouped, see ``search.ranking.rank``)."""
     cands = choice.candidates(study.get_trials(deepcopy=False), goal=goal, statistic=statistic)
-    return choice.rank(cands, goal=goal, noise=noise, repeats=repeats, most_images=most_images)
+    out = choice.rank(cands, goal=goal, noise=noise, repeats=repeats, most_images=most_images)
+    return out if goal.multi or most_images else upgraded(out)
+
+
+def upgraded(ranked: Sequence[choice.Candidate]) -> list[choice.Candidate]:
+    """Each candidate in its place replaced by one that put more memory to use than it
+    (``moves.alike.put_to_use``: the same batch settings, a KV cache that bound it, and more
+    requests running or fewer preemptions with more memory), which serves at least as fast
+    whatever their noisy runs say; each configuration once, at its first place."""
+    out: list[choice.Candidate] = []
+    for c in ranked:
+        while (up := next((d for d in ranked if _put_to_use(d, c)), None)) is not None:
+            c = up
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def _put_to_use(more: choice.Candidate, less: choice.Candidate) -> bool:
+    runs, others = _records(more), _records(less)
+    memory = next((name for name in MEMORY_DIMS if name in (others[0].params or {})), None)
+    return memory is not None and records_put_to_use(runs, others, memory=memory)
+
+
+def _records(c: choice.Candidate) -> list[TrialRecord]:
+    return [TrialRecord.of(t) for t in c.trials]
 
 
 def choose_best(

@@ -61,6 +61,7 @@ class Counted(Recording):
     slower: float = 80.0
     kv_pct: float = 60.0
     preempted: int = 0
+    preempted_above: int = 0  # preemptions above the default
 
     def run(
         self, *, args: Mapping[str, ArgValue], log_path: Path, on_phase: Callable[[str], None]
@@ -70,7 +71,8 @@ class Counted(Recording):
         return TrialResult(
             outcome=Outcome.OK, reason="", args=dict(args), log_path=log_path,
             metrics=metrics(100.0 if default else self.slower),
-            preemptions=self.preempted if default else 0, peak_kv_cache_usage_pct=self.kv_pct,
+            preemptions=self.preempted if default else self.preempted_above,
+            peak_kv_cache_usage_pct=self.kv_pct,
             peak_requests_running=40, peak_requests_waiting=0,
         )  # fmt: skip
 
@@ -89,8 +91,8 @@ def _study(tmp_path: Path, runner: Counted, *, budget: int = 3) -> optuna.Study:
 
 def test_runs_that_ran_alike_pool_and_are_not_measured_again(tmp_path: Path) -> None:
     """0.95 measures 80 against 0.9's 100, both with a cache 60% full and 40 requests running:
-    the guide sees their median for both, and nothing is measured again. Where 0.9 preempted
-    (its cache bound it), they did not run alike: 0.95 runs again."""
+    the guide sees their median for both, and nothing is measured again. Where both preempted
+    as often (the cache bound them), they did not run alike: 0.95 runs again."""
     two = _study(tmp_path / "two", Counted(), budget=2)
     assert [t.value for t in guides.tried(two, memory=MEMORY)] == [90.0, 90.0]
     assert [t.value for t in guides.tried(two)] == [100.0, 80.0]
@@ -99,7 +101,7 @@ def test_runs_that_ran_alike_pool_and_are_not_measured_again(tmp_path: Path) -> 
     assert not any(s.startswith("re-measure") for s in sources)
     assert recheck.contradiction(study, space=SPACE) is None
 
-    bound = _study(tmp_path / "bound", Counted(preempted=7))
+    bound = _study(tmp_path / "bound", Counted(preempted=7, preempted_above=7))
     assert TrialRecord.of(bound.get_trials()[2]).source == "re-measure of trial 1"
     assert [t.value for t in guides.tried(bound, memory=MEMORY)[:2]] == [100.0, 80.0]
 

@@ -2,10 +2,14 @@
 one, a KV cache that never bound and the same peak of requests running. vLLM's scheduler made
 the same choices in each, so their throughputs differ by the machine's noise alone: the guide
 (``guide.tried``), the re-check (``recheck``) and the choice (``search.ranking``) pool their
-runs. Pure: no Optuna."""
+runs. And launches whose extra memory was put to use (``put_to_use``): the same settings, a KV
+cache that bound the one with less memory, and more requests running or fewer preemptions
+with more; the guide, the re-check and the choice (``search.best``) take the one with more
+memory to be at least as fast. Pure: no Optuna."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
 from autotune.engine.defaults import Value
@@ -88,3 +92,75 @@ def memory_unused(tried: Sequence[Tried], *, memory: str, of: Tried) -> bool:
         if t.outcome == Outcome.OK.value and tried_alike(t, memory=memory) == key
     }
     return len(levels) >= 2
+
+
+def put_to_use(more: Tried, less: Tried, *, memory: str) -> bool:
+    """``more`` is ``less``'s batch settings with more memory, and vLLM's counters say the extra
+    memory was put to use: the KV cache bound ``less`` (``kv_full``), and ``more`` ran more
+    requests at once or preempted fewer. With the same batch settings a larger KV cache then
+    serves at least as fast, whatever one noisy run of each says."""
+    if not _more_memory(more.params, less.params, memory=memory):
+        return False
+    return used(
+        [(more.peak_running, more.preemptions)],
+        [(less.peak_running, less.preemptions)],
+        bound=less.kv_pressure() == "full",
+    )
+
+
+def records_put_to_use(
+    more: Sequence[TrialRecord], less: Sequence[TrialRecord], *, memory: str
+) -> bool:
+    """``put_to_use`` of every run of two configurations."""
+    if not more or not less or more[0].params is None or less[0].params is None:
+        return False
+    if not _more_memory(more[0].params, less[0].params, memory=memory):
+        return False
+    return used(
+        [(r.peak_requests_running, r.preemptions) for r in more],
+        [(r.peak_requests_running, r.preemptions) for r in less],
+        bound=all(record_bound(r) for r in less),
+    )
+
+
+Counters = tuple[int | None, int | None]  # a run's peak of requests running, its preemptions
+
+
+def used(more: Sequence[Counters], less: Sequence[Counters], *, bound: bool) -> bool:
+    """Every run of one configuration had more requests running at its peak, or fewer
+    preemptions, than every run of another, whose KV cache bound (``bound``)."""
+    if not bound or not more or not less:
+        return False
+    known = all(n is not None for run in (*more, *less) for n in run)
+    if not known:
+        return False
+    running = min(int(r or 0) for r, _ in more) > max(int(r or 0) for r, _ in less)
+    fewer = max(int(p or 0) for _, p in more) < min(int(p or 0) for _, p in less)
+    return running or fewer
+
+
+def _more_memory(a: Mapping[str, Value], b: Mapping[str, Value], *, memory: str) -> bool:
+    """``a`` is ``b``'s batch settings with more memory."""
+    return same_batches(a, b, memory=memory) and float(a.get(memory, 0)) > float(b.get(memory, 0))
+
+
+def same_batches(a: Mapping[str, Value], b: Mapping[str, Value], *, memory: str) -> bool:
+    """The same settings but the memory one."""
+    return {k: v for k, v in a.items() if k != memory} == {
+        k: v for k, v in b.items() if k != memory
+    }
+
+
+def credit_used(tried: Sequence[Tried], *, memory: str) -> list[Tried]:
+    """Each served configuration valued at least as high as those it ``put_to_use`` more memory
+    than (most memory last, so the credit passes up a chain of them)."""
+    ok = sorted(
+        (i for i, t in enumerate(tried) if t.outcome == Outcome.OK.value and t.value is not None),
+        key=lambda i: float(tried[i].params.get(memory, 0)),
+    )
+    out = list(tried)
+    for i in ok:
+        below = [out[j].value or 0.0 for j in ok if put_to_use(out[i], out[j], memory=memory)]
+        if below and max(below) > (out[i].value or 0.0):
+            out[i] = dataclasses.replace(out[i], value=max(below))
+    return out

@@ -20,9 +20,10 @@ import optuna
 from optuna.trial import TrialState
 
 from autotune.engine.defaults import Value
+from autotune.engine.multimodal import IMAGE_DIM
 from autotune.engine.outcome import Outcome
 from autotune.search.moves import ceiling, edge, kv_fit, local, recheck, rescue, retreat, shrink
-from autotune.search.moves.alike import memory_unused, tried_alike
+from autotune.search.moves.alike import credit_used, memory_unused, tried_alike
 from autotune.search.moves.load_shape import Load
 from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
@@ -36,7 +37,8 @@ def tried(study: optuna.Study, *, memory: str | None = None) -> list[edge.Tried]
     """Finished trials as the climb sees them (pre-screened ones as the class they would hit).
     A configuration that served more than once is one entry with the median of its values.
     With ``memory`` (the memory setting's name), configurations that ran alike pool their runs
-    (``alike.ran_alike``): each keeps its entry, with the median of the pool's values."""
+    (``alike.ran_alike``): each keeps its entry, with the median of the pool's values; and one
+    that put more memory to use than another is valued at least as high (``alike.credit_used``)."""
     out = _each_tried(study)
     pool: dict[str, str] = {}  # a configuration's key -> its pool's (its first run's)
     runs: dict[str, list[float]] = {}
@@ -53,7 +55,7 @@ def tried(study: optuna.Study, *, memory: str | None = None) -> list[edge.Tried]
             seen.add(key)
             t = dataclasses.replace(t, value=statistics.median(runs[pool[key]]))
         merged.append(t)
-    return merged
+    return merged if memory is None else credit_used(merged, memory=memory)
 
 
 def _pool_key(t: edge.Tried, memory: str | None) -> str:
@@ -150,7 +152,8 @@ class Guide:
         if move is None and self.rng.random() < LOCAL_SHARE:
             move = local.local_move(space=self.space, tried=seen, rng=self.rng, expected=guess)
         if move is not None:
-            study.enqueue_trial(move.params, user_attrs=attrs(source=move.why), skip_if_exists=True)
+            params = self._images(move.params)
+            study.enqueue_trial(params, user_attrs=attrs(source=move.why), skip_if_exists=True)
 
     def _sized(
         self,
@@ -239,7 +242,17 @@ class Guide:
         )
 
     def lift(self, study: optuna.Study, params: Mapping[str, Value]) -> dict[str, Value]:
-        return edge.lift(space=self.space, tried=tried(study), params=params)
+        return edge.lift(space=self.space, tried=tried(study), params=self._images(params))
+
+    def _images(self, params: Mapping[str, Value]) -> dict[str, Value]:
+        """The image limit at the most images a benchmark request carries (within its range):
+        a higher limit sizes the encoder's profiling run for images no request sends, memory
+        the KV cache then lacks; a lower one rejects requests."""
+        out = dict(params)
+        most = self.load.images if self.load is not None else 0
+        if most > 0 and IMAGE_DIM in out and IMAGE_DIM in self.space:
+            out[IMAGE_DIM] = self.space[IMAGE_DIM].clamp(most)
+        return out
 
 
 def _nothing() -> edge.Climb | None:

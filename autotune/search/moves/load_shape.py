@@ -16,12 +16,21 @@ class Load:
     request_tokens: int  # mean prompt + output tokens of a request
     in_flight: int  # requests in flight at most (the prompts, or --concurrency)
     prompt_tokens: int = 0  # mean prompt tokens of a request
+    images: int = 0  # the most images one request carries (0: none, or the limit is searched)
 
     @classmethod
-    def of(cls, requests: Sequence[Request], *, concurrency: int | None, image_tokens: int) -> Load:
+    def of(
+        cls,
+        requests: Sequence[Request],
+        *,
+        concurrency: int | None,
+        image_tokens: int,
+        searched_images: bool = False,
+    ) -> Load:
         """Token counts of text prompts and chat messages are estimated (4 characters a
-        token); an image counts ``image_tokens``."""
-        prompts = output = 0
+        token); an image counts ``image_tokens``. ``searched_images``: the image limit is what
+        the study looks for (``--images max``), so the guide leaves it to the sampler."""
+        prompts = output = images = 0
         for r in requests:
             output += r.max_tokens
             if isinstance(r.prompt, list):
@@ -30,12 +39,19 @@ class Load:
                 prompts += len(r.prompt) // 4
             for m in r.messages or ():
                 prompts += _message_tokens(m.get("content"), image_tokens=image_tokens)
+            images = max(images, sum(_images(m.get("content")) for m in r.messages or ()))
         n = max(len(requests), 1)
         return cls(
             request_tokens=max((prompts + output) // n, 1),
             in_flight=min(n, concurrency or n),
             prompt_tokens=prompts // n,
+            images=0 if searched_images else images,
         )
+
+
+def _images(content: object) -> int:
+    parts = content if isinstance(content, list) else []
+    return sum(1 for p in parts if isinstance(p, dict) and p.get("type") == "image_url")
 
 
 def _message_tokens(content: object, *, image_tokens: int) -> int:

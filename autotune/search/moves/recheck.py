@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.engine.defaults import Value
-from autotune.search.moves.alike import record_bound, runs_alike
+from autotune.search.moves.alike import record_bound, records_put_to_use, runs_alike
 from autotune.search.moves.edge import NOISE, memory_dim
 from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
@@ -63,6 +63,8 @@ def contradiction(study: optuna.Study, *, space: SearchSpace) -> Again | None:
                 continue
             if (alike := _alike(runs, dim.name)) is not None and alike == _alike(others, dim.name):
                 continue  # the guide pools their runs (``alike.ran_alike``)
+            if records_put_to_use(_records(runs), _records(others), memory=dim.name):
+                continue  # vLLM's counters say the memory served more requests at once
             # The slower one with more memory first; then the faster one with less (its one
             # run may have been the lucky one).
             for again, where in ((runs, key), (others, other_key)):
@@ -93,6 +95,10 @@ def _margin(less: list[FrozenTrial]) -> float:
 
 def _value(runs: list[FrozenTrial]) -> float:
     return float(statistics.median(float((t.values or [0.0])[0]) for t in runs))
+
+
+def _records(runs: list[FrozenTrial]) -> list[TrialRecord]:
+    return [TrialRecord.of(t) for t in runs]
 
 
 def _alike(runs: list[FrozenTrial], memory: str) -> str | None:
