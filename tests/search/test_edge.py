@@ -159,6 +159,13 @@ def test_requests_kept_waiting_below_max_num_seqs_count_as_a_full_kv_cache() -> 
     assert dataclasses.replace(kept, peak_waiting=0).kv_pressure() is None
     # a cache never half used did not bind anything
     assert dataclasses.replace(kept, peak_kv_pct=30.0).kv_pressure() == "idle"
+    # fewer waited at once than ran: the scheduler's step (requests arriving one by one)
+    assert dataclasses.replace(kept, peak_waiting=3).kv_pressure() is None
+    # a cache at its limit binds only below max_num_seqs: all 8 running at 99% is the batch's
+    near = dataclasses.replace(kept, peak_kv_pct=99.0, peak_waiting=0)
+    assert near.kv_pressure() == "full"
+    assert dataclasses.replace(near, peak_running=8).kv_pressure() is None
+    assert dataclasses.replace(near, peak_running=8, preemptions=2).kv_pressure() == "full"
     move = local_move(space=SPACE, tried=[kept], rng=random.Random(1))
     assert move is not None
     assert move.params["max_num_batched_tokens"] == 1024, move.why

@@ -36,7 +36,8 @@ def _served(util: float, *, running: int, preempted: int, kv: float = 99.0, **ba
 @pytest.mark.parametrize(
     ("more", "used"),
     [
-        (_served(0.94, running=228, preempted=44), True),  # more running
+        (_served(0.94, running=228, preempted=44), True),  # more running, preempted as often
+        (_served(0.94, running=140, preempted=60), False),  # more running, preempted more often
         (_served(0.94, running=122, preempted=0, kv=90.0), True),  # fewer preemptions
         (_served(0.94, running=122, preempted=33), False),  # the same counters
         (_served(0.94, running=228, preempted=0, max_num_seqs=128), False),  # other batches

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 
 from autotune.engine.defaults import Value
 from autotune.search.moves.edge import Climb, Tried
+from autotune.search.moves.load_shape import wave_up, waves
 from autotune.search.moves.shrink import shrink
 from tests.search.test_edge import SPACE
 
@@ -60,3 +61,28 @@ def test_sequences_sized_to_the_cache_follow_it() -> None:
     assert shrunk is not None
     assert shrunk.params["max_num_batched_tokens"] == 1722
     assert shrunk.params["max_num_seqs"] == 41120 // 3000  # 13: what the smaller chunk holds
+
+
+def test_sequences_a_fill_sized_and_all_running_shrink_the_chunk_for_more_of_them() -> None:
+    """No preemptions and the cache 85% full, but all 8 sequences ran with 40 requests waiting:
+    a fill sized them to the cache, and more need a larger cache (a smaller chunk). Not where
+    the cache sat idle, nor where the sequences were all the requests in flight."""
+    bound = dataclasses.replace(FULL, peak_running=8, peak_kv_pct=85.0)
+    shrunk = move([bound], 3000, capacity)
+    assert shrunk is not None and shrunk.params["max_num_batched_tokens"] == 1722
+    assert shrunk.params["max_num_seqs"] == 13
+    all_in = shrink(space=SPACE, tried=[bound], request_tokens=3000, most=8, capacity=capacity)
+    assert all_in is None
+    idle = dataclasses.replace(bound, peak_kv_pct=40.0)
+    assert move([idle], 3000, capacity) is None
+
+
+def test_sequences_round_up_to_save_one_of_few_waves() -> None:
+    """46 sequences take 96 requests in three waves, 48 in two (4% more: taken); 37 would need
+    30% more; 80 of 1,000 take 13 waves, which blur as requests finish apart."""
+    reach = 2.0**0.125
+    assert wave_up(46, 96, reach=reach) == 48
+    assert wave_up(37, 96, reach=reach) == 37
+    assert wave_up(80, 1000, reach=reach) == 80
+    assert wave_up(96, 96, reach=reach) == 96
+    assert waves(46, 96) == 3 and waves(48, 96) == 2

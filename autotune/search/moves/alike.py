@@ -97,8 +97,9 @@ def memory_unused(tried: Sequence[Tried], *, memory: str, of: Tried) -> bool:
 def put_to_use(more: Tried, less: Tried, *, memory: str) -> bool:
     """``more`` is ``less``'s batch settings with more memory, and vLLM's counters say the extra
     memory was put to use: the KV cache bound ``less`` (``kv_full``), and ``more`` ran more
-    requests at once or preempted fewer. With the same batch settings a larger KV cache then
-    serves at least as fast, whatever one noisy run of each says."""
+    requests at once without preempting more often, or preempted fewer (``used``). With the same
+    batch settings a larger KV cache then serves at least as fast, whatever one noisy run of
+    each says."""
     if not _more_memory(more.params, less.params, memory=memory):
         return False
     return used(
@@ -127,16 +128,20 @@ Counters = tuple[int | None, int | None]  # a run's peak of requests running, it
 
 
 def used(more: Sequence[Counters], less: Sequence[Counters], *, bound: bool) -> bool:
-    """Every run of one configuration had more requests running at its peak, or fewer
-    preemptions, than every run of another, whose KV cache bound (``bound``)."""
+    """Every run of one configuration did better by vLLM's counters than every run of another,
+    whose KV cache bound (``bound``): more requests running at its peak with no more preemptions
+    per request running (long requests preempted cost their whole prefill again), or fewer
+    preemptions with at least as many running."""
     if not bound or not more or not less:
         return False
-    known = all(n is not None for run in (*more, *less) for n in run)
-    if not known:
+    if not all(r is not None and p is not None for r, p in (*more, *less)):
         return False
-    running = min(int(r or 0) for r, _ in more) > max(int(r or 0) for r, _ in less)
-    fewer = max(int(p or 0) for _, p in more) < min(int(p or 0) for _, p in less)
-    return running or fewer
+    runs = [(int(r or 0), int(p or 0)) for r, p in more]
+    others = [(int(r or 0), int(p or 0)) for r, p in less]
+    most, least = max(r for r, _ in others), min(r for r, _ in runs)
+    rate = max(p / max(r, 1) for r, p in runs) <= min(p / max(r, 1) for r, p in others)
+    fewer = max(p for _, p in runs) < min(p for _, p in others)
+    return (least > most and rate) or (least >= most and fewer)
 
 
 def _more_memory(a: Mapping[str, Value], b: Mapping[str, Value], *, memory: str) -> bool:

@@ -81,19 +81,19 @@ def kv_full(
     waiting: int | None = None,
     seqs: int | None = None,
 ) -> bool:
-    """vLLM's counters say the KV cache bound a benchmark: preemptions, usage at its limit, or
-    requests waiting while fewer than ``max_num_seqs`` ran (``admitted``: the peak running) with
-    the cache at least half used: the scheduler admits a request only when its blocks fit, so
-    the cache's free part was less than a request (long requests leave that part large)."""
-    if bool(preemptions) or (peak_kv_pct is not None and peak_kv_pct >= KV_FULL):
+    """vLLM's counters say the KV cache bound a benchmark: preemptions; or fewer than
+    ``max_num_seqs`` ran at the peak (``admitted``) with usage at its limit, or with the cache
+    at least half used while more requests waited at once than ever ran (the scheduler admits
+    a request only when its blocks fit). All sequences running is the batch's limit, not the
+    cache's; a few waiting at a time is the scheduler's step, not a full cache."""
+    short = admitted is None or seqs is None or admitted < seqs
+    if bool(preemptions) or (short and peak_kv_pct is not None and peak_kv_pct >= KV_FULL):
         return True
     return bool(
         waiting
         and admitted is not None
-        and seqs is not None
-        and admitted < seqs
-        and peak_kv_pct is not None
-        and peak_kv_pct >= KV_IDLE
+        and admitted < min(seqs or 0, waiting)
+        and (peak_kv_pct or 0.0) >= KV_IDLE
     )
 
 

@@ -22,6 +22,7 @@ from autotune.search.moves.edge import (
     memory_dim,
     util_floor,
 )
+from autotune.search.moves.load_shape import wave_up, waves
 from autotune.search.moves.retreat import UNDER_LOAD, batch_of
 from autotune.search.space import Dim, SearchSpace
 
@@ -96,26 +97,21 @@ def _fill_one(
         )  # fmt: skip
         params = at(target)
         tokens = capacity(params)
+    if (up := int(dim.clamp(wave_up(target, most, reach=COMPASS[-1])))) != target:
+        target, params = up, at(up)  # one wave less: the KV cache counts full-length requests
     cap = _failed_cap(tried, params, memory_dim(space))
     if cap is not None and target >= cap:  # as many failed: halfway there (geometrically)
         target = int(dim.clamp(int(math.sqrt(float(seqs) * cap))))
         params = at(target)
-    if max(target, seqs) / max(min(target, seqs), 1) <= COMPASS[-1] and _waves(
+    if max(target, seqs) / max(min(target, seqs), 1) <= COMPASS[-1] and waves(
         target, most
-    ) == _waves(int(seqs), most):
+    ) == waves(int(seqs), most):
         return None  # already there, to the compass's finest step, in as many waves
     if tokens and "max_model_len" in space and not space["max_model_len"].fixed:
         low = int(space["max_model_len"].low)
         params["max_model_len"] = min(int(params["max_model_len"]), max(low, tokens // 16 * 16))
     why = f"fill: max_num_seqs {seqs} -> {target} ({best.kv_cache_tokens} KV tokens)"
     return Climb(params=params, why=why)
-
-
-def _waves(seqs: int, most: int) -> int:
-    """Waves of at most ``seqs`` requests that ``most`` in flight take: a step below the
-    compass's finest still counts where it changes them (the last, short wave runs its decode
-    steps nearly empty)."""
-    return -(-most // max(seqs, 1))
 
 
 def _bias(best: Tried, capacity: Callable[[Mapping[str, Value]], int | None]) -> int:

@@ -17,6 +17,7 @@ from autotune.search.moves.edge import (
     fit_memory,
     memory_dim,
 )
+from autotune.search.moves.load_shape import wave_up
 from autotune.search.space import SearchSpace
 
 NAME = "max_num_batched_tokens"
@@ -53,11 +54,13 @@ def shrink(
         return None
     best = best_of(ok, memory=memory.name)
     here, held = best.params.get(NAME), capacity(best.params)
-    if here is None or held is None or best.kv_pressure() != "full":
+    if here is None or held is None:
         return None
     now = held // request_tokens
     seqs = best.params.get(SEQS)
     sized = SEQS in space and not space[SEQS].fixed and seqs is not None and int(seqs) <= now
+    if best.kv_pressure() != "full" and not (sized and _seqs_bound(best, most)):
+        return None
     seen = [dict(t.params) for t in tried]
     for step in range(1, 4 * len(COMPASS) + 1):  # 2 ** -(step / 4): down to 1/8
         size = dim.clamp(round(float(here) * 2.0 ** (-step / 4)))
@@ -69,7 +72,8 @@ def shrink(
             return None
         more = kv // request_tokens
         if sized and more > now:  # sequences sized to the cache: as many as it now holds
-            params = batch_valid(params | {SEQS: space[SEQS].clamp(min(more, most))})
+            count = wave_up(min(more, most), most, reach=COMPASS[-1])
+            params = batch_valid(params | {SEQS: space[SEQS].clamp(count)})
             more = min(more, (capacity(params) or 0) // request_tokens)
         params = fit_memory(space, params, expected)
         if more >= now + 1 and more >= now * (1.0 + FEWER):
@@ -78,3 +82,17 @@ def shrink(
             why = f"shrink: {NAME} {here} -> {params[NAME]} ({now} -> {more} requests fit)"
             return Climb(params=params, why=why)
     return None
+
+
+def _seqs_bound(best: Tried, most: int) -> bool:
+    """Every sequence ran at the best's peak, fewer than the requests in flight, with its KV
+    cache at least half used: a fill sized the sequences to the cache, and more of them need a
+    larger cache (a smaller chunk) as well."""
+    seqs = best.params.get(SEQS)
+    return (
+        seqs is not None
+        and best.peak_running is not None
+        and int(seqs) < most
+        and best.peak_running >= int(seqs)
+        and best.kv_pressure() is None
+    )
