@@ -22,7 +22,7 @@ from autotune.search.moves.edge import (
     memory_dim,
     util_floor,
 )
-from autotune.search.moves.load_shape import wave_up, waves
+from autotune.search.moves.load_shape import waves
 from autotune.search.moves.retreat import UNDER_LOAD, batch_of
 from autotune.search.space import Dim, SearchSpace
 
@@ -97,8 +97,6 @@ def _fill_one(
         )  # fmt: skip
         params = at(target)
         tokens = capacity(params)
-    if (up := int(dim.clamp(wave_up(target, most, reach=COMPASS[-1])))) != target:
-        target, params = up, at(up)  # one wave less: the KV cache counts full-length requests
     cap = _failed_cap(tried, params, memory_dim(space))
     if cap is not None and target >= cap:  # as many failed: halfway there (geometrically)
         target = int(dim.clamp(int(math.sqrt(float(seqs) * cap))))
