@@ -100,7 +100,7 @@ def put_to_use(more: Tried, less: Tried, *, memory: str) -> bool:
     requests at once without preempting more often, or preempted fewer (``used``). With the same
     batch settings a larger KV cache then serves at least as fast, whatever one noisy run of
     each says."""
-    if not _more_memory(more.params, less.params, memory=memory):
+    if not more_memory(more.params, less.params, memory=memory):
         return False
     return used(
         [(more.peak_running, more.preemptions)],
@@ -115,7 +115,7 @@ def records_put_to_use(
     """``put_to_use`` of every run of two configurations."""
     if not more or not less or more[0].params is None or less[0].params is None:
         return False
-    if not _more_memory(more[0].params, less[0].params, memory=memory):
+    if not more_memory(more[0].params, less[0].params, memory=memory):
         return False
     return used(
         [(r.peak_requests_running, r.preemptions) for r in more],
@@ -144,7 +144,7 @@ def used(more: Sequence[Counters], less: Sequence[Counters], *, bound: bool) -> 
     return (least > most and rate) or (least >= most and fewer)
 
 
-def _more_memory(a: Mapping[str, Value], b: Mapping[str, Value], *, memory: str) -> bool:
+def more_memory(a: Mapping[str, Value], b: Mapping[str, Value], *, memory: str) -> bool:
     """``a`` is ``b``'s batch settings with more memory."""
     return same_batches(a, b, memory=memory) and float(a.get(memory, 0)) > float(b.get(memory, 0))
 

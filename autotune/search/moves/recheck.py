@@ -14,7 +14,6 @@ then speak for them. At most once per configuration.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.engine.defaults import Value
-from autotune.search.moves.alike import record_bound, records_put_to_use, runs_alike
+from autotune.search.moves.alike import (
+    more_memory,
+    record_bound,
+    records_put_to_use,
+    runs_alike,
+)
 from autotune.search.moves.edge import NOISE, memory_dim
 from autotune.search.ranking import args_key
 from autotune.search.space import SearchSpace
@@ -57,7 +61,7 @@ def contradiction(study: optuna.Study, *, space: SearchSpace) -> Again | None:
     served = [(key, TrialRecord.of(runs[0]).params or {}, runs) for key, runs in groups.items()]
     for key, params, runs in served:
         for other_key, other, others in served:
-            if not _less_memory(other, params, memory=dim.name):
+            if not more_memory(params, other, memory=dim.name):
                 continue
             if _value(runs) >= _value(others) * (1.0 - _margin(others)):
                 continue
@@ -75,14 +79,6 @@ def contradiction(study: optuna.Study, *, space: SearchSpace) -> Again | None:
                     )
                     return Again(params=dict(first.params or {}), marks=marks)
     return None
-
-
-def _less_memory(a: Mapping[str, Value], b: Mapping[str, Value], *, memory: str) -> bool:
-    """``a`` is ``b``'s batch settings with less memory."""
-    rest = {k: v for k, v in a.items() if k != memory}
-    return rest == {k: v for k, v in b.items() if k != memory} and float(a.get(memory, 0)) < float(
-        b.get(memory, 0)
-    )
 
 
 def _margin(less: list[FrozenTrial]) -> float:

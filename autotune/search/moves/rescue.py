@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from autotune.engine.defaults import Value
 from autotune.engine.multimodal import IMAGE_DIM
 from autotune.engine.outcome import Outcome
+from autotune.search.moves.alike import same_batches
 from autotune.search.moves.edge import (
     BATCH_DIMS,
     SHORT,
@@ -66,7 +67,7 @@ def rescue(
         if name in space and name in params:
             params[name] = space[name].low
     params = batch_valid(params)
-    mine = [t for t in launched if _same(t.params, params, dim.name)]
+    mine = [t for t in launched if same_batches(t.params, params, memory=dim.name)]
     low = max(
         (float(t.params[dim.name]) for t in mine if t.outcome in SHORT),
         default=float(dim.low) - UTIL_STEP,
@@ -90,12 +91,6 @@ def rescue(
         why = f"rescue: smallest batches at {dim.name} {level} (nothing served yet)"
         return Climb(params=candidate, why=why)
     return None
-
-
-def _same(a: Mapping[str, Value], b: Mapping[str, Value], memory: str) -> bool:
-    return {k: v for k, v in a.items() if k != memory} == {
-        k: v for k, v in b.items() if k != memory
-    }
 
 
 def _levels(low: float, high: float, start: float | None) -> list[float]:
