@@ -10,7 +10,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.search import ranking as choice
 from autotune.search.goal import Goal
 from autotune.search.moves.alike import records_put_to_use
-from autotune.search.space import MEMORY_DIMS
+from autotune.search.space import memory_name
 from autotune.trial.record import TrialRecord
 
 
@@ -56,7 +56,7 @@ def upgraded(ranked: Sequence[choice.Candidate]) -> list[choice.Candidate]:
 
 def _put_to_use(more: choice.Candidate, less: choice.Candidate) -> bool:
     runs, others = _records(more), _records(less)
-    memory = next((name for name in MEMORY_DIMS if name in (others[0].params or {})), None)
+    memory = memory_name(others[0].params or {})
     return memory is not None and records_put_to_use(runs, others, memory=memory)
 
 

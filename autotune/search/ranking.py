@@ -13,7 +13,7 @@ from autotune.engine.multimodal import image_count
 from autotune.engine.outcome import Outcome
 from autotune.search.goal import Goal
 from autotune.search.moves.alike import runs_alike
-from autotune.search.space import MEMORY_DIMS
+from autotune.search.space import memory_name
 from autotune.trial.record import NO_RESULT, TrialRecord
 
 USABLE_SHARE = 0.5  # --images max: "usable" is at least this share of the best throughput
@@ -164,8 +164,7 @@ def _alike(runs: list[Finished]) -> str | None:
     if not all(_served(t) for t in runs):
         return None
     records = [TrialRecord.of(t) for t in runs]
-    params = records[0].params or {}
-    memory = next((name for name in MEMORY_DIMS if name in params), None)
+    memory = memory_name(records[0].params or {})
     if memory is None:
         return None
     return runs_alike(records, memory=memory)

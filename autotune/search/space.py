@@ -96,6 +96,11 @@ MEMORY_DIMS = ("gpu_memory_utilization", "kv_cache_memory_bytes")
 TUNED = (*MEMORY_DIMS, "max_num_seqs", "max_num_batched_tokens", "max_model_len", IMAGE_DIM)
 
 
+def memory_name(params: Mapping[str, object]) -> str | None:
+    """The memory setting among a trial's parameters (utilization or KV bytes), if any."""
+    return next((name for name in MEMORY_DIMS if name in params), None)
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """The tuned and fixed dimensions of a study."""

@@ -98,4 +98,4 @@ def _records(runs: list[FrozenTrial]) -> list[TrialRecord]:
 
 
 def _alike(runs: list[FrozenTrial], memory: str) -> str | None:
-    return runs_alike((TrialRecord.of(t) for t in runs), memory=memory)
+    return runs_alike(_records(runs), memory=memory)
