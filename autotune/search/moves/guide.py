@@ -22,7 +22,17 @@ from optuna.trial import TrialState
 from autotune.engine.defaults import Value
 from autotune.engine.multimodal import IMAGE_DIM
 from autotune.engine.outcome import Outcome
-from autotune.search.moves import ceiling, edge, kv_fit, local, recheck, rescue, retreat, shrink
+from autotune.search.moves import (
+    ceiling,
+    edge,
+    fewer_waves,
+    kv_fit,
+    local,
+    recheck,
+    rescue,
+    retreat,
+    shrink,
+)
 from autotune.search.moves.alike import credit_used, memory_unused, tried_alike
 from autotune.search.moves.load_shape import Load
 from autotune.search.ranking import args_key
@@ -130,6 +140,8 @@ class Guide:
         if best is not None and memory_unused(seen, memory=str(self._memory), of=best):
             climb = _nothing  # the best ran alike at two memory settings
         fill = partial(self._sized, kv_fit.fill, seen, guess)
+        most = self.load.in_flight if self.load is not None else 0
+        waves = partial(fewer_waves.fewer_waves, space=self.space, tried=seen, most=most)
         # vLLM reported the best's KV cache idle: larger batches first, more memory after them
         idle = best is not None and best.kv_pressure() == "idle"
         prefill = partial(self._prefill, seen, guess)
@@ -143,6 +155,7 @@ class Guide:
             partial(kv_fit.repair, space=self.space, tried=seen, expected=guess),
             partial(rescue.rescue, space=self.space, tried=seen, expected=guess, fails=fails),
             climb if idle else fill,
+            partial(waves, expected=guess),
             partial(rescue.restore, space=self.space, tried=seen, expected=guess),
             partial(self._sized, shrink.shrink, seen, guess),
             prefill,

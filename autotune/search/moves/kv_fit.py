@@ -45,7 +45,7 @@ def fill(
     comes down to the model's edge for the larger batches (``expected``), and
     ``max_model_len`` to the KV tokens the model predicts for them (``capacity``), so the move
     can start; halfway (geometrically) to a count already known to fail for memory there
-    (``_failed_cap``). Once per batch setting (whatever the memory setting it ran at)."""
+    (``failed_cap``). Once per batch setting (whatever the memory setting it ran at)."""
     if "max_num_seqs" not in space or space["max_num_seqs"].fixed or request_tokens <= 0:
         return None
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
@@ -97,7 +97,7 @@ def _fill_one(
         )  # fmt: skip
         params = at(target)
         tokens = capacity(params)
-    cap = _failed_cap(tried, params, memory_dim(space))
+    cap = failed_cap(tried, params, memory_dim(space))
     if cap is not None and target >= cap:  # as many failed: halfway there (geometrically)
         target = int(dim.clamp(int(math.sqrt(float(seqs) * cap))))
         params = at(target)
@@ -147,7 +147,7 @@ def _holds(
     return low
 
 
-def _failed_cap(
+def failed_cap(
     tried: Sequence[Tried], params: Mapping[str, Value], memory: Dim | None
 ) -> int | None:
     """The fewest sequences known to fail for memory at this memory setting: those that failed

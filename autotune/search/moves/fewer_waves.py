@@ -1,0 +1,66 @@
+"""One wave fewer: the benchmark's requests arrive together and run in waves of at most
+``max_num_seqs``; the last, short wave runs its decode steps nearly empty. Where the best's
+sequences all ran, a few more that take the requests in one wave fewer are worth a launch
+(see ``autotune.search.moves.load_shape.waves``). Pure: no Optuna."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from autotune.engine.defaults import Value
+from autotune.engine.outcome import Outcome
+from autotune.search.moves.edge import (
+    COMPASS,
+    Climb,
+    Tried,
+    batch_valid,
+    best_of,
+    fit_memory,
+    memory_dim,
+)
+from autotune.search.moves.kv_fit import failed_cap
+from autotune.search.moves.load_shape import waves
+from autotune.search.moves.retreat import batch_of
+from autotune.search.space import SearchSpace
+
+SEQS = "max_num_seqs"
+REACH = COMPASS[1]  # at most this many times the best's sequences
+MOST_WAVES = 6  # one wave fewer of more saves less than a run's noise
+
+
+def fewer_waves(
+    *,
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    most: int,
+    expected: Callable[[Mapping[str, Value]], float | None] | None = None,
+) -> Climb | None:
+    """The best's ``max_num_seqs`` raised to the fewest sequences that take the ``most``
+    requests in flight in one wave fewer, where every sequence ran at the best's peak, its KV
+    cache was not full (more sequences would only wait or preempt), the requests take at most
+    ``MOST_WAVES`` waves and that is at most ``REACH`` times as many. Once per batch setting."""
+    memory = memory_dim(space)
+    if memory is None or SEQS not in space or space[SEQS].fixed or most <= 1:
+        return None
+    ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
+    if not ok:
+        return None
+    best = best_of(ok, memory=memory.name)
+    seqs = best.params.get(SEQS)
+    if seqs is None or best.peak_running is None or best.kv_pressure() == "full":
+        return None
+    seqs = int(seqs)
+    now = waves(seqs, most)
+    if best.peak_running < seqs or now <= 1 or now > MOST_WAVES:
+        return None
+    target = int(space[SEQS].clamp(-(-most // (now - 1))))
+    if target <= seqs or target > seqs * REACH:
+        return None
+    params = fit_memory(space, batch_valid(dict(best.params) | {SEQS: target}), expected)
+    if any(batch_of(t.params, memory.name) == batch_of(params, memory.name) for t in tried):
+        return None
+    cap = failed_cap(tried, params, memory)
+    if cap is not None and target >= cap:
+        return None  # as many failed for memory there
+    why = f"waves: max_num_seqs {seqs} -> {target} ({most} requests in {now - 1} waves, not {now})"
+    return Climb(params=params, why=why)

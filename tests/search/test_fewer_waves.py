@@ -1,0 +1,54 @@
+"""A few more sequences where they take the benchmark's requests in one wave fewer
+(``search.moves.fewer_waves``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from autotune.search.moves.edge import Tried
+from autotune.search.moves.fewer_waves import fewer_waves
+from autotune.search.moves.load_shape import waves
+from tests.search.test_edge import SPACE
+
+P = {"gpu_memory_utilization": 0.83, "max_num_seqs": 52, "max_num_batched_tokens": 512}
+# all 52 sequences ran, the cache 96% used, no preemptions: 160 requests take 4 waves
+BEST = Tried(P, "ok", 1200.0, preemptions=0, peak_kv_pct=96.0, peak_running=52, peak_waiting=160)
+
+
+def test_sequences_that_take_the_requests_in_one_wave_fewer() -> None:
+    move = fewer_waves(space=SPACE, tried=[BEST], most=160)
+    assert move is not None and move.why.startswith("waves:"), move
+    assert move.params["max_num_seqs"] == 54  # ceil(160 / 3)
+    assert waves(54, 160) == waves(52, 160) - 1 == 3
+    assert move.params["gpu_memory_utilization"] == 0.83  # memory kept
+    # once: that batch setting is known now, at any memory setting
+    ran = Tried(dict(move.params) | {"gpu_memory_utilization": 0.82}, "crash_under_load")
+    assert fewer_waves(space=SPACE, tried=[BEST, ran], most=160) is None
+
+
+def test_the_memory_model_lowers_the_utilization_for_more_sequences() -> None:
+    move = fewer_waves(space=SPACE, tried=[BEST], most=160, expected=lambda p: 0.815)
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.81
+
+
+def test_no_move_where_the_batch_or_the_waves_do_not_bind() -> None:
+    def move(best: Tried, most: int = 160) -> object:
+        return fewer_waves(space=SPACE, tried=[best], most=most)
+
+    assert move(dataclasses.replace(BEST, peak_running=40)) is None  # not all sequences ran
+    assert move(dataclasses.replace(BEST, preemptions=3)) is None  # the KV cache bound it
+    assert move(BEST, most=52) is None  # one wave already
+    assert move(BEST, most=40) is None  # fewer requests than sequences
+    # 100 requests in 2 waves of 52: one wave takes 100 sequences, beyond the reach
+    assert move(BEST, most=100) is None
+    # 52 x 7 waves: one fewer saves too little to measure
+    assert move(BEST, most=7 * 52) is None
+    fixed = dataclasses.replace(BEST, peak_running=None)
+    assert move(fixed) is None
+
+
+def test_no_move_to_as_many_sequences_as_failed_for_memory() -> None:
+    crashed = Tried(P | {"max_num_seqs": 54, "max_num_batched_tokens": 1024}, "crash_under_load")
+    assert fewer_waves(space=SPACE, tried=[BEST, crashed], most=160) is None
+    above = Tried(crashed.params | {"gpu_memory_utilization": 0.85}, "crash_under_load")
+    assert fewer_waves(space=SPACE, tried=[BEST, above], most=160) is not None
