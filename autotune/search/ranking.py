@@ -217,9 +217,10 @@ def _rank(cands: list[Candidate], goal: Goal, noise: float, most_images: bool) -
     leader = max(cands, key=lambda c: sign * c.value)
     near = [c for c in cands if indistinguishable(c, leader, noise=noise, sign=sign)]
 
-    def preferred(c: Candidate) -> tuple[int, float, bool, float]:
+    def preferred(c: Candidate) -> tuple[int, float, bool, bool, float, float]:
         length = int(c.args.get("max_model_len", 0))
-        return (length, -c.reserved_gib, prefix_caching_on(c.args), sign * c.value)
+        on = prefix_caching_on(c.args)
+        return (length, -c.reserved_gib, on, unpreempted(c), running(c), sign * c.value)
 
     first = sorted(near, key=preferred, reverse=True)
     return first + sorted((c for c in cands if c not in near), key=lambda c: -sign * c.value)
@@ -231,7 +232,8 @@ def indistinguishable(a: Candidate, b: Candidate, *, noise: float, sign: float =
     measurements overlap (no run of one beats every run of the other) and the statistics differ
     by at most half the wider spread of repeats (the difference is inside the noise actually
     seen). Among equals the longer context wins, then the smaller reservation (more memory
-    headroom), then prefix caching on (vLLM's default: no surprise for operators), then the
+    headroom), then prefix caching on (vLLM's default: no surprise for operators), then no
+    preemptions (``unpreempted``), then more requests running at once (``running``), then the
     value."""
     hi, lo = max(sign * a.value, sign * b.value), min(sign * a.value, sign * b.value)
     if hi - lo > noise * abs(hi):
@@ -241,6 +243,21 @@ def indistinguishable(a: Candidate, b: Candidate, *, noise: float, sign: float =
     ra, rb = _primary(a), _primary(b)
     half = max(max(ra) - min(ra), max(rb) - min(rb)) / 2
     return min(ra) <= max(rb) and min(rb) <= max(ra) and hi - lo <= half
+
+
+def running(c: Candidate) -> float:
+    """The most requests vLLM ran at once (its counter's peak; the median over the runs, 0 where
+    unknown): decode steps serve every running request at nearly one step's cost, so of two
+    configurations the noise cannot tell apart, the one that ran more at once is likely faster."""
+    peaks = [TrialRecord.of(t).peak_requests_running for t in c.trials]
+    known = [p for p in peaks if p is not None]
+    return float(statistics.median(known)) if known else 0.0
+
+
+def unpreempted(c: Candidate) -> bool:
+    """No run of it preempted a request (vLLM's counter): recomputing preempted requests is
+    work lost, so among equals the configuration that never did is the safer one."""
+    return not any(TrialRecord.of(t).preemptions for t in c.trials)
 
 
 def prefix_caching_on(args: dict[str, Any]) -> bool:

@@ -37,6 +37,11 @@ def test_no_move_where_the_batch_or_the_waves_do_not_bind() -> None:
 
     assert move(dataclasses.replace(BEST, peak_running=40)) is None  # not all sequences ran
     assert move(dataclasses.replace(BEST, preemptions=3)) is None  # the KV cache bound it
+    # 16 sequences took 93% of the cache: 20 would take 116%, and 96 requests in 5 waves
+    near_full = dataclasses.replace(BEST, params=P | {"max_num_seqs": 16}, peak_kv_pct=93.0,
+                                    peak_running=16)  # fmt: skip
+    assert move(near_full, most=96) is None
+    assert move(dataclasses.replace(near_full, peak_kv_pct=60.0), most=96) is not None
     assert move(BEST, most=52) is None  # one wave already
     assert move(BEST, most=40) is None  # fewer requests than sequences
     # 100 requests in 2 waves of 52: one wave takes 100 sequences, beyond the reach
@@ -48,7 +53,8 @@ def test_no_move_where_the_batch_or_the_waves_do_not_bind() -> None:
 
 
 def test_no_move_to_as_many_sequences_as_failed_for_memory() -> None:
-    crashed = Tried(P | {"max_num_seqs": 54, "max_num_batched_tokens": 1024}, "crash_under_load")
+    larger = P | {"max_num_seqs": 54, "max_num_batched_tokens": 1024}
+    crashed = Tried(larger, "crash_under_load")
     assert fewer_waves(space=SPACE, tried=[BEST, crashed], most=160) is None
-    above = Tried(crashed.params | {"gpu_memory_utilization": 0.85}, "crash_under_load")
+    above = Tried(larger | {"gpu_memory_utilization": 0.85}, "crash_under_load")
     assert fewer_waves(space=SPACE, tried=[BEST, above], most=160) is not None

@@ -3,6 +3,8 @@ first, vLLM's default; a clearly faster off still wins."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from autotune.search.goal import Goal
@@ -14,7 +16,7 @@ ON = BASE | {"enable_prefix_caching": True}
 OFF = BASE | {"enable_prefix_caching": False}
 
 
-def ranked(runs: list[Run], *, noise: float, repeats: int = 1) -> list[dict[str, Any]]:
+def ranked(runs: Sequence[Run], *, noise: float, repeats: int = 1) -> list[dict[str, Any]]:
     goal = Goal()
     found = rank(candidates(runs, goal=goal, statistic="median"), goal=goal, noise=noise,
                  repeats=repeats, most_images=False)  # fmt: skip
@@ -38,3 +40,44 @@ def test_context_and_headroom_still_come_first() -> None:
 def test_absent_means_vllm_s_default_on() -> None:
     assert prefix_caching_on(BASE) and prefix_caching_on(ON)
     assert not prefix_caching_on(OFF)
+
+
+@dataclass
+class Preempted(Run):
+    """A run whose benchmark saw vLLM preempt ``preemptions`` requests and run ``running`` at
+    once at its peak."""
+
+    preemptions: int = 0
+    running: int | None = None
+
+    @property
+    def user_attrs(self) -> dict[str, Any]:
+        extra = {"preemptions": self.preemptions, "peak_requests_running": self.running}
+        return super().user_attrs | extra
+
+
+def test_equal_measurements_prefer_no_preemptions_after_context_headroom_and_caching() -> None:
+    small = BASE | {"max_num_batched_tokens": 724}
+    large = BASE | {"max_num_batched_tokens": 2048}
+    runs = [Preempted(0, large, 101.0, preemptions=16), Preempted(1, small, 99.0)]
+    assert ranked(runs, noise=0.05) == [small, large]  # 2% apart: inside the noise
+    assert ranked(runs, noise=0.01) == [large, small]  # outside it the faster one wins
+    roomy = [Preempted(0, large, 100.0, preemptions=16, reserved=9.0), Preempted(1, small, 99.0)]
+    assert ranked(roomy, noise=0.05)[0] == large  # more headroom first
+    off = small | {"enable_prefix_caching": False}
+    caching = [Preempted(0, large, 100.0, preemptions=16), Preempted(1, off, 99.0)]
+    assert ranked(caching, noise=0.05)[0] == large  # prefix caching on first
+
+
+def test_equal_measurements_prefer_more_requests_running_at_once() -> None:
+    """Neither preempted: 96 sequences ran 96 at once, 76 ran 76; within the noise the larger
+    batch wins (decode serves it at nearly one step's cost), and a clearly faster one still
+    wins. No preemptions come first: 96 running with 16 preemptions loses to 76 with none."""
+    more = BASE | {"max_num_seqs": 96}
+    fewer = BASE | {"max_num_seqs": 76}
+    runs = [Preempted(0, fewer, 101.0, running=76), Preempted(1, more, 98.0, running=96)]
+    assert ranked(runs, noise=0.05) == [more, fewer]
+    assert ranked(runs, noise=0.01) == [fewer, more]
+    preempting = [Preempted(0, fewer, 98.0, running=76),
+                  Preempted(1, more, 101.0, preemptions=16, running=96)]  # fmt: skip
+    assert ranked(preempting, noise=0.05) == [fewer, more]

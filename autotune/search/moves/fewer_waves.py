@@ -26,6 +26,7 @@ from autotune.search.space import SearchSpace
 SEQS = "max_num_seqs"
 REACH = COMPASS[1]  # at most this many times the best's sequences
 MOST_WAVES = 6  # one wave fewer of more saves less than a run's noise
+KV_ROOM = 102.0  # % of the KV cache the target's sequences may use at the best's peak usage
 
 
 def fewer_waves(
@@ -37,7 +38,8 @@ def fewer_waves(
 ) -> Climb | None:
     """The best's ``max_num_seqs`` raised to the fewest sequences that take the ``most``
     requests in flight in one wave fewer, where every sequence ran at the best's peak, its KV
-    cache was not full (more sequences would only wait or preempt), the requests take at most
+    cache was not full (more sequences would only wait or preempt) and, used as much per
+    sequence, would hold them (``KV_ROOM``: blocks and a sampled peak), the requests take at most
     ``MOST_WAVES`` waves and that is at most ``REACH`` times as many. Once per batch setting."""
     memory = memory_dim(space)
     if memory is None or SEQS not in space or space[SEQS].fixed or most <= 1:
@@ -56,6 +58,8 @@ def fewer_waves(
     target = int(space[SEQS].clamp(-(-most // (now - 1))))
     if target <= seqs or target > seqs * REACH:
         return None
+    if (best.peak_kv_pct or 0.0) * target / seqs > KV_ROOM:
+        return None  # the cache, used as at the best's peak per sequence, would not hold them
     params = fit_memory(space, batch_valid(dict(best.params) | {SEQS: target}), expected)
     if any(batch_of(t.params, memory.name) == batch_of(params, memory.name) for t in tried):
         return None
