@@ -19,7 +19,7 @@ from autotune.search.finalize import Finish, finalists, remeasure, reserve, sear
 from autotune.search.goal import Goal
 from autotune.search.moves.edge import Tried, next_climb
 from autotune.search.moves.kv_fit import fill
-from autotune.search.moves.rescue import rescue
+from autotune.search.moves.rescue import rescue, starve
 from autotune.search.moves.retreat import retreat
 from autotune.search.ranking import Candidate
 from autotune.trial.runner import TrialResult
@@ -61,6 +61,45 @@ def test_rescue_skips_what_the_screen_knows_fails_and_stops_once_anything_served
     assert move is not None and move.params["gpu_memory_utilization"] < 0.86
     assert rescue(space=SPACE, tried=[defaults, ok(0.80, 64, 2048, 10.0)]) is None
     assert rescue(space=SPACE, tried=[]) is None  # the defaults first
+
+
+def small_cache(params: Mapping[str, Any]) -> int:
+    """A toy memory model for ``starve``: little room at the floor of the utilization, and each
+    batched token's activation memory costs the KV cache 40 tokens."""
+    return int((float(params["gpu_memory_utilization"]) - 0.60) * 500_000) - 40 * int(
+        params["max_num_batched_tokens"]
+    )
+
+
+def test_the_fewest_sequences_crashing_at_the_floor_get_a_cache_that_holds_half() -> None:
+    """8 requests of 3,000 tokens crashed under load at 0.70 with the fewest sequences: the
+    cache for 4 (12,000 tokens; the crash logged 2,000 more than the model predicts) is the
+    largest chunk whose predicted cache holds 10,000 tokens, 1,000. Not once anything
+    served, nor where the largest chunk still leaves a cache for more."""
+    crashed = dataclasses.replace(
+        failed(0.70, 8, 512, "crash_under_load"), kv_cache_tokens=31_520, peak_running=8
+    )
+
+    def propose(tried: list[Tried], model: Callable[..., int | None]) -> Any:
+        return starve(space=SPACE, tried=tried, request_tokens=3000, most=48, capacity=model)
+
+    move = propose([crashed], small_cache)
+    assert move is not None and move.why.startswith("starve:")
+    assert move.params == {
+        "gpu_memory_utilization": 0.70,
+        "max_num_seqs": 8,
+        "max_num_batched_tokens": 1000,
+    }
+    again = dataclasses.replace(
+        failed(0.70, 8, 1000, "crash_under_load"), kv_cache_tokens=12_000, peak_running=4
+    )
+    smaller = propose([crashed, again], small_cache)  # 2 of the 4: 4,000 predicted
+    assert smaller is not None and smaller.params["max_num_batched_tokens"] == 1150
+    assert propose([crashed, ok(0.75, 8, 512, 1.0)], small_cache) is None
+    cheap = propose([crashed], lambda p: small_cache(p) + 39 * int(p["max_num_batched_tokens"]))
+    assert cheap is None
+    higher = dataclasses.replace(crashed, params=crashed.params | {"max_num_seqs": 16})
+    assert propose([higher], small_cache) is None  # fewer sequences are the retreat's
 
 
 def test_a_retreat_of_a_retreat_only_once_the_utilization_is_the_suspect() -> None:

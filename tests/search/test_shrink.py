@@ -86,3 +86,34 @@ def test_sequences_round_up_to_save_one_of_few_waves() -> None:
     assert wave_up(80, 1000, reach=reach) == 80
     assert wave_up(96, 96, reach=reach) == 96
     assert waves(46, 96) == 3 and waves(48, 96) == 2
+
+
+# A ceiling on the tokens running (``ceiling.learn``): FULL's 2 requests of 10,000 tokens
+# (71.2% of 28,080) served at 0.92; 4 crashed under load there in a 42,000-token cache.
+TWO = dataclasses.replace(FULL, kv_cache_tokens=28_080, peak_kv_pct=71.2, peak_running=2)
+
+
+def crash(tokens: int) -> Tried:
+    params = P | {"max_num_batched_tokens": tokens}
+    kv = capacity(params)
+    return Tried(params, "crash_under_load", kv_cache_tokens=kv, peak_running=kv // 10_000)
+
+
+def test_under_a_learned_ceiling_the_chunk_shrinks_only_as_far_as_its_guess_holds() -> None:
+    """4 requests crashed in a 69,040-token cache at 1,024 batched tokens: the ceiling's guess
+    at 0.92 (37,000 tokens) holds 3. The first compass step (1,722: 41,120 tokens) holds 4;
+    the largest chunk between whose cache holds 3 (30,000 tokens) is 2,000."""
+    shrunk = move([TWO, crash(1024)], 10_000, capacity)
+    assert shrunk is not None and shrunk.params["max_num_batched_tokens"] == 2000
+    assert capacity(shrunk.params) // 10_000 == 3
+    without = move([TWO], 10_000, capacity)  # no crash, no ceiling: the compass step
+    assert without is not None and without.params["max_num_batched_tokens"] == 1722
+
+
+def test_where_the_guess_holds_no_more_one_more_request_unless_a_crash_rules_it_out() -> None:
+    """4 requests crashed in a 42,000-token cache: the guess (29,000 tokens) holds the 2 that
+    ran; 3 (30,000) are below every crash, so one launch tries them. Once 3 crashed too,
+    nothing."""
+    edge = move([TWO, crash(1700)], 10_000, capacity)
+    assert edge is not None and edge.params["max_num_batched_tokens"] == 2000
+    assert move([TWO, crash(1700), crash(2000)], 10_000, capacity) is None

@@ -154,6 +154,7 @@ class Guide:
             fill if idle else climb,
             partial(kv_fit.repair, space=self.space, tried=seen, expected=guess),
             partial(rescue.rescue, space=self.space, tried=seen, expected=guess, fails=fails),
+            partial(self._sized, rescue.starve, seen, guess),
             climb if idle else fill,
             partial(waves, expected=guess),
             partial(rescue.restore, space=self.space, tried=seen, expected=guess),

@@ -33,6 +33,7 @@ from autotune.search.moves.edge import (
     memory_dim,
 )
 from autotune.search.moves.retreat import UNDER_LOAD
+from autotune.search.moves.shrink import NAME, SEQS, largest_chunk
 from autotune.search.space import UTIL_STEP, SearchSpace
 
 SMALLEST = (*BATCH_DIMS, "max_model_len", IMAGE_DIM)  # set to the low end of their ranges
@@ -104,6 +105,60 @@ def _levels(low: float, high: float, start: float | None) -> list[float]:
         order.remove(round(start, 2))
         order.insert(0, round(start, 2))
     return order
+
+
+def starve(
+    *,
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    request_tokens: int,
+    most: int,
+    expected: Callable[[Mapping[str, Value]], float | None] | None = None,
+    capacity: Callable[[Mapping[str, Value]], int | None] | None = None,
+) -> Climb | None:
+    """While nothing has served: the fewest sequences crashed under load at the lowest
+    utilization, so the requests they ran need more room outside the KV cache than any
+    level leaves, and no fewer sequences are allowed. A smaller KV cache runs fewer of them:
+    the largest ``max_num_batched_tokens`` (more activation memory in the profiling run)
+    whose KV cache, corrected by the crash's logged KV tokens, holds half the requests that
+    ran there (at least one)."""
+    memory = memory_dim(space)
+    if memory is None or capacity is None or request_tokens <= 0 or NAME not in space:
+        return None
+    if SEQS not in space or any(t.outcome == Outcome.OK.value for t in tried):
+        return None
+    floor = [
+        t
+        for t in tried
+        if t.outcome in UNDER_LOAD
+        and t.kv_cache_tokens is not None
+        and float(t.params.get(memory.name, 1.0)) <= float(memory.low)
+        and t.params.get(SEQS) == space[SEQS].low
+    ]
+    if not floor:
+        return None
+    last = floor[-1]
+    logged = last.kv_cache_tokens or 0
+    ran = min(last.peak_running or most, int(last.params[SEQS]), logged // request_tokens)
+    predicted = capacity(last.params)
+    if ran <= 1 or predicted is None:
+        return None
+    target = ran // 2
+    tokens = target * request_tokens - (logged - predicted)  # in the model's predicted tokens
+    top = batch_valid(dict(last.params) | {NAME: space[NAME].high})
+    if (capacity(top) or 0) >= tokens + request_tokens:
+        return None  # even the largest chunk leaves a cache that holds more
+    params = largest_chunk(
+        dict(last.params), int(top[NAME]) + 1, int(last.params[NAME]), tokens, capacity
+    )
+    params = fit_memory(space, params, expected)
+    if any(dict(t.params) == params for t in tried):
+        return None
+    why = (
+        f"starve: {NAME} {last.params[NAME]} -> {params[NAME]} (a KV cache for {target} of the "
+        f"{ran} requests that crashed under load at {memory.name} {last.params[memory.name]})"
+    )
+    return Climb(params=params, why=why)
 
 
 RESTORE = 2.0  # the batched-token step of ``restore``

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
+from autotune.search.moves.ceiling import learn
 from autotune.search.moves.edge import (
     COMPASS,
     FEWER,
@@ -42,7 +43,11 @@ def shrink(
     the model's bias cancels). Where the best's ``max_num_seqs`` is no more than its cache
     holds (a fill sized it), as many sequences as the smaller chunk's cache holds (at most
     ``most``, the requests in flight). Where one more request is a small share (short requests),
-    nothing: each chunk has a fixed cost, and one step gains less than one run's noise."""
+    nothing: each chunk has a fixed cost, and one step gains less than one run's noise.
+
+    Where crashes under load have bounded the tokens that may run (``ceiling.learn``), no more
+    requests than its guess holds at the best's utilization: the largest chunk whose KV cache
+    (corrected by the best's logged KV tokens) holds that many, found between compass steps."""
     memory = memory_dim(space)
     if NAME not in space or capacity is None or memory is None or request_tokens <= 0:
         return None
@@ -62,6 +67,11 @@ def shrink(
     if best.kv_pressure() != "full" and not (sized and _seqs_bound(best, most)):
         return None
     seen = [dict(t.params) for t in tried]
+    cap = _cap(space, tried, best, request_tokens=request_tokens, most=most, memory=memory.name)
+    if cap is not None and cap < now + 1:
+        return None
+    bias = 0 if best.kv_cache_tokens is None else best.kv_cache_tokens - held
+    above = int(here)
     for step in range(1, 4 * len(COMPASS) + 1):  # 2 ** -(step / 4): down to 1/8
         size = dim.clamp(round(float(here) * 2.0 ** (-step / 4)))
         params = batch_valid(dict(best.params) | {NAME: size})
@@ -71,6 +81,12 @@ def shrink(
         if kv is None:
             return None
         more = kv // request_tokens
+        if cap is not None and (kv + bias) // request_tokens > cap:  # under the ceiling
+            params = largest_chunk(
+                params, above, int(params[NAME]), (cap * request_tokens) - bias, capacity
+            )
+            more = min(cap, (capacity(params) or 0) // request_tokens)
+        above = int(params[NAME])
         if sized and more > now:  # sequences sized to the cache: as many as it now holds
             count = wave_up(min(more, most), most, reach=COMPASS[-1])
             params = batch_valid(params | {SEQS: space[SEQS].clamp(count)})
@@ -82,6 +98,48 @@ def shrink(
             why = f"shrink: {NAME} {here} -> {params[NAME]} ({now} -> {more} requests fit)"
             return Climb(params=params, why=why)
     return None
+
+
+def _cap(
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    best: Tried,
+    *,
+    request_tokens: int,
+    most: int,
+    memory: str,
+) -> int | None:
+    """The requests that may run at the best's utilization under the ceiling learned from
+    crashes under load, or None (no ceiling): as many as its guess holds; where that is no
+    more than the best ran, one more, if no crash rules it out (an edge between what served
+    and what crashed, worth a launch where one request is a large share)."""
+    bound = learn(space=space, tried=tried, request_tokens=request_tokens, most=most)
+    if bound is None:
+        return None
+    room = 1.0 - float(best.params[memory])
+    guess = bound.tokens(float(best.params[memory])) // request_tokens
+    runs = best.peak_running or 0
+    if guess <= runs and (runs + 1) * request_tokens < bound.high * room:
+        return runs + 1
+    return guess
+
+
+def largest_chunk(
+    params: dict[str, Value],
+    high: int,
+    low: int,
+    tokens: int,
+    capacity: Callable[[Mapping[str, Value]], int | None],
+) -> dict[str, Value]:
+    """``params`` at the largest chunk in ``[low, high)`` whose predicted KV cache holds
+    ``tokens`` (it shrinks as the chunk grows); at ``low`` where none does."""
+    while high - low > 1:
+        mid = (low + high) // 2
+        if (capacity(params | {NAME: mid}) or 0) >= tokens:
+            low = mid
+        else:
+            high = mid
+    return batch_valid(params | {NAME: low})
 
 
 def _seqs_bound(best: Tried, most: int) -> bool:
