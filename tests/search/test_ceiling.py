@@ -91,3 +91,27 @@ def test_no_aim_where_the_best_ran_every_request_or_nothing_crashed() -> None:
     idle = dataclasses.replace(BEST, preemptions=0, peak_kv_pct=40.0, params=p(0.77, 8))
     assert move([idle, CRASH, FILLED]) is None
     assert move([BEST]) is None
+
+
+def test_a_smaller_chunk_where_the_best_one_leaves_too_small_a_cache() -> None:
+    """Each batched token costs the cache 10 tokens here (the launches ran at 2,048, where the
+    two models agree): the levels with room under the ceiling for 11 or 12 requests leave
+    caches for fewer at 2,048 batched tokens, so the aim takes a smaller chunk and runs 11
+    (10 at the best's chunk, the test above)."""
+
+    def chunked(params: Mapping[str, Value]) -> int:
+        return capacity(params) - 10 * (int(params["max_num_batched_tokens"]) - 2048)
+
+    tried = [BEST, CRASH, FILLED]
+    aimed = aim(
+        space=SPACE,
+        tried=tried,
+        ceiling=learn(space=SPACE, tried=tried, request_tokens=REQUEST, most=96),
+        request_tokens=REQUEST,
+        most=96,
+        capacity=chunked,
+    )
+    assert aimed is not None and "max_num_batched_tokens" in aimed.why, aimed
+    seqs, chunk = int(aimed.params["max_num_seqs"]), int(aimed.params["max_num_batched_tokens"])
+    assert chunk < 2048
+    assert min(seqs, chunked(aimed.params) // REQUEST) == 11

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
-from autotune.search.moves.edge import Tried
+from autotune.engine.defaults import Value
+from autotune.search.moves.edge import Climb, Tried
 from autotune.search.moves.fewer_waves import fewer_waves
 from autotune.search.moves.load_shape import waves
 from tests.search.test_edge import SPACE
@@ -58,3 +60,37 @@ def test_no_move_to_as_many_sequences_as_failed_for_memory() -> None:
     assert fewer_waves(space=SPACE, tried=[BEST, crashed], most=160) is None
     above = Tried(larger | {"gpu_memory_utilization": 0.85}, "crash_under_load")
     assert fewer_waves(space=SPACE, tried=[BEST, above], most=160) is not None
+
+
+def test_a_full_cache_gets_a_smaller_chunk_that_holds_the_wave() -> None:
+    """52 sequences at 1,024 batched tokens filled the cache (51 requests of 2,000 tokens fit,
+    3 preemptions): 54 sequences need 108,000 tokens, which the largest smaller chunk, 943,
+    leaves. Not where 108,000 running tokens crashed under load at this utilization."""
+
+    def capacity(params: Mapping[str, Value]) -> int:
+        seqs, chunk = int(params["max_num_seqs"]), int(params["max_num_batched_tokens"])
+        return 170_000 - 100 * seqs - 60 * chunk
+
+    full = P | {"max_num_batched_tokens": 1024}
+    best = dataclasses.replace(
+        BEST, params=full, kv_cache_tokens=capacity(full), preemptions=3, peak_kv_pct=100.0
+    )
+
+    def move(tried: list[Tried]) -> Climb | None:
+        return fewer_waves(
+            space=SPACE, tried=tried, most=160, request_tokens=2000, capacity=capacity
+        )
+
+    sized = move([best])
+    assert sized is not None and sized.why.startswith("waves:"), sized
+    assert sized.params["max_num_seqs"] == 54
+    assert sized.params["max_num_batched_tokens"] == 943
+    assert (
+        capacity(sized.params)
+        >= 54 * 2000
+        > capacity(sized.params | {"max_num_batched_tokens": 944})
+    )
+    assert fewer_waves(space=SPACE, tried=[best], most=160) is None  # no memory model
+    more = P | {"max_num_seqs": 60}
+    crashed = Tried(more, "crash_under_load", kv_cache_tokens=108_000, peak_running=54)
+    assert move([best, crashed]) is None

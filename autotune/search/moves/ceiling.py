@@ -25,6 +25,7 @@ from autotune.search.moves.edge import FEWER, Climb, Tried, batch_valid, best_of
 from autotune.search.space import UTIL_STEP, SearchSpace
 
 SEQS = "max_num_seqs"
+CHUNK = "max_num_batched_tokens"
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,14 @@ def aim(
         params = batch_valid(dict(best.params) | {memory.name: level, SEQS: seqs})
         if (kv := capacity(params)) is None:
             continue
+        if kv + bias < seqs * request_tokens and CHUNK in space and not space[CHUNK].fixed:
+            # a smaller chunk (less activation memory) for a cache that holds them all
+            need = seqs * request_tokens - bias
+            smaller = largest_chunk(
+                params, int(params[CHUNK]), int(space[CHUNK].low), need, capacity
+            )
+            if (more := capacity(smaller)) is not None and more > kv:
+                params, kv = smaller, more
         held = kv + bias
         runs = min(seqs, held // request_tokens)
         fits = min(held, seqs * request_tokens) <= ceiling.tokens(level)
@@ -123,9 +132,28 @@ def aim(
     now = best.peak_running
     if runs < now + 1 or runs < now * (1.0 + FEWER) or params in [dict(t.params) for t in tried]:
         return None
+    chunk = f", {CHUNK} {params[CHUNK]}" if params.get(CHUNK) != best.params.get(CHUNK) else ""
     why = (
-        f"aim: {SEQS} {best.params.get(SEQS)} -> {params[SEQS]} at {memory.name}="
+        f"aim: {SEQS} {best.params.get(SEQS)} -> {params[SEQS]}{chunk} at {memory.name}="
         f"{params[memory.name]} ({now} -> {runs} requests under a ceiling of "
         f"{ceiling.tokens(float(params[memory.name]))} running tokens)"
     )
     return Climb(params=params, why=why)
+
+
+def largest_chunk(
+    params: dict[str, Value],
+    high: int,
+    low: int,
+    tokens: int,
+    capacity: Callable[[Mapping[str, Value]], int | None],
+) -> dict[str, Value]:
+    """``params`` at the largest chunk in ``[low, high)`` whose predicted KV cache holds
+    ``tokens`` (it shrinks as the chunk grows); at ``low`` where none does."""
+    while high - low > 1:
+        mid = (low + high) // 2
+        if (capacity(params | {CHUNK: mid}) or 0) >= tokens:
+            low = mid
+        else:
+            high = mid
+    return batch_valid(params | {CHUNK: low})

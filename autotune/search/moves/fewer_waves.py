@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
+from autotune.search.moves.ceiling import CHUNK, largest_chunk, learn
 from autotune.search.moves.edge import (
     COMPASS,
     Climb,
@@ -35,12 +36,17 @@ def fewer_waves(
     tried: Sequence[Tried],
     most: int,
     expected: Callable[[Mapping[str, Value]], float | None] | None = None,
+    request_tokens: int = 0,
+    capacity: Callable[[Mapping[str, Value]], int | None] | None = None,
 ) -> Climb | None:
     """The best's ``max_num_seqs`` raised to the fewest sequences that take the ``most``
     requests in flight in one wave fewer, where every sequence ran at the best's peak, its KV
     cache was not full (more sequences would only wait or preempt) and, used as much per
     sequence, would hold them (``KV_ROOM``: blocks and a sampled peak), the requests take at most
-    ``MOST_WAVES`` waves and that is at most ``REACH`` times as many. Once per batch setting."""
+    ``MOST_WAVES`` waves and that is at most ``REACH`` times as many. Where the cache would not
+    hold them, the largest smaller chunk whose cache (by the memory model ``capacity``, corrected
+    by the best's logged KV tokens) holds them all, unless a crash under load at a ceiling on
+    the running tokens (``ceiling.learn``) rules that many out. Once per batch setting."""
     memory = memory_dim(space)
     if memory is None or SEQS not in space or space[SEQS].fixed or most <= 1:
         return None
@@ -49,7 +55,7 @@ def fewer_waves(
         return None
     best = best_of(ok, memory=memory.name)
     seqs = best.params.get(SEQS)
-    if seqs is None or best.peak_running is None or best.kv_pressure() == "full":
+    if seqs is None or best.peak_running is None:
         return None
     seqs = int(seqs)
     now = waves(seqs, most)
@@ -58,13 +64,45 @@ def fewer_waves(
     target = int(space[SEQS].clamp(-(-most // (now - 1))))
     if target <= seqs or target > seqs * REACH:
         return None
-    if (best.peak_kv_pct or 0.0) * target / seqs > KV_ROOM:
-        return None  # the cache, used as at the best's peak per sequence, would not hold them
-    params = fit_memory(space, batch_valid(dict(best.params) | {SEQS: target}), expected)
+    params = batch_valid(dict(best.params) | {SEQS: target})
+    if best.kv_pressure() == "full" or (best.peak_kv_pct or 0.0) * target / seqs > KV_ROOM:
+        # the cache, used as at the best's peak per sequence, would not hold them
+        sized = _smaller_chunk(space, tried, best, params, request_tokens, most, capacity)
+        if sized is None:
+            return None
+        params = sized
+    params = fit_memory(space, params, expected)
     if any(batch_of(t.params, memory.name) == batch_of(params, memory.name) for t in tried):
         return None
     cap = failed_cap(tried, params, memory)
     if cap is not None and target >= cap:
         return None  # as many failed for memory there
-    why = f"waves: max_num_seqs {seqs} -> {target} ({most} requests in {now - 1} waves, not {now})"
+    chunk = f", {CHUNK} {params[CHUNK]}" if params.get(CHUNK) != best.params.get(CHUNK) else ""
+    why = f"waves: {SEQS} {seqs} -> {target}{chunk} ({most} requests in {now - 1} waves, not {now})"
     return Climb(params=params, why=why)
+
+
+def _smaller_chunk(
+    space: SearchSpace,
+    tried: Sequence[Tried],
+    best: Tried,
+    params: dict[str, Value],
+    request_tokens: int,
+    most: int,
+    capacity: Callable[[Mapping[str, Value]], int | None] | None,
+) -> dict[str, Value] | None:
+    """``params`` at the largest chunk below the best's whose cache holds all its sequences'
+    requests, or None: no model, no such chunk, or a ceiling's crash rules them out."""
+    if capacity is None or request_tokens <= 0 or CHUNK not in space or space[CHUNK].fixed:
+        return None
+    predicted, memory = capacity(best.params), memory_dim(space)
+    if predicted is None or best.kv_cache_tokens is None or memory is None:
+        return None
+    tokens = int(params[SEQS]) * request_tokens
+    bound = learn(space=space, tried=tried, request_tokens=request_tokens, most=most)
+    if bound is not None and tokens >= bound.high * (1.0 - float(best.params[memory.name])):
+        return None  # as many running tokens crashed under load
+    need = tokens - (best.kv_cache_tokens - predicted)
+    low = int(space[CHUNK].low)
+    sized = largest_chunk(params, int(best.params[CHUNK]), low, need, capacity)
+    return sized if (capacity(sized) or 0) >= need else None

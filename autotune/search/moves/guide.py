@@ -140,8 +140,6 @@ class Guide:
         if best is not None and memory_unused(seen, memory=str(self._memory), of=best):
             climb = _nothing  # the best ran alike at two memory settings
         fill = partial(self._sized, kv_fit.fill, seen, guess)
-        most = self.load.in_flight if self.load is not None else 0
-        waves = partial(fewer_waves.fewer_waves, space=self.space, tried=seen, most=most)
         # vLLM reported the best's KV cache idle: larger batches first, more memory after them
         idle = best is not None and best.kv_pressure() == "idle"
         prefill = partial(self._prefill, seen, guess)
@@ -156,7 +154,7 @@ class Guide:
             partial(rescue.rescue, space=self.space, tried=seen, expected=guess, fails=fails),
             partial(self._sized, rescue.starve, seen, guess),
             climb if idle else fill,
-            partial(waves, expected=guess),
+            partial(self._sized, fewer_waves.fewer_waves, seen, guess),
             partial(rescue.restore, space=self.space, tried=seen, expected=guess),
             partial(self._sized, shrink.shrink, seen, guess),
             prefill,

@@ -22,6 +22,7 @@ from autotune.engine.defaults import Value
 from autotune.engine.multimodal import IMAGE_DIM
 from autotune.engine.outcome import Outcome
 from autotune.search.moves.alike import same_batches
+from autotune.search.moves.ceiling import largest_chunk
 from autotune.search.moves.edge import (
     BATCH_DIMS,
     SHORT,
@@ -33,7 +34,7 @@ from autotune.search.moves.edge import (
     memory_dim,
 )
 from autotune.search.moves.retreat import UNDER_LOAD
-from autotune.search.moves.shrink import NAME, SEQS, largest_chunk
+from autotune.search.moves.shrink import NAME, SEQS
 from autotune.search.space import UTIL_STEP, SearchSpace
 
 SMALLEST = (*BATCH_DIMS, "max_model_len", IMAGE_DIM)  # set to the low end of their ranges

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
-from autotune.search.moves.ceiling import learn
+from autotune.search.moves.ceiling import largest_chunk, learn
 from autotune.search.moves.edge import (
     COMPASS,
     FEWER,
@@ -122,24 +122,6 @@ def _cap(
     if guess <= runs and (runs + 1) * request_tokens < bound.high * room:
         return runs + 1
     return guess
-
-
-def largest_chunk(
-    params: dict[str, Value],
-    high: int,
-    low: int,
-    tokens: int,
-    capacity: Callable[[Mapping[str, Value]], int | None],
-) -> dict[str, Value]:
-    """``params`` at the largest chunk in ``[low, high)`` whose predicted KV cache holds
-    ``tokens`` (it shrinks as the chunk grows); at ``low`` where none does."""
-    while high - low > 1:
-        mid = (low + high) // 2
-        if (capacity(params | {NAME: mid}) or 0) >= tokens:
-            low = mid
-        else:
-            high = mid
-    return batch_valid(params | {NAME: low})
 
 
 def _seqs_bound(best: Tried, most: int) -> bool:
