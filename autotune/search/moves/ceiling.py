@@ -111,13 +111,12 @@ def aim(
         params = batch_valid(dict(best.params) | {memory.name: level, SEQS: seqs})
         if (kv := capacity(params)) is None:
             continue
-        if kv + bias < seqs * request_tokens and CHUNK in space and not space[CHUNK].fixed:
-            # a smaller chunk (less activation memory) for a cache that holds them all
-            need = seqs * request_tokens - bias
-            smaller = largest_chunk(
-                params, int(params[CHUNK]), int(space[CHUNK].low), need, capacity
-            )
-            if (more := capacity(smaller)) is not None and more > kv:
+        need = min(seqs, ceiling.tokens(level) // request_tokens) * request_tokens - bias
+        if kv < need and CHUNK in space and not space[CHUNK].fixed:
+            # the largest smaller chunk (less activation memory) whose cache holds them all
+            low_chunk = int(space[CHUNK].low)
+            smaller = largest_chunk(params, int(params[CHUNK]), low_chunk, need, capacity)
+            if (more := capacity(smaller)) is not None and more >= need:
                 params, kv = smaller, more
         held = kv + bias
         runs = min(seqs, held // request_tokens)
