@@ -91,6 +91,12 @@ def test_a_full_cache_gets_a_smaller_chunk_that_holds_the_wave() -> None:
         > capacity(sized.params | {"max_num_batched_tokens": 944})
     )
     assert fewer_waves(space=SPACE, tried=[best], most=160) is None  # no memory model
+    # not full (all 52 ran, none preempted) but 99% used: 54 use 102.8% at that rate, and the
+    # chunk is sized to the peak's use per sequence (104,177 tokens), not to full requests
+    near = dataclasses.replace(best, preemptions=0, peak_kv_pct=99.0)
+    assert near.kv_pressure() != "full"
+    peak = move([near])
+    assert peak is not None and peak.params["max_num_batched_tokens"] == 1007
     more = P | {"max_num_seqs": 60}
     crashed = Tried(more, "crash_under_load", kv_cache_tokens=108_000, peak_running=54)
     assert move([best, crashed]) is None

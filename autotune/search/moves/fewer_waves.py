@@ -92,17 +92,22 @@ def _smaller_chunk(
     capacity: Callable[[Mapping[str, Value]], int | None] | None,
 ) -> dict[str, Value] | None:
     """``params`` at the largest chunk below the best's whose cache holds all its sequences'
-    requests, or None: no model, no such chunk, or a ceiling's crash rules them out."""
+    requests (used as at the best's peak, where its cache was not full), or None: no model, no
+    such chunk, or a ceiling's crash rules them out."""
     if capacity is None or request_tokens <= 0 or CHUNK not in space or space[CHUNK].fixed:
         return None
     predicted, memory = capacity(best.params), memory_dim(space)
     if predicted is None or best.kv_cache_tokens is None or memory is None:
         return None
-    tokens = int(params[SEQS]) * request_tokens
+    target, seqs, kv = int(params[SEQS]), int(best.params[SEQS]), best.kv_cache_tokens
+    tokens = target * request_tokens
+    if best.kv_pressure() != "full" and best.peak_kv_pct is not None:
+        # used as at the best's peak per sequence (requests are not all at full length at once)
+        tokens = int(best.peak_kv_pct / KV_ROOM * kv * target / seqs)
     bound = learn(space=space, tried=tried, request_tokens=request_tokens, most=most)
     if bound is not None and tokens >= bound.high * (1.0 - float(best.params[memory.name])):
         return None  # as many running tokens crashed under load
-    need = tokens - (best.kv_cache_tokens - predicted)
+    need = tokens - (kv - predicted)
     low = int(space[CHUNK].low)
     sized = largest_chunk(params, int(best.params[CHUNK]), low, need, capacity)
     return sized if (capacity(sized) or 0) >= need else None
