@@ -86,9 +86,11 @@ def aim(
     ceiling: at each utilization up to the highest that served, as many sequences as the
     ceiling's guess holds (at most ``most``, the requests in flight), counted only where the KV
     cache the memory model predicts holds them too (corrected by the best's own logged KV
-    tokens). Proposed where that beats the requests the best ran at its peak by one and by
-    ``FEWER``; among equals, the lowest utilization (the most room for the runtime peak). Once:
-    a launched configuration is not proposed again."""
+    tokens). Where the best's chunk leaves too small a cache at a level for those requests, the
+    largest smaller ``max_num_batched_tokens`` whose cache holds them (``largest_chunk``).
+    Proposed where that beats the requests the best ran at its peak by one and by ``FEWER``;
+    among equals, the lowest utilization (the most room for the runtime peak). Once: a
+    launched configuration is not proposed again."""
     memory = memory_dim(space)
     if ceiling is None or memory is None or SEQS not in space or space[SEQS].fixed:
         return None
