@@ -98,7 +98,7 @@ def test_the_fewest_sequences_crashing_at_the_floor_get_a_cache_that_holds_half(
     assert propose([crashed, ok(0.75, 8, 512, 1.0)], small_cache) is None
     cheap = propose([crashed], lambda p: small_cache(p) + 39 * int(p["max_num_batched_tokens"]))
     assert cheap is None
-    higher = dataclasses.replace(crashed, params=crashed.params | {"max_num_seqs": 16})
+    higher = dataclasses.replace(crashed, params=dict(crashed.params) | {"max_num_seqs": 16})
     assert propose([higher], small_cache) is None  # fewer sequences are the retreat's
 
 
