@@ -86,12 +86,12 @@ def test_min_images_study(tmp_path: Path) -> None:
 
     (path,) = Path(env["AUTOTUNE_PROFILES_DIR"]).rglob("*.yaml")
     profile = yaml.safe_load(path.read_text())
-    best = max(ok, key=lambda t: t.value or 0)
-    assert profile["provenance"]["trial"] == best.number
-    assert (
-        json.loads(profile["vllm_args"]["limit_mm_per_prompt"])["image"]
-        == json.loads(best.user_attrs["vllm_args"]["limit_mm_per_prompt"])["image"]
-    )
+    # the saved trial served and is within --noise (0.05) of the best: with one run each, the
+    # ranking's stated tie rule (smaller reservation, no preemptions, ...) picks among those
+    top = max(t.value or 0 for t in ok)
+    (chosen,) = [t for t in ok if t.number == profile["provenance"]["trial"]]
+    assert (chosen.value or 0) >= 0.95 * top
+    assert profile["vllm_args"] == chosen.user_attrs["vllm_args"]
     assert images_of(profile["vllm_args"]) >= 4
     assert profile["workload"]["images_per_request"] == [4, 4]
 
