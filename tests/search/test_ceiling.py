@@ -115,3 +115,26 @@ def test_a_smaller_chunk_where_the_best_one_leaves_too_small_a_cache() -> None:
     seqs, chunk = int(aimed.params["max_num_seqs"]), int(aimed.params["max_num_batched_tokens"])
     assert chunk < 2048
     assert min(seqs, chunked(aimed.params) // REQUEST) == 11
+
+
+def test_a_preempting_best_counts_the_requests_its_cache_holds_whole() -> None:
+    """vLLM's running peak of a configuration that preempted counts requests admitted with part
+    of their context (then evicted and recomputed): 12 at its peak, but its 34400 KV tokens hold
+    8 whole requests of 4000. Aimed at 10 whole ones, that is more; without preemptions, 12
+    really ran at once and 10 is fewer."""
+    churned = dataclasses.replace(BEST, peak_running=12)
+    aimed = move([churned, CRASH, FILLED])
+    assert aimed is not None and aimed.why.startswith("aim:"), aimed
+    assert aimed.params["max_num_seqs"] == 10 and "(8 -> 10 requests" in aimed.why
+    steady = dataclasses.replace(churned, preemptions=0)
+    assert move([steady, CRASH, FILLED]) is None
+
+
+def test_no_aim_at_what_ran_already_with_a_chunk_a_compass_step_away() -> None:
+    aimed = move([BEST, CRASH, FILLED])
+    assert aimed is not None
+    chunk = int(aimed.params["max_num_batched_tokens"])
+    near = launched({**aimed.params, "max_num_batched_tokens": chunk + chunk // 20}, "ok", 90.0)
+    assert move([BEST, CRASH, FILLED, near]) is None
+    far = launched({**aimed.params, "max_num_batched_tokens": chunk // 2}, "ok", 90.0)
+    assert move([BEST, CRASH, FILLED, far]) is not None

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 
 from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
-from autotune.search.moves.edge import FEWER, Climb, Tried, batch_valid, best_of, memory_dim
+from autotune.search.moves.edge import (
+    COMPASS,
+    FEWER,
+    Climb,
+    Tried,
+    batch_valid,
+    best_of,
+    memory_dim,
+)
 from autotune.search.space import UTIL_STEP, SearchSpace
 
 SEQS = "max_num_seqs"
@@ -130,8 +138,8 @@ def aim(
     if pick is None:
         return None
     runs, params = pick
-    now = best.peak_running
-    if runs < now + 1 or runs < now * (1.0 + FEWER) or params in [dict(t.params) for t in tried]:
+    now = held_whole(best, request_tokens=request_tokens)
+    if runs < now + 1 or runs < now * (1.0 + FEWER) or any(_alike(params, t.params) for t in tried):
         return None
     chunk = f", {CHUNK} {params[CHUNK]}" if params.get(CHUNK) != best.params.get(CHUNK) else ""
     why = (
@@ -140,6 +148,24 @@ def aim(
         f"{ceiling.tokens(float(params[memory.name]))} running tokens)"
     )
     return Climb(params=params, why=why)
+
+
+def _alike(a: Mapping[str, Value], b: Mapping[str, Value]) -> bool:
+    """The same settings but for a chunk within the compass's finest step: launched already."""
+    if {k: v for k, v in a.items() if k != CHUNK} != {k: v for k, v in b.items() if k != CHUNK}:
+        return False
+    x, y = float(a.get(CHUNK, 1) or 1), float(b.get(CHUNK, 1) or 1)
+    return bool(max(x, y) / min(x, y) <= COMPASS[-1])
+
+
+def held_whole(best: Tried, *, request_tokens: int) -> int:
+    """The requests ``best`` ran at once: its peak, but where it preempted, no more than its
+    KV cache holds whole (its peak counts requests admitted with part of their context, then
+    evicted and recomputed)."""
+    peak = best.peak_running or 0
+    if not best.preemptions or best.kv_cache_tokens is None or request_tokens <= 0:
+        return peak
+    return min(peak, best.kv_cache_tokens // request_tokens)
 
 
 def largest_chunk(
