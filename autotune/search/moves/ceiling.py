@@ -30,6 +30,7 @@ from autotune.search.moves.edge import (
     best_of,
     memory_dim,
 )
+from autotune.search.moves.retreat import batch_of
 from autotune.search.space import UTIL_STEP, SearchSpace
 
 SEQS = "max_num_seqs"
@@ -152,7 +153,7 @@ def aim(
 
 def _alike(a: Mapping[str, Value], b: Mapping[str, Value]) -> bool:
     """The same settings but for a chunk within the compass's finest step: launched already."""
-    if {k: v for k, v in a.items() if k != CHUNK} != {k: v for k, v in b.items() if k != CHUNK}:
+    if batch_of(a, CHUNK) != batch_of(b, CHUNK):
         return False
     x, y = float(a.get(CHUNK, 1) or 1), float(b.get(CHUNK, 1) or 1)
     return bool(max(x, y) / min(x, y) <= COMPASS[-1])
