@@ -20,7 +20,7 @@ from autotune.engine.outcome import Outcome, StartupInfo
 from autotune.search import study as st
 from autotune.search.moves.edge import Tried
 from autotune.search.moves.guide import Guide
-from autotune.search.moves.kv_fit import fill
+from autotune.search.moves.kv_fit import DECODE, chunks_bind, fill
 from autotune.search.moves.load_shape import Load
 from autotune.trial.record import TrialRecord
 from autotune.trial.runner import TrialResult
@@ -90,3 +90,17 @@ def test_a_fill_among_equal_values_starts_from_the_most_memory() -> None:
     )  # fmt: skip
     assert move is not None and move.params["max_num_seqs"] == 40
     assert move.params["gpu_memory_utilization"] == 0.95
+
+
+def test_decode_tokens_taking_a_share_of_each_step_put_larger_chunks_first() -> None:
+    """vLLM gives each step's ``max_num_batched_tokens`` to the running requests' decode tokens
+    first: where the best ran ``DECODE`` of its chunk as sequences, short prompts too are
+    prefilled slowly, and larger chunks come before more sequences; not where fewer ran."""
+
+    def best(running: int) -> list[Tried]:
+        params: dict[str, Any] = SMALL | {"max_num_seqs": 128}
+        return [Tried(params=params, outcome="ok", value=100.0, peak_running=running)]
+
+    bind = partial(chunks_bind, space=EDGE_SPACE, prompt_tokens=100)
+    assert bind(tried=best(int(DECODE * 512) + 1))
+    assert not bind(tried=best(int(DECODE * 512) - 1))

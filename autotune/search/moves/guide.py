@@ -28,6 +28,7 @@ from autotune.search.moves import (
     fewer_waves,
     kv_fit,
     local,
+    overfill,
     recheck,
     rescue,
     retreat,
@@ -155,6 +156,7 @@ class Guide:
             partial(self._sized, rescue.starve, seen, guess),
             climb if idle else fill,
             partial(self._sized, fewer_waves.fewer_waves, seen, guess),
+            partial(self._overfill, seen, guess),
             partial(rescue.restore, space=self.space, tried=seen, expected=guess),
             partial(self._sized, shrink.shrink, seen, guess),
             prefill,
@@ -201,6 +203,22 @@ class Guide:
             request_tokens=tokens,
             most=most,
             capacity=self._capacity,
+            expected=guess,
+        )
+
+    def _overfill(
+        self,
+        seen: Sequence[edge.Tried],
+        guess: Callable[[Mapping[str, Value]], float | None] | None,
+    ) -> edge.Climb | None:
+        if self.load is None:
+            return None
+        return overfill.overfill(
+            space=self.space,
+            tried=seen,
+            request_tokens=self.load.request_tokens,
+            prompt_tokens=self.load.prompt_tokens,
+            most=self.load.in_flight,
             expected=guess,
         )
 

@@ -28,6 +28,7 @@ from autotune.search.space import Dim, SearchSpace
 
 DEFAULT_UTIL = 0.9  # vLLM's gpu_memory_utilization default
 CHUNKS = 4  # prefill: prompts this many chunks long or longer try larger chunks
+DECODE = 0.2  # prefill first where decode tokens take this share of each step's budget or more
 
 
 def fill(
@@ -266,17 +267,23 @@ def prefill(
 
 
 def chunks_bind(*, space: SearchSpace, tried: Sequence[Tried], prompt_tokens: int) -> bool:
-    """Larger prefill chunks before more sequences (``prefill`` before ``fill``): one prompt
-    takes the best configuration ``CHUNKS`` engine steps or more, and more sequences with its
-    other settings already served as fast, within ``NOISE`` (neither faster nor slower): the
-    chunks bind, not the batch."""
+    """Larger prefill chunks before more sequences (``prefill`` before ``fill``) where the
+    chunks bind, not the batch: the best's running sequences take ``DECODE`` of each engine
+    step's ``max_num_batched_tokens`` or more (vLLM schedules one decode token per running
+    request first; prompts get what is left, so more sequences would prefill slower still), or
+    one prompt takes the best ``CHUNKS`` engine steps or more and more sequences with its other
+    settings already served as fast, within ``NOISE`` (neither faster nor slower)."""
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
     memory = memory_dim(space)
     if not ok or memory is None:
         return False
     best = best_of(ok, memory=memory.name)
     chunk = best.params.get("max_num_batched_tokens")
-    if chunk is None or prompt_tokens < CHUNKS * float(chunk):
+    if chunk is None:
+        return False
+    if (best.peak_running or 0) >= DECODE * float(chunk):
+        return True
+    if prompt_tokens < CHUNKS * float(chunk):
         return False
     skip = (memory.name, "max_num_seqs")
     rest = {k: v for k, v in best.params.items() if k not in skip}
