@@ -18,11 +18,11 @@ from autotune.engine.launcher import ArgValue
 from autotune.engine.outcome import Outcome
 from autotune.search import study as st
 from autotune.search.goal import Goal
-from autotune.search.moves import guide as guides
 from autotune.search.moves import recheck
 from autotune.search.moves.alike import memory_unused, ran_alike, tried_alike
 from autotune.search.moves.edge import Tried
 from autotune.search.moves.guide import Guide
+from autotune.search.moves.seen import tried
 from autotune.search.ranking import candidates
 from autotune.trial.record import TrialRecord
 from autotune.trial.runner import TrialResult
@@ -94,8 +94,8 @@ def test_runs_that_ran_alike_pool_and_are_not_measured_again(tmp_path: Path) -> 
     the guide sees their median for both, and nothing is measured again. Where both preempted
     as often (the cache bound them), they did not run alike: 0.95 runs again."""
     two = _study(tmp_path / "two", Counted(), budget=2)
-    assert [t.value for t in guides.tried(two, memory=MEMORY)] == [90.0, 90.0]
-    assert [t.value for t in guides.tried(two)] == [100.0, 80.0]
+    assert [t.value for t in tried(two, memory=MEMORY)] == [90.0, 90.0]
+    assert [t.value for t in tried(two)] == [100.0, 80.0]
     study = _study(tmp_path / "alike", Counted())
     sources = [TrialRecord.of(t).source for t in study.get_trials()]
     assert not any(s.startswith("re-measure") for s in sources)
@@ -103,7 +103,7 @@ def test_runs_that_ran_alike_pool_and_are_not_measured_again(tmp_path: Path) -> 
 
     bound = _study(tmp_path / "bound", Counted(preempted=7, preempted_above=7))
     assert TrialRecord.of(bound.get_trials()[2]).source == "re-measure of trial 1"
-    assert [t.value for t in guides.tried(bound, memory=MEMORY)[:2]] == [100.0, 80.0]
+    assert [t.value for t in tried(bound, memory=MEMORY)[:2]] == [100.0, 80.0]
 
 
 @dataclass

@@ -19,10 +19,10 @@ from autotune.search import best
 from autotune.search import study as st
 from autotune.search.finalize import Finish, remeasure
 from autotune.search.goal import Goal
-from autotune.search.moves import guide as guides
 from autotune.search.moves import recheck
 from autotune.search.moves.guide import Guide
 from autotune.search.moves.rescue import restore
+from autotune.search.moves.seen import tried
 from autotune.trial.record import TrialRecord
 from autotune.trial.runner import TrialResult
 from tests.search.test_edge import SPACE, failed, ok
@@ -79,7 +79,7 @@ def test_more_memory_measured_slower_runs_again_before_the_guide_believes_it(
     trials = study.get_trials()
     assert TrialRecord.of(trials[2]).source == "re-measure of trial 1"
     assert runner.launched[2] == runner.launched[1]
-    seen = [t for t in guides.tried(study) if t.params.get("gpu_memory_utilization") == 0.95]
+    seen = [t for t in tried(study) if t.params.get("gpu_memory_utilization") == 0.95]
     assert [t.value for t in seen] == [95.0]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from autotune.search.moves.edge import Tried
+from autotune.search.moves.load_shape import Load
 from autotune.search.moves.overfill import overfill
 from tests.search.test_edge import SPACE
 
@@ -25,7 +26,8 @@ def served(**changes: Any) -> Tried:
 
 
 def move(*tried: Tried, most: int = 160) -> dict[str, Any] | None:
-    found = overfill(space=SPACE, tried=tried, request_tokens=420, prompt_tokens=240, most=most)
+    load = Load(request_tokens=420, in_flight=most, prompt_tokens=240)
+    found = overfill(space=SPACE, tried=tried, load=load)
     return None if found is None else dict(found.params)
 
 

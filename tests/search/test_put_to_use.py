@@ -13,10 +13,10 @@ import pytest
 from autotune.engine.outcome import Outcome
 from autotune.search import best
 from autotune.search.goal import Goal
-from autotune.search.moves import guide as guides
 from autotune.search.moves import recheck
 from autotune.search.moves.alike import put_to_use
 from autotune.search.moves.edge import Tried
+from autotune.search.moves.seen import tried
 from autotune.search.ranking import candidates, rank
 from autotune.trial.record import TrialRecord
 from tests.search.test_alike import MEMORY, Counted, Counters, _study
@@ -59,8 +59,8 @@ def test_the_guide_credits_more_memory_put_to_use_and_measures_nothing_again(
     """0.9 preempted 7 times and measured 100; 0.95 preempted none and measured 80: the guide
     values 0.95 at 100 too (without the counters' rule: 80), and no re-measure is spent."""
     two = _study(tmp_path / "two", Counted(preempted=7), budget=2)
-    assert [t.value for t in guides.tried(two, memory=MEMORY)] == [100.0, 100.0]
-    assert [t.value for t in guides.tried(two)] == [100.0, 80.0]
+    assert [t.value for t in tried(two, memory=MEMORY)] == [100.0, 100.0]
+    assert [t.value for t in tried(two)] == [100.0, 80.0]
     study = _study(tmp_path / "used", Counted(preempted=7))
     sources = [TrialRecord.of(t).source for t in study.get_trials()]
     assert not any(s.startswith("re-measure") for s in sources)

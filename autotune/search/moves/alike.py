@@ -1,7 +1,7 @@
 """Launches that ran alike (see ``autotune.search.moves.edge``): the same settings but the memory
 one, a KV cache that never bound and the same peak of requests running. vLLM's scheduler made
 the same choices in each, so their throughputs differ by the machine's noise alone: the guide
-(``guide.tried``), the re-check (``recheck``) and the choice (``search.ranking``) pool their
+(``seen.tried``), the re-check (``recheck``) and the choice (``search.ranking``) pool their
 runs. And launches whose extra memory was put to use (``put_to_use``): the same settings, a KV
 cache that bound the one with less memory, and more requests running or fewer preemptions
 with more; the guide, the re-check and the choice (``search.best``) take the one with more

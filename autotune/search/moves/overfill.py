@@ -20,6 +20,7 @@ from autotune.search.moves.edge import (
     memory_dim,
 )
 from autotune.search.moves.kv_fit import failed_cap
+from autotune.search.moves.load_shape import Load
 from autotune.search.moves.retreat import batch_of
 from autotune.search.space import SearchSpace
 
@@ -31,20 +32,19 @@ def overfill(
     *,
     space: SearchSpace,
     tried: Sequence[Tried],
-    request_tokens: int,
-    prompt_tokens: int,
-    most: int,
+    load: Load,
     expected: Callable[[Mapping[str, Value]], float | None] | None = None,
 ) -> Climb | None:
     """The best's ``max_num_seqs`` raised to the requests its logged KV cache holds at their
-    mean footprint (the prompt and half the output), at most ``most`` in flight, where all its
+    mean footprint (the prompt and half the output), at most the requests in flight, where all its
     sequences ran, its cache was ``FULL`` at the peak and vLLM preempted nothing (the cache,
     sized to whole requests, bound before any request needed its whole length), and that is
     more than the compass's finest step above. The utilization comes down to the model's edge
     for the larger batch (``expected``). Not where as many failed for memory at that level
     (``kv_fit.failed_cap``); once per batch setting."""
     memory = memory_dim(space)
-    output = request_tokens - prompt_tokens
+    prompt_tokens, most = load.prompt_tokens, load.in_flight
+    output = load.request_tokens - prompt_tokens
     if memory is None or SEQS not in space or space[SEQS].fixed or min(output, prompt_tokens) <= 0:
         return None
     ok = [t for t in tried if t.outcome == Outcome.OK.value and t.value is not None]
