@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 from pathlib import Path
 
 import click
@@ -253,6 +254,20 @@ def test_storage_files_that_may_be_used(tmp_path: Path) -> None:
     (tmp_path / "racing.db-journal").write_bytes(b"x")
     check_sqlite(f"sqlite:///{tmp_path / 'racing.db'}")
     check_sqlite("postgresql://u:p@host/db")  # not a file: its server answers
+
+
+def test_an_empty_file_that_becomes_a_study_database_is_used(tmp_path: Path) -> None:
+    """Tuners sharing a new SQLite storage: one has created the file (zero bytes, its journal
+    not yet written) when another checks it. The check waits for it to settle (seen in CI:
+    three tuners on one storage, one refused the file as empty)."""
+    racing = tmp_path / "racing.db"
+    racing.write_bytes(b"")
+    timer = threading.Timer(0.5, lambda: _db(tmp_path / "racing.db", "studies"))
+    timer.start()
+    try:
+        check_sqlite(f"sqlite:///{racing}")
+    finally:
+        timer.join()
 
 
 def test_a_truncated_study_database_is_refused(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from autotune.search.workers.coordination import heartbeat_s, retry_stale
 
 SQLITE_BUSY_TIMEOUT_S = 60
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+SETTLE_S = 3.0  # a study database another tuner is creating takes less to get its tables
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -46,13 +47,31 @@ def sqlite_file(url: str) -> Path | None:
 def check_sqlite(url: str, *, must_exist: bool = False) -> None:
     """Refuse, before Optuna creates its tables in it, a SQLite file that is not a study
     database: empty (zero bytes), not SQLite, truncated, or another program's database.
-    ``must_exist``: reading studies, a missing file is an error too (none is created)."""
+    ``must_exist``: reading studies, a missing file is an error too (none is created).
+    Another tuner sharing the storage may be creating it right now: an empty, truncated or
+    table-less file gets ``SETTLE_S`` to become a study database before it is refused."""
     path = sqlite_file(url)
     if path is None:
         return
     where = f"study storage {redact_url(url)}"
     if "\x00" in str(path):
         raise StorageError(f"{where!r}: a file name cannot hold a NUL character")
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        try:
+            _check_file(path, where, must_exist=must_exist)
+            return
+        except _Settling as exc:
+            if time.monotonic() >= deadline:
+                raise StorageError(str(exc)) from None
+            time.sleep(0.2)
+
+
+class _Settling(Exception):
+    """A verdict that a database being created by another process passes through."""
+
+
+def _check_file(path: Path, where: str, *, must_exist: bool) -> None:
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -68,7 +87,7 @@ def check_sqlite(url: str, *, must_exist: bool = False) -> None:
     if info.st_size == 0:
         if any(path.with_name(path.name + s).exists() for s in ("-journal", "-wal")):
             return  # another process is creating it right now
-        raise StorageError(
+        raise _Settling(
             f"{where} is an empty file, not a study database: remove it or give another --storage"
         )
     try:
@@ -79,10 +98,10 @@ def check_sqlite(url: str, *, must_exist: bool = False) -> None:
     if not head.startswith(_SQLITE_MAGIC):
         raise StorageError(f"{where} is not a SQLite database; give another --storage")
     if _truncated(head, info.st_size):
-        raise StorageError(f"{where} is truncated (damaged): restore it or give another --storage")
+        raise _Settling(f"{where} is truncated (damaged): restore it or give another --storage")
     tables = _tables(path, where)
     if tables and "studies" not in tables:
-        raise StorageError(
+        raise _Settling(
             f"{where} is another program's SQLite database (no Optuna tables); "
             "give another --storage"
         )
