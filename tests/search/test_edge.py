@@ -78,13 +78,33 @@ def test_a_crash_under_load_is_no_ceiling_for_batches_holding_fewer_tokens() -> 
     crash = failed(0.92, 8, 512, "crash_under_load")
     assert next_climb(space=SPACE, tried=[best, crash]) is None  # no model: a ceiling
     move = next_climb(space=SPACE, tried=[best, crash], running=running)
-    assert move is not None and move.params["gpu_memory_utilization"] == 0.95  # not 0.92
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.92  # its level first
+    there = ok(0.92, 8, 4096, 101.0)  # served where the other crashed: on up
+    move = next_climb(space=SPACE, tried=[best, crash, there], running=running)
+    assert move is not None and move.params["gpu_memory_utilization"] == 0.95
     near = ok(0.91, 8, 1024, 100.0)  # 13.0k tokens at 0.92 against 13.5k: about as many
     assert next_climb(space=SPACE, tried=[near, crash], running=running) is None
-    more = failed(0.92, 16, 512, "crash_under_load")  # fewer sequences: retreat's, not ours
-    assert next_climb(space=SPACE, tried=[best, more], running=running) is None
     graphs = failed(0.92, 8, 512, "oom_cuda_graphs")  # a startup failure stays a ceiling
     assert next_climb(space=SPACE, tried=[best, graphs], running=running) is None
+
+
+def test_a_crash_under_load_with_more_sequences_is_no_ceiling_for_fewer() -> None:
+    """27 sequences crashed at 0.90 where 24 serve at 0.89 with their KV cache full: 24
+    sequences at 0.90 hold a ninth fewer tokens, so the climb tries them at 0.90 (and no higher
+    before they served)."""
+
+    def running(p: Mapping[str, Value]) -> int:  # every sequence holds 3k tokens
+        return 3_000 * int(p["max_num_seqs"])
+
+    best = dataclasses.replace(ok(0.89, 24, 512, 100.0), peak_kv_pct=100.0, preemptions=4)
+    crash = failed(0.90, 27, 512, "crash_under_load")
+    move = next_climb(space=SPACE, tried=[best, crash], running=running)
+    assert move is not None and move.params == {**best.params, "gpu_memory_utilization": 0.90}
+    close = failed(0.90, 26, 512, "crash_under_load")  # 26 of 27: about as many tokens
+    assert next_climb(space=SPACE, tried=[best, close], running=running) is None
+    assert next_climb(space=SPACE, tried=[best, crash]) is None  # no model: a ceiling
+    roomy = dataclasses.replace(best, peak_kv_pct=80.0, preemptions=0)  # more KV goes unused
+    assert next_climb(space=SPACE, tried=[roomy, crash], running=running) is None
 
 
 def test_the_memory_model_guess_is_tried_first_inside_the_open_interval() -> None:

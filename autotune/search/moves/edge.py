@@ -37,6 +37,7 @@ NOISE = 0.05  # a slower result with more memory beyond this share breaks monoto
 COMPASS = (2.0, 2.0**0.5, 2.0**0.25, 2.0**0.125)  # local move factors, boldest first
 KV_FULL = 95.0  # peak KV-cache usage (%) that counts as a full cache
 KV_IDLE = 50.0  # ... and as an idle one
+KV_TIGHT = 90.0  # ... and as one that more memory would let hold more (near its limit)
 FEWER = 0.1  # a configuration holding this share fewer running tokens escapes a crash under load
 
 
@@ -185,15 +186,16 @@ def next_climb(
     here = best.params.get(dim.name)
     if here is None or here >= dim.high:
         return None
-    fails = [
-        t.params[dim.name]
+    above = [
+        t
         for t in tried
         if t.outcome in _ABOVE
         and dim.name in t.params
         and t.params[dim.name] > here
         and (t.outcome in _ANYWHERE or covers(t.params, best.params, memory=dim.name))
-        and not _runs_fewer(best.params, t, memory=dim.name, running=running)
     ]
+    escaped = [t for t in above if _runs_fewer(best, t, memory=dim.name, running=running)]
+    fails = [t.params[dim.name] for t in above if t not in escaped]
     ceiling: Value = min(fails, default=None) or _beyond(dim)
     target = between(dim, here, ceiling)
     if target is None:
@@ -203,30 +205,35 @@ def next_climb(
         # Aim at the guess; once a launch failed at or below it, bisect (the guess is of the
         # startup edge; failures under load sit below it).
         target = round(max(util_floor(guess), float(here) + UTIL_STEP), 2)
-    target = min(target, dim.high)
+    # A crash the best's batches escape (``_runs_fewer``) is no ceiling, but the climb goes no
+    # further than its level before a launch there served.
+    target = min(target, dim.high, *(t.params[dim.name] for t in escaped))
     params = dict(best.params) | {dim.name: target}
     if any(dict(t.params) == params for t in tried):
         return None  # already tried (or pre-screened): the sampler takes over
-    above = f"{ceiling} fails" if fails else f"up to {dim.high}"
-    return Climb(params=params, why=f"edge: {dim.name} {here} works, {above}")
+    limit = f"{ceiling} fails" if fails else f"up to {dim.high}"
+    return Climb(params=params, why=f"edge: {dim.name} {here} works, {limit}")
 
 
 def _runs_fewer(
-    params: Mapping[str, Value],
+    best: Tried,
     failed: Tried,
     *,
     memory: str,
     running: Callable[[Mapping[str, Value]], int | None] | None,
 ) -> bool:
-    """``params`` at ``failed``'s memory level hold clearly fewer running tokens than ``failed``
-    did when it crashed under load, with at least as many sequences. The runtime peak beyond
-    vLLM's profile grows with the tokens running, and those are bounded by the KV cache: larger
-    batched tokens (more activation memory profiled, a smaller KV cache) can serve where
-    smaller ones crashed. (Fewer sequences are ``retreat``'s; the climb keeps the ceiling.)"""
+    """``best``'s batch settings at ``failed``'s memory level hold clearly fewer running tokens
+    than ``failed`` did when it crashed under load. The runtime peak beyond vLLM's profile grows
+    with the tokens running, and those are bounded by the KV cache and the sequences: larger
+    batched tokens (more activation memory profiled, a smaller KV cache) can serve where the
+    crash's batches did not, and so can fewer sequences where the best's KV cache was tight
+    (``KV_TIGHT`` used at the peak, or preemptions; else the memory would go unused)."""
     if failed.outcome != Outcome.CRASH_UNDER_LOAD.value or running is None:
         return False
-    seqs = "max_num_seqs"
-    if seqs in failed.params and int(params.get(seqs, 0)) < int(failed.params[seqs]):
+    params, seqs = best.params, "max_num_seqs"
+    fewer = seqs in failed.params and int(params.get(seqs, 0)) < int(failed.params[seqs])
+    tight = bool(best.preemptions) or (best.peak_kv_pct or 0.0) >= KV_TIGHT
+    if fewer and not tight:
         return False
     mine = running(dict(params) | {memory: failed.params[memory]})
     theirs = running(failed.params)

@@ -12,6 +12,7 @@ from autotune.engine.defaults import Value
 from autotune.engine.outcome import Outcome
 from autotune.search.moves.edge import (
     COMPASS,
+    KV_TIGHT,
     Climb,
     Tried,
     batch_valid,
@@ -25,7 +26,7 @@ from autotune.search.moves.retreat import batch_of
 from autotune.search.space import SearchSpace
 
 SEQS = "max_num_seqs"
-FULL = 90.0  # % of the KV cache the best used at its peak: the cache, not the batch, binds
+FULL = KV_TIGHT  # % of the KV cache the best used at its peak: the cache, not the batch, binds
 
 
 def overfill(
