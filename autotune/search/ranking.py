@@ -13,11 +13,13 @@ from autotune.engine.multimodal import image_count
 from autotune.engine.outcome import Outcome
 from autotune.search.goal import Goal
 from autotune.search.moves.alike import runs_alike
+from autotune.search.moves.edge import KV_TIGHT
 from autotune.search.space import memory_name
 from autotune.trial.record import NO_RESULT, TrialRecord
 
 USABLE_SHARE = 0.5  # --images max: "usable" is at least this share of the best throughput
 STATISTICS = ("worst", "median")
+SAME_HEADROOM = 0.03  # reservations within this share of the least one count as equal headroom
 
 
 class Finished(Protocol):
@@ -216,11 +218,15 @@ def _rank(cands: list[Candidate], goal: Goal, noise: float, most_images: bool) -
         return first + sorted((c for c in cands if c not in first), key=lambda c: -c.value)
     leader = max(cands, key=lambda c: sign * c.value)
     near = [c for c in cands if indistinguishable(c, leader, noise=noise, sign=sign)]
+    most = max((c.reserved_gib for c in near), default=0.0)
+    least: dict[int, float] = {}  # the least reservation per context length
+    for c in near:
+        least[_length(c)] = min(_spare(c, most), least.get(_length(c), most))
 
     def preferred(c: Candidate) -> tuple[int, float, bool, bool, float, float]:
-        length = int(c.args.get("max_model_len", 0))
-        on = prefix_caching_on(c.args)
-        return (length, -c.reserved_gib, on, unpreempted(c), running(c), sign * c.value)
+        length, on = _length(c), prefix_caching_on(c.args)
+        headroom = max(_spare(c, most), least[length] * (1 + SAME_HEADROOM))
+        return (length, -headroom, on, unpreempted(c), running(c), sign * c.value)
 
     first = sorted(near, key=preferred, reverse=True)
     return first + sorted((c for c in cands if c not in near), key=lambda c: -sign * c.value)
@@ -232,9 +238,10 @@ def indistinguishable(a: Candidate, b: Candidate, *, noise: float, sign: float =
     measurements overlap (no run of one beats every run of the other) and the statistics differ
     by at most half the wider spread of repeats (the difference is inside the noise actually
     seen). Among equals the longer context wins, then the smaller reservation (more memory
-    headroom), then prefix caching on (vLLM's default: no surprise for operators), then no
-    preemptions (``unpreempted``), then more requests running at once (``running``), then the
-    value."""
+    headroom; within ``SAME_HEADROOM`` counts as equal, and none is credited to a configuration
+    whose KV cache was tight: ``_spare``), then prefix caching on (vLLM's default: no surprise
+    for operators), then no preemptions (``unpreempted``), then more requests running at once
+    (``running``), then the value."""
     hi, lo = max(sign * a.value, sign * b.value), min(sign * a.value, sign * b.value)
     if hi - lo > noise * abs(hi):
         return False
@@ -243,6 +250,18 @@ def indistinguishable(a: Candidate, b: Candidate, *, noise: float, sign: float =
     ra, rb = _primary(a), _primary(b)
     half = max(max(ra) - min(ra), max(rb) - min(rb)) / 2
     return min(ra) <= max(rb) and min(rb) <= max(ra) and hi - lo <= half
+
+
+def _spare(c: Candidate, most: float) -> float:
+    """Its reservation as headroom: ``most`` (no credit) where its KV cache was tight in a run
+    (``KV_TIGHT`` used at the peak, or preemptions): memory it needed, not memory to spare."""
+    records = [TrialRecord.of(t) for t in c.trials]
+    tight = any(r.preemptions or (r.peak_kv_cache_usage_pct or 0.0) >= KV_TIGHT for r in records)
+    return most if tight else c.reserved_gib
+
+
+def _length(c: Candidate) -> int:
+    return int(c.args.get("max_model_len", 0))
 
 
 def running(c: Candidate) -> float:

@@ -167,6 +167,29 @@ def test_a_full_kv_cache_sends_the_local_moves_down_first() -> None:
             seen.append(Tried(params=move.params, outcome="ok", value=50.0))
 
 
+def test_local_moves_skip_sequence_limits_above_what_ran_at_once() -> None:
+    """24 sequences allowed, 17 ran at once at the peak: every limit of 17 or more runs alike
+    (the KV cache or the load holds the batch back), so no local move goes from 18 to another
+    such limit. Fewer sequences, and the batched tokens, are still moved; without vLLM's
+    counters every neighbour is."""
+
+    def moves(peak: int | None) -> list[dict[str, Value]]:
+        best = dataclasses.replace(ok(0.96, 18, 1024, 100.0), peak_running=peak)
+        seen = [best, dataclasses.replace(ok(0.96, 24, 1024, 99.0), peak_running=peak)]
+        rng, out = random.Random(5), []
+        while (move := local_move(space=SPACE, tried=seen, rng=rng)) is not None:
+            out.append(dict(move.params))
+            seen.append(Tried(params=move.params, outcome="ok", value=50.0))
+        return out
+
+    def seqs(found: list[dict[str, Value]]) -> set[int]:
+        return {int(m["max_num_seqs"]) for m in found if m["max_num_batched_tokens"] == 1024}
+
+    assert min(seqs(moves(17))) < 17 and max(seqs(moves(17))) < 17
+    assert {int(m["max_num_batched_tokens"]) for m in moves(17)} >= {512, 2048}
+    assert max(seqs(moves(None))) > 24  # counters unread: larger limits are tried
+
+
 def test_requests_kept_waiting_below_max_num_seqs_count_as_a_full_kv_cache() -> None:
     # Long requests: 5 of 8 sequences ran, the rest waited, 91% of the cache in use (the free
     # 9% held less than one more request), no preemption.

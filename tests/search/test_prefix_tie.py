@@ -37,6 +37,16 @@ def test_context_and_headroom_still_come_first() -> None:
     assert ranked(roomy_off, noise=0.05)[0] == OFF
 
 
+def test_reservations_within_3_percent_are_equal_headroom() -> None:
+    """0.4 GiB less of 39 GiB is no headroom worth a slower configuration: the next keys decide
+    (here the value); 3 GiB less is."""
+    high, low = BASE | {"gpu_memory_utilization": 0.98}, BASE | {"gpu_memory_utilization": 0.97}
+    close = [Run(0, high, 100.0, reserved=39.2), Run(1, low, 98.0, reserved=38.8)]
+    assert ranked(close, noise=0.05) == [high, low]
+    roomy = [Run(0, high, 100.0, reserved=39.2), Run(1, low, 98.0, reserved=36.2)]
+    assert ranked(roomy, noise=0.05) == [low, high]
+
+
 def test_absent_means_vllm_s_default_on() -> None:
     assert prefix_caching_on(BASE) and prefix_caching_on(ON)
     assert not prefix_caching_on(OFF)
@@ -49,11 +59,12 @@ class Preempted(Run):
 
     preemptions: int = 0
     running: int | None = None
+    kv_pct: float | None = None  # the KV cache's use at the peak
 
     @property
     def user_attrs(self) -> dict[str, Any]:
         extra = {"preemptions": self.preemptions, "peak_requests_running": self.running}
-        return super().user_attrs | extra
+        return super().user_attrs | extra | {"peak_kv_cache_usage_pct": self.kv_pct}
 
 
 def test_equal_measurements_prefer_no_preemptions_after_context_headroom_and_caching() -> None:
@@ -62,8 +73,15 @@ def test_equal_measurements_prefer_no_preemptions_after_context_headroom_and_cac
     runs = [Preempted(0, large, 101.0, preemptions=16), Preempted(1, small, 99.0)]
     assert ranked(runs, noise=0.05) == [small, large]  # 2% apart: inside the noise
     assert ranked(runs, noise=0.01) == [large, small]  # outside it the faster one wins
-    roomy = [Preempted(0, large, 100.0, preemptions=16, reserved=9.0), Preempted(1, small, 99.0)]
+    roomy = [Preempted(0, large, 100.0, reserved=9.0), Preempted(1, small, 99.0, preemptions=16)]
     assert ranked(roomy, noise=0.05)[0] == large  # more headroom first
+    # ... but reserving less while preempting is memory it needed, not headroom
+    needy = [Preempted(0, large, 100.0, preemptions=16, reserved=9.0), Preempted(1, small, 99.0)]
+    assert ranked(needy, noise=0.05)[0] == small
+    full = [Preempted(0, large, 99.0, reserved=9.0, kv_pct=96.5), Preempted(1, small, 100.0)]
+    assert ranked(full, noise=0.05)[0] == small  # its KV cache 96.5% used at the peak: as needy
+    used = [Preempted(0, large, 99.0, reserved=9.0, kv_pct=70.0), Preempted(1, small, 100.0)]
+    assert ranked(used, noise=0.05)[0] == large
     off = small | {"enable_prefix_caching": False}
     caching = [Preempted(0, large, 100.0, preemptions=16), Preempted(1, off, 99.0)]
     assert ranked(caching, noise=0.05)[0] == large  # prefix caching on first

@@ -199,7 +199,8 @@ def test_remeasures_in_the_landscape_with_the_real_guide_and_screen(
 ) -> None:
     """The fake's ground truth in-process, the real guide (climb, lift) and failure-class
     screen: each re-measure repeats its finalist's arguments, and none is skipped. On a quiet
-    machine (repeats that agree) the launches left after two re-measures search on."""
+    machine (repeats that agree, counting configurations that ran alike) the launches left
+    after one or two re-measures search on."""
     env = ENV | {"AUTOTUNE_FAKE_NOISE": str(noise)}
     truth = FakeTruth(config=LLAMA_8B, env=env, requests=text_requests())
     space = SearchSpace(dims=(*SPACE.dims[:3], Dim("max_model_len", 2048, 2048)))
@@ -220,7 +221,8 @@ def test_remeasures_in_the_landscape_with_the_real_guide_and_screen(
     again = [
         (t, r) for t in study.get_trials() if (r := TrialRecord.from_attrs(t.user_attrs)).remeasure
     ]
-    assert wanted == len(again) == (3 if noise else 2)
+    assert wanted == len(again)
+    assert wanted == 3 if noise else 1 <= wanted <= 2  # quiet: once two configurations agree
     assert st.launches(study) == 15
     for _, r in again:
         finalist = before[int(r.source.rsplit(" ", 1)[1])]
@@ -228,7 +230,7 @@ def test_remeasures_in_the_landscape_with_the_real_guide_and_screen(
         assert r.vllm_args == finalist.vllm_args
     ranked = best.ranked(study, goal=plan.goal, noise=0.05, repeats=2)
     twice = [c for c in ranked if len(c.trials) == 2]
-    assert len(twice) == len(again)
+    assert len(twice) >= len(again)  # and configurations that ran alike (pooled runs)
     if noise:
         assert [len(c.trials) for c in ranked[:3]] == [2, 2, 2]
     else:  # the two that ran twice agree to the digit: one run says what a configuration does

@@ -20,6 +20,8 @@ from autotune.search.moves.edge import (
 )
 from autotune.search.space import SearchSpace
 
+SEQS = "max_num_seqs"
+
 
 def local_move(
     *,
@@ -48,6 +50,8 @@ def local_move(
             for scale in (factor, 1.0 / factor):
                 if x is None or (y := d.clamp(round(float(x) * scale))) == x:
                     continue
+                if d.name == SEQS and unbound(ok, base=best.params, seqs=(int(x), int(y))):
+                    continue
                 params = fit_memory(space, batch_valid(dict(best.params) | {d.name: y}), expected)
                 if params not in seen and params != dict(best.params):
                     way = "up" if y > x else "down"
@@ -57,3 +61,17 @@ def local_move(
         if preferred or moves:
             return rng.choice(preferred or moves)
     return None
+
+
+def unbound(ok: Sequence[Tried], *, base: Mapping[str, Value], seqs: tuple[int, int]) -> bool:
+    """Both ``max_num_seqs`` settings are above what ran at once in a launch with ``base``'s
+    other settings whose limit did not bind (fewer requests ran at once than it allowed: the KV
+    cache or the load held them back): neither limit would bind, so the move measures noise."""
+    others = {k: v for k, v in base.items() if k != SEQS}
+    for t in ok:
+        limit, peak = t.params.get(SEQS), t.peak_running
+        if limit is None or peak is None or int(limit) <= peak:
+            continue
+        if {k: v for k, v in t.params.items() if k != SEQS} == others and min(seqs) >= peak:
+            return True
+    return False
