@@ -18,6 +18,7 @@ from autotune.search import ranking as choice
 from autotune.search import study as st
 from autotune.search import study_keys as keys
 from autotune.search.goal import Goal, Statistic
+from autotune.search.pareto import pareto_front
 from autotune.search.ranking import QUIET, Candidate, quiet
 from autotune.trial.record import TrialRecord, attrs, remeasure_source
 from autotune.trial.soak import SoakVerdict, run_soak
@@ -218,7 +219,7 @@ def choose(
             )
             if choice.args_key(c.args) not in failed
         ]
-        picked = choice.pareto_front(cands) if goal.multi else cands[:1]
+        picked = pareto_front(cands) if goal.multi else cands[:1]
         if not picked or not finish.soak:
             return picked
         bad = [

@@ -12,6 +12,7 @@ from autotune.search import ranking as choice
 from autotune.search import study_keys as keys
 from autotune.search.finalize import Finish
 from autotune.search.goal import Goal
+from autotune.search.pareto import balanced
 from autotune.search.ranking import Candidate
 from autotune.trial.record import TrialRecord
 
@@ -42,7 +43,7 @@ def memory_of(cand: Candidate, *, soak: dict[str, Any], budget: float | None) ->
 def variants(front: list[Candidate], *, study: optuna.Study, soak: bool) -> list[dict[str, Any]]:
     """The Pareto front as profile variants, with the picks each one answers."""
     fastest = max(front, key=lambda c: c.throughput)
-    middle = choice.balanced(front)
+    middle = balanced(front)
     out = []
     for c in front:
         picks = [
@@ -72,7 +73,7 @@ def sections(
     picked: list[Candidate], *, study: optuna.Study, goal: Goal, finish: Finish
 ) -> tuple[Candidate, dict[str, Any]]:
     """The configuration the profile serves by default, and its version-2 sections."""
-    main = choice.balanced(picked) if goal.multi else picked[0]
+    main = balanced(picked) if goal.multi else picked[0]
     soaked = soak_of(study, main, enabled=finish.soak)
     out: dict[str, Any] = {
         "constraints": goal.describe_limits(),

@@ -18,7 +18,8 @@ from autotune.profiles.store import Profile
 from autotune.search import tell
 from autotune.search.finalize import finalists
 from autotune.search.goal import Goal, apply_budget, parse_budget, parse_slos, reserved_gib
-from autotune.search.ranking import balanced, candidates, pareto_front, rank
+from autotune.search.pareto import balanced, pareto_front
+from autotune.search.ranking import candidates, rank
 from autotune.search.space import Dim, SearchSpace
 
 
