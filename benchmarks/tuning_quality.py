@@ -479,6 +479,7 @@ def _cache_key(problem: Problem) -> str:
             "search/space_build.py",
             "load/workload.py",
             "trial/runner.py",
+            "trial/verdict.py",
             "engine/outcome.py",
             "load/metrics.py",
         )

@@ -10,7 +10,7 @@ Nothing is modelled here: the fake's own pieces decide.
 - requests: the HTTP handler's prompt accounting (``prompt_parts``, ``image_tokens``);
 - serving: the fake's ``BatchEngine`` loop itself, on a virtual clock instead of ``time.sleep``,
   with requests fed as the scheduler can take them (the same schedule, no waiting);
-- the benchmark's verdict: ``metrics.aggregate`` and ``TrialRunner._judge``.
+- the benchmark's verdict: ``metrics.aggregate`` and ``trial.verdict.judge``.
 
 ``landscape_runner.LandscapeRunner`` is a ``TrialRunner`` that returns this truth as a
 ``TrialResult``, so autotune's real study loop can run on it in milliseconds per trial.
@@ -24,7 +24,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from autotune.engine.launcher import ArgValue, vllm_flags
 from autotune.engine.outcome import (
@@ -46,7 +46,8 @@ from autotune.testing._fake_model import FakeEnv, ModelInfo, ServeConfig
 from autotune.testing._fake_prompt import PromptError, image_tokens, prompt_parts
 from autotune.testing._truth_log import API, CORE, fail_text, fake_lines, raw_lines
 from autotune.testing._virtual_serve import Job, Served, serve_jobs
-from autotune.trial.runner import TrialResult, TrialRunner
+from autotune.trial.result import TrialResult
+from autotune.trial.verdict import judge
 
 __all__ = ["FakeTruth", "Job", "Served", "serve_jobs"]
 
@@ -277,7 +278,7 @@ class FakeTruth:
         if served.crashed is not None:
             verdict = classify_runtime(st.log + self._death_log(cfg))
         else:
-            verdict = _JUDGE._judge(bench, cast(Any, _Alive()))
+            verdict = judge(bench, _Alive())
         return TrialResult(
             outcome=verdict.outcome,
             reason=verdict.reason,
@@ -317,13 +318,10 @@ def _failed(error: str, *, status: int | None) -> RequestRecord:
 
 
 class _Alive:
-    """The engine as ``TrialRunner._judge`` sees it after a benchmark it survived."""
+    """The engine as ``trial.verdict.judge`` sees it after a benchmark it survived."""
 
     def exited(self) -> int | None:
         return None
 
     def log_text(self) -> str:
         return ""
-
-
-_JUDGE = TrialRunner(command=(), model="-", requests=())

@@ -7,7 +7,6 @@ study.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -20,7 +19,6 @@ from autotune.engine.launcher import ArgValue, Ready
 from autotune.engine.outcome import (
     Classified,
     Outcome,
-    classify_runtime,
     parse_startup,
 )
 from autotune.engine.probes import (
@@ -38,13 +36,11 @@ from autotune.load.request import Request
 from autotune.load.stall import STALLED, StallWatch, first_wave_s
 from autotune.trial.rate_search import CapacitySearch, StepMonitor
 from autotune.trial.result import TrialResult
+from autotune.trial.verdict import MAX_FAILED_SHARE, PRUNED, blames_tuned_dimension, hung, judge
 
 __all__ = ["MAX_FAILED_SHARE", "PRUNED", "REPORT_STEPS", "Report", "TrialResult", "TrialRunner"]
 
-MAX_FAILED_SHARE = 0.1  # more failed requests than this makes a configuration unusable
-EXIT_GRACE_S = 3.0  # after a cut-off benchmark: how long the engine may take to exit
 REPORT_STEPS = 10  # intermediate values per benchmark (for a pruner)
-PRUNED = "pruned"
 # step, {"throughput": .., "goodput": ..} so far → True to stop the benchmark (pruned)
 Report = Callable[[int, Mapping[str, float]], bool]
 
@@ -127,7 +123,7 @@ class TrialRunner:
             if (warm.aborted or "").startswith(STALLED) and engine.exited() is None:
                 return TrialResult(
                     outcome=Outcome.HUNG,
-                    reason=_hung(warm.aborted or ""),
+                    reason=hung(warm.aborted or ""),
                     args=args,
                     log_path=log_path,
                     startup=parse_startup(engine.log_text()),
@@ -142,7 +138,7 @@ class TrialRunner:
                 engine, ready, on_phase, requests=self.requests, report=self.report
             )
         startup = parse_startup(engine.log_text())
-        bench_outcome = self._judge(result, engine)
+        bench_outcome = judge(result, engine)
         return TrialResult(
             outcome=bench_outcome.outcome,
             reason=bench_outcome.reason,
@@ -240,7 +236,7 @@ class TrialRunner:
         found = run.capacity
         shown = found.at_capacity or min(found.points, key=lambda p: p.rate, default=None)
         if run.fatal is not None:
-            judged = self._judge(run.fatal, engine)
+            judged = judge(run.fatal, engine)
         elif found.rate is None:
             judged = Classified(Outcome.OK, "no request rate met the SLOs")
         else:
@@ -284,57 +280,15 @@ class TrialRunner:
 
         return on_record
 
-    def _judge(self, result: loadgen.BenchResult, engine: launcher.Engine) -> Classified:
-        if result.aborted and result.aborted != PRUNED:  # a dying engine may still be exiting
-            deadline = time.monotonic() + EXIT_GRACE_S
-            while engine.exited() is None and time.monotonic() < deadline:
-                time.sleep(0.1)
-        if (rc := engine.exited()) is not None:
-            time.sleep(0.1)
-            return classify_runtime(engine.log_text(), returncode=rc)
-        if (result.aborted or "").startswith(STALLED):
-            return Classified(Outcome.HUNG, _hung(result.aborted or ""))
-        if result.aborted == PRUNED:
-            return Classified(Outcome.PRUNED, "pruned: clearly below the median mid-benchmark")
-        if result.aborted:
-            return Classified(Outcome.HARNESS_ERROR, f"benchmark aborted: {result.aborted}")
-        m = result.metrics
-        sent = m.completed + m.failed
-        limit = next((e for e in result.errors if _TOO_MANY_IMAGES.search(e)), None)
-        if limit is not None:  # a 400 from vLLM: the configuration misses the requirement
-            return Classified(Outcome.IMAGE_LIMIT, f"{m.failed}/{sent} requests refused: {limit}")
-        if sent and m.failed / sent > MAX_FAILED_SHARE:
-            first = result.errors[0] if result.errors else "no message"
-            return Classified(Outcome.REQUEST_ERRORS, f"{m.failed}/{sent} requests failed: {first}")
-        return Classified(Outcome.OK, f"{m.output_throughput:.1f} output tok/s")
-
     def _stop_on_user_error(self, failure: Classified) -> None:
         """Model-not-found, and an invalid configuration that the user caused, end the study."""
         if failure.outcome is Outcome.MODEL_NOT_FOUND:
             raise StudyStopped(f"the engine cannot find model {self.model}: {failure.reason}")
         if failure.outcome is not Outcome.INVALID_CONFIG:
             return
-        if _blames_tuned_dimension(failure.reason, self.fixed_by_user):
+        if blames_tuned_dimension(failure.reason, self.fixed_by_user):
             return  # a candidate autotune made invalid: a harness error, the study goes on
         raise StudyStopped(f"the engine rejected the settings: {failure.reason}")
-
-
-def _hung(aborted: str) -> str:
-    return f"engine hung: {aborted.removeprefix(STALLED + ': ')}; alive but silent (stopped?)"
-
-
-_TOO_MANY_IMAGES = re.compile(r"At most \d+ \w+\(s\) may be provided in one prompt")
-_TUNED_NAMES = re.compile(
-    r"gpu[_-]memory[_-]utilization|kv[_-]cache[_-]memory[_-]bytes|max[_-]num[_-]seqs|"
-    r"max[_-]num[_-]batched[_-]tokens|max[_-]model[_-]len|limit[_-]mm[_-]per[_-]prompt"
-)
-
-
-def _blames_tuned_dimension(reason: str, fixed_by_user: frozenset[str]) -> bool:
-    if "unrecognized arguments" in reason:
-        return False
-    names = {m.group(0).replace("-", "_") for m in _TUNED_NAMES.finditer(reason)}
-    return bool(names) and not names <= fixed_by_user
 
 
 @contextmanager
