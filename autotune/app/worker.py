@@ -182,7 +182,7 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
         sections=sections,
     )
     images = next(((int(d.low), int(d.high)) for d in space.dims if d.name == IMAGE_DIM), None)
-    return _save(
+    saved_to = _save(
         options,
         spec=spec,
         hardware=hardware,
@@ -191,6 +191,8 @@ def run_worker(options: TuneOptions) -> tuple[Path, Profile] | None:
         state=state,
         images=images,
     )
+    claims.finish_done(study)  # saved: no later worker redoes it once this one has exited
+    return saved_to
 
 
 def _save(

@@ -118,3 +118,22 @@ def test_a_remeasure_does_not_open_a_new_finish_round(
     assert not claims.claim_finish(study)  # the same round, held by the first worker
     launch("sampler")  # the study resumed with more trials
     assert claims.claim_finish(study)
+
+
+def test_a_finish_seen_through_is_not_taken_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen in CI: a worker that ran nothing finished the study, saved the profile and exited;
+    the worker that launched last then found the claim's holder gone, took it over as a dead
+    worker's and saved a second profile. A claim seen through is never taken over; one whose
+    holder died before seeing it through still is."""
+    study = optuna.create_study(storage=rdb_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    host = os.uname().nodename
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid of this host that no longer runs
+    monkeypatch.setattr(claims, "WORKER_ID", f"{host}:{gone.pid}")
+    assert claims.claim_finish(study) and claims.claim(study, "other")
+    claims.finish_done(study)
+    monkeypatch.setattr(claims, "WORKER_ID", f"{host}:{os.getpid()}")
+    assert not claims.claim_finish(study)  # seen through by a worker that has exited since
+    assert claims.claim(study, "other")  # not seen through: a dead worker's, taken over

@@ -19,12 +19,14 @@ FINISH = "autotune:finish"  # study system attribute: the worker that soaks and 
 DEFAULTS = "autotune:defaults"  # ... the worker that queues vLLM's defaults first
 DEFAULTS_QUEUED = "autotune:defaults-queued"
 DEFAULTS_WAIT_S = 30.0
+DONE = ":done"  # suffix: the claim's holder saw it through (never taken over once it exits)
 
 
 def claim(study: optuna.Study, key: str) -> bool:
     """Set ``key`` to this worker once per study, atomically: an INSERT that the storage's
     unique (study, key) constraint lets only one worker make. A claim of a dead worker of this
-    host is taken over. Storages other than RDB (one process): always True."""
+    host is taken over, unless it was seen through (``done``): a worker that finished and
+    exited is not a crashed one. Storages other than RDB (one process): always True."""
     backend = getattr(study._storage, "_backend", study._storage)
     if not isinstance(backend, optuna.storages.RDBStorage):
         return True
@@ -44,11 +46,12 @@ def claim(study: optuna.Study, key: str) -> bool:
         session.rollback()
     finally:
         session.close()
-    holder = study._storage.get_study_system_attrs(study._study_id).get(key)
+    held = study._storage.get_study_system_attrs(study._study_id)
+    holder = held.get(key)
     if holder == WORKER_ID:
         return True
-    if not _dead_here(holder):
-        return False
+    if held.get(key + DONE) is not None or not _dead_here(holder):
+        return False  # a live holder's, or one whose holder saw it through and exited
     table = models.StudySystemAttributeModel
     session = backend.scoped_session()
     try:  # compare and swap: of two workers taking it over, one wins
@@ -90,4 +93,18 @@ def claim_finish(study: optuna.Study) -> bool:
     (a round: the search's launches so far, so a study resumed with more trials is finished
     again). Re-measures do not start a round: a worker that ran nothing and arrives between
     the finisher's re-measures finds the round claimed."""
-    return claim(study, f"{FINISH}:{counts(study).searched}")
+    return claim(study, _finish_key(study))
+
+
+def _finish_key(study: optuna.Study) -> str:
+    return f"{FINISH}:{counts(study).searched}"
+
+
+def done(study: optuna.Study, key: str) -> None:
+    """Mark this worker's claim on ``key`` seen through."""
+    study._storage.set_study_system_attr(study._study_id, key + DONE, WORKER_ID)
+
+
+def finish_done(study: optuna.Study) -> None:
+    """This round's finish is seen through: the profile is saved."""
+    done(study, _finish_key(study))
