@@ -14,10 +14,11 @@ import click
 
 from autotune import __version__, logs
 from autotune.cli.goal_options import goals
-from autotune.cli.options import WORKLOAD_OPTIONS, VllmFlagsCommand, hardware, tuning
+from autotune.cli.options import WORKLOAD_OPTIONS, hardware, tuning
 from autotune.cli.params import model_id, user_args
 from autotune.cli.profiles import profiles
 from autotune.cli.translate import tune_options
+from autotune.cli.vllm_flags import VllmFlagsCommand
 from autotune.errors import UserError
 from autotune.masking import mask, remember_args
 

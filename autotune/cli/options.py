@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from autotune.cli.params import finite_text, floats, ints, user_args
-from autotune.engine.safety import KNOWN_FLAGS
-from autotune.masking import is_secret_flag
+from autotune.cli.params import finite_text, floats, image_size, ints, k_range, user_args
 
 F = TypeVar("F", bound=Callable[..., Any])
-_DIGITS = re.compile(r"[0-9]{1,6}")
 # The options that make a workload's signature: given to ``serve``, its profile comes first.
 WORKLOAD_OPTIONS = (
     "input_len",
@@ -31,56 +27,6 @@ WORKLOAD_OPTIONS = (
     "trace",
     "trace_speed",
 )
-
-
-class VllmFlagsCommand(click.Command):
-    """A command that takes vLLM's flags after ``--``: an unknown option is one line that says
-    how to pass it through (``-- --port 8000``), as a vLLM user would type it."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        given_args = list(args)  # click's parser consumes the list it is given
-        try:
-            return super().parse_args(ctx, args)
-        except click.NoSuchOption as exc:
-            flag = exc.option_name
-            if not flag.startswith("--"):
-                raise
-            args = given_args
-            given = next((a for a in args if a == flag or a.startswith(flag + "=")), flag)
-            where = args.index(given) if given in args else -1
-            value = args[where + 1] if given == flag and 0 <= where < len(args) - 1 else ""
-            if is_secret_flag(flag):
-                given, value = flag, "VALUE"
-            passed = given if not value or value.startswith("-") else f"{given} {value}"
-            vllm = flag.replace("_", "-") in KNOWN_FLAGS
-            close = f"; or did you mean {exc.possibilities[0]}?" if exc.possibilities else ""
-            raise click.UsageError(
-                f"autotune has no option {flag}; pass vLLM's flags after --, e.g. "
-                f"autotune {ctx.info_name} MODEL [options] -- {passed}{'' if vllm else close}",
-                ctx,
-            ) from None
-
-
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    if value is None:
-        return None
-    w, sep, h = value.lower().partition("x")
-    if not sep or not _DIGITS.fullmatch(w) or not _DIGITS.fullmatch(h):
-        raise click.BadParameter(f"{value[:40]!r}: expected WIDTHxHEIGHT, e.g. 512x512")
-    if not 0 < int(w) <= 8192 >= int(h) > 0:
-        raise click.BadParameter(f"{value!r}: width and height must be 1..8192")
-    return (int(w), int(h))
-
-
-def _k_range(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    if value is None:
-        return None
-    lo, _, hi = value.partition(":")
-    if not _DIGITS.fullmatch(lo) or not _DIGITS.fullmatch(hi or lo) or int(lo) > int(hi or lo):
-        raise click.BadParameter(f"{value[:40]!r}: expected K or LOW:HIGH, e.g. 2 or 1:4")
-    if int(hi or lo) > 999:
-        raise click.BadParameter(f"{value!r}: at most 999 images per request (vLLM's limit)")
-    return (int(lo), int(hi or lo))
 
 
 def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -185,14 +131,14 @@ tuning = options(
     click.option(
         "--image-size",
         metavar="WxH",
-        callback=_size,
+        callback=image_size,
         help="The image resolution the application sends (workload, and vLLM's profiling hint; "
         "at most 8192x8192).",
     ),
     click.option(
         "--images-per-request",
         metavar="K|LOW:HIGH",
-        callback=_k_range,
+        callback=k_range,
         help="Images per benchmark request, fixed or uniform (default --min-images or 1; "
         "at most 999).",
     ),

@@ -68,3 +68,30 @@ def user_args(
 ) -> tuple[str, ...]:
     """Arguments after ``--``: checked (``engine.safety.check_user_args``), flags spelt out."""
     return tuple(check_user_args(value))
+
+
+_DIGITS = re.compile(r"[0-9]{1,6}")
+
+
+def image_size(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """``--image-size WIDTHxHEIGHT``."""
+    if value is None:
+        return None
+    w, sep, h = value.lower().partition("x")
+    if not sep or not _DIGITS.fullmatch(w) or not _DIGITS.fullmatch(h):
+        raise click.BadParameter(f"{value[:40]!r}: expected WIDTHxHEIGHT, e.g. 512x512")
+    if not 0 < int(w) <= 8192 >= int(h) > 0:
+        raise click.BadParameter(f"{value!r}: width and height must be 1..8192")
+    return (int(w), int(h))
+
+
+def k_range(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """``--images-per-request K`` or ``LOW:HIGH``."""
+    if value is None:
+        return None
+    lo, _, hi = value.partition(":")
+    if not _DIGITS.fullmatch(lo) or not _DIGITS.fullmatch(hi or lo) or int(lo) > int(hi or lo):
+        raise click.BadParameter(f"{value[:40]!r}: expected K or LOW:HIGH, e.g. 2 or 1:4")
+    if int(hi or lo) > 999:
+        raise click.BadParameter(f"{value!r}: at most 999 images per request (vLLM's limit)")
+    return (int(lo), int(hi or lo))

@@ -10,7 +10,7 @@ Nothing is modelled here: the fake's own pieces decide.
 - requests: the HTTP handler's prompt accounting (``prompt_parts``, ``image_tokens``);
 - serving: the fake's ``BatchEngine`` loop itself, on a virtual clock instead of ``time.sleep``,
   with requests fed as the scheduler can take them (the same schedule, no waiting);
-- the benchmark's verdict: ``metrics.aggregate`` and ``trial.verdict.judge``.
+- the benchmark's verdict: ``metrics.aggregate`` (``_landscape_bench``) and ``trial.verdict.judge``.
 
 ``landscape_runner.LandscapeRunner`` is a ``TrialRunner`` that returns this truth as a
 ``TrialResult``, so autotune's real study loop can run on it in milliseconds per trial.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +34,13 @@ from autotune.engine.outcome import (
     classify_startup,
     parse_startup,
 )
-from autotune.load import client as loadgen
-from autotune.load.metrics import RequestRecord, aggregate
 from autotune.load.request import Request
-from autotune.load.responses import summarise_errors
 from autotune.testing._fake_boot import CONTEXT_GIB, Boot, death_messages, plan_boot
 from autotune.testing._fake_cli import ConfigError, build_parser, resolve_config
 from autotune.testing._fake_log import CORE_FAILED, VERSION, Out
 from autotune.testing._fake_model import FakeEnv, ModelInfo, ServeConfig
 from autotune.testing._fake_prompt import PromptError, image_tokens, prompt_parts
+from autotune.testing._landscape_bench import Alive, benchmark_of
 from autotune.testing._truth_log import API, CORE, fail_text, fake_lines, raw_lines
 from autotune.testing._virtual_serve import Job, Served, serve_jobs
 from autotune.trial.result import TrialResult
@@ -242,43 +239,11 @@ class FakeTruth:
         jobs = [j for j in planned if not isinstance(j, str)]
         capacity = boot.num_blocks * cfg.block_size
         served = self.serve(jobs, cfg, capacity)
-        records: list[RequestRecord] = []
-        done = iter(zip(served.token_times, served.finished, strict=True))
-        for job in planned:
-            if isinstance(job, str):
-                status = int(job.split(" ", 1)[0])
-                records.append(_failed(job, status=status))
-                continue
-            times, finished = next(done)
-            if not finished:
-                records.append(_failed("engine died", status=None))
-                continue
-            itls = tuple(b - a for a, b in itertools.pairwise(times))
-            records.append(
-                RequestRecord(
-                    ok=True,
-                    prompt_tokens=job[0],
-                    output_tokens=len(times),
-                    start=0.0,
-                    ttft_s=times[0],
-                    itls_s=itls,
-                    e2e_s=times[-1],
-                    error=None,
-                    status=200,
-                )
-            )
-        duration = max((r.e2e_s for r in records), default=0.0)
-        bench = loadgen.BenchResult(
-            metrics=aggregate(records, duration_s=duration),
-            errors=summarise_errors(records),
-            aborted=None,
-            statuses={},
-            records=tuple(records),
-        )
+        bench = benchmark_of(planned, served)
         if served.crashed is not None:
             verdict = classify_runtime(st.log + self._death_log(cfg))
         else:
-            verdict = judge(bench, _Alive())
+            verdict = judge(bench, Alive())
         return TrialResult(
             outcome=verdict.outcome,
             reason=verdict.reason,
@@ -301,27 +266,3 @@ class FakeTruth:
         lines = fake_lines(CORE, "ERROR", "core.py:1120", core)
         lines += fake_lines(API, "ERROR", "async_llm.py:540", api)
         return "\n".join(lines) + "\n"
-
-
-def _failed(error: str, *, status: int | None) -> RequestRecord:
-    return RequestRecord(
-        ok=False,
-        prompt_tokens=0,
-        output_tokens=0,
-        start=0.0,
-        ttft_s=None,
-        itls_s=(),
-        e2e_s=0.0,
-        error=error,
-        status=status,
-    )
-
-
-class _Alive:
-    """The engine as ``trial.verdict.judge`` sees it after a benchmark it survived."""
-
-    def exited(self) -> int | None:
-        return None
-
-    def log_text(self) -> str:
-        return ""
