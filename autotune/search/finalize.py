@@ -10,6 +10,8 @@ configuration's arguments.
 from __future__ import annotations
 
 import logging
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from autotune.load.workload import Workload
@@ -19,7 +21,7 @@ from autotune.search import study as st
 from autotune.search import study_keys as keys
 from autotune.search.goal import Goal, Statistic
 from autotune.search.pareto import pareto_front
-from autotune.search.ranking import QUIET, Candidate, quiet
+from autotune.search.ranking import QUIET, QUIET_PAIRS, Candidate, quiet
 from autotune.trial.record import TrialRecord, attrs, remeasure_source
 from autotune.trial.soak import SoakVerdict, run_soak
 
@@ -220,6 +222,8 @@ def choose(
             if choice.args_key(c.args) not in failed
         ]
         picked = pareto_front(cands) if goal.multi else cands[:1]
+        if picked and not failed and (why := noisy(cands, noise=finish.noise)):
+            log.warning(why)
         if not picked or not finish.soak:
             return picked
         bad = [
@@ -231,6 +235,26 @@ def choose(
             return picked
         failed.update(choice.args_key(c.args) for c in bad)
     return []
+
+
+def noisy(cands: Sequence[Candidate], *, noise: float) -> str | None:
+    """Why the choice is uncertain on this machine, or None: the configurations launched more
+    than once (at least ``QUIET_PAIRS``) differed between their runs by more than ``noise``
+    (``--noise``), as a median. Results closer than that cannot be told apart by a few launches
+    each, so the saved one may be that much slower than the best of those launched."""
+    twice = [c for c in cands if c.feasible and len(c.trials) >= 2]
+    if len(twice) < QUIET_PAIRS:
+        return None
+    spread = statistics.median(c.disagreement for c in twice)
+    if spread <= noise:
+        return None
+    return (
+        f"a noisy machine: runs of one configuration differed by {spread:.0%} (median over the "
+        f"{len(twice)} launched more than once; --noise {noise:.0%}). Configurations closer than "
+        "that cannot be told apart by these launches: the one saved may be up to that much "
+        "slower than the best. Stop other work on the GPU, or give the study more --trials "
+        "(more re-measures)"
+    )
 
 
 def _soaked(

@@ -21,7 +21,7 @@ from autotune.load.metrics import Metrics
 from autotune.load.request import Request
 from autotune.search import best
 from autotune.search import study as st
-from autotune.search.finalize import Finish, remeasure
+from autotune.search.finalize import Finish, noisy, remeasure
 from autotune.search.goal import Goal
 from autotune.search.moves import guide as guides
 from autotune.search.moves.guide import Guide
@@ -250,6 +250,23 @@ def test_a_quiet_machine_needs_two_agreeing_repeats_and_no_disagreeing_one() -> 
     assert not quiet_for(agree[:3])  # one configuration ran twice: too little to say
     assert not quiet_for([*agree, Run(4, large, 90.0), Run(5, large, 80.0)])  # one slow run
     assert not quiet_for(agree, noise=0.01)  # 0.4% apart is beyond 0.2 x 1%
+
+
+def test_a_noisy_machine_says_the_choice_is_uncertain() -> None:
+    """Repeats that differ by more than ``--noise`` (a median over the configurations launched
+    more than once) are said at the end: the saved configuration may be that much slower."""
+    small, mid, large = {"max_num_seqs": 8}, {"max_num_seqs": 16}, {"max_num_seqs": 32}
+
+    def why(runs: list[Run], noise: float = 0.05) -> str | None:
+        return noisy(candidates(runs, goal=Goal(), statistic="median"), noise=noise)
+
+    loud = [Run(0, small, 100.0), Run(1, small, 80.0), Run(2, mid, 120.0), Run(3, mid, 102.0)]
+    said = why([*loud, Run(4, large, 130.0)])  # 20% and 15% apart; one run of large says nothing
+    assert said is not None and "differed by 18%" in said and "over the 2 launched" in said
+    assert why(loud[:3]) is None  # one configuration ran twice: too little to say
+    calm = [Run(0, small, 100.0), Run(1, small, 97.0), Run(2, mid, 120.0), Run(3, mid, 117.0)]
+    assert why(calm) is None  # 3% and 2.5% apart: within 5%
+    assert why(calm, noise=0.02) is not None
 
 
 def test_a_quiet_machine_tells_results_apart_by_its_own_noise() -> None:
